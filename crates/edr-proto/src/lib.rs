@@ -1,0 +1,2 @@
+//! Wire contracts shared by the sensor and the Collector.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Platform-neutral sensor runtime.
+#![forbid(unsafe_code)]

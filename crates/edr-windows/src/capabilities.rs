@@ -1,0 +1,1 @@
+//! The capability manifest: what this sensor build can collect and do.
