@@ -332,6 +332,34 @@ pub fn certificate_serial(der: &[u8]) -> Result<Vec<u8>, CsrError> {
         .collect())
 }
 
+/// The fields of a certificate that enrollment and status reports need.
+#[derive(Debug, Clone)]
+pub struct CertificateSummary {
+    /// DER SubjectPublicKeyInfo.
+    pub subject_public_key_info: Vec<u8>,
+    pub serial: Vec<u8>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// Sensor id from the `urn:edr:sensor:` URI SAN, if the certificate has one.
+    pub sensor_id: Option<SensorId>,
+}
+
+/// Reads a [`CertificateSummary`] from a DER certificate.
+pub fn certificate_summary(der: &[u8]) -> Result<CertificateSummary, CsrError> {
+    let bad = |reason: String| CsrError::BadCertificate { reason };
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|err| bad(err.to_string()))?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|err| bad(err.to_string()))
+    };
+    Ok(CertificateSummary {
+        subject_public_key_info: cert.public_key().raw.to_vec(),
+        serial: certificate_serial(der)?,
+        not_before: time(cert.validity().not_before)?,
+        not_after: time(cert.validity().not_after)?,
+        sensor_id: sensor_id_from_certificate(der).ok(),
+    })
+}
+
 /// Returns whether a certificate valid from `not_before` to `not_after` should be renewed at
 /// `now`: once two thirds of its lifetime have passed.
 pub fn renewal_due(
