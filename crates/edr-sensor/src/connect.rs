@@ -3,14 +3,24 @@
 //! tonic's built-in TLS cannot take a custom certificate verifier, so the channel gets a
 //! connector that opens TCP and runs the rustls handshake itself. The endpoint URI handed to
 //! tonic therefore uses the `http` scheme; the bytes on the wire are TLS.
+//!
+//! Under TLS 1.3 the server judges the client certificate after the client considers the
+//! handshake complete, so a rejected certificate shows up as an alert on the first read. The
+//! connector therefore reads the server's first bytes (the HTTP/2 server preface, which the
+//! server sends unprompted) before handing the stream to tonic. A rejection then fails
+//! `connect` with the alert instead of surfacing later as "connection closed".
 
 use std::error::Error as StdError;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
@@ -123,7 +133,8 @@ pub async fn connect(url: &CollectorUrl, tls: ClientConfig) -> Result<Channel, C
         async move {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             let tls = connector.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+            let stream = Prefetched::first_read(tls).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
     endpoint
@@ -133,6 +144,71 @@ pub async fn connect(url: &CollectorUrl, tls: ClientConfig) -> Result<Channel, C
             url: url.url.clone(),
             reason: describe_error(&err),
         })
+}
+
+/// A stream whose first bytes have already been read into `buf`.
+struct Prefetched<S> {
+    buf: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> Prefetched<S> {
+    /// Reads the first bytes the server sends; fails with the TLS alert if it rejected us.
+    async fn first_read(mut inner: S) -> io::Result<Self> {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(CONNECT_TIMEOUT, inner.read(&mut buf))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the Collector sent nothing after the TLS handshake",
+                )
+            })??;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the Collector closed the connection right after the TLS handshake",
+            ));
+        }
+        buf.truncate(n);
+        Ok(Self { buf, pos: 0, inner })
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefetched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.buf.len() {
+            let n = out.remaining().min(self.buf.len() - self.pos);
+            let start = self.pos;
+            out.put_slice(&self.buf[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefetched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The rustls error somewhere in an error's source chain, if any.
