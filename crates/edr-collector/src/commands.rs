@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::cli::{Cli, Command, SensorsCommand, TokenCommand};
 use crate::store::Store;
 
-/// Subdirectory of the data directory that holds the CA.
+/// Subdirectory of the data directory that contains the CA.
 pub(crate) const CA_DIR: &str = "ca";
 
 /// Common name of the Collector CA certificate.

@@ -5,7 +5,7 @@
 //!
 //! Enrollment runs in one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before
 //! reading the token, so two enrolments racing for the last use of a token (in this process
-//! or another) run one after the other and the second sees the use already spent. A failure
+//! or another) run one after the other and the second finds the use already spent. A failure
 //! anywhere in the transaction rolls it back, leaving the token's use count and the sensor
 //! table untouched.
 
@@ -76,7 +76,7 @@ pub(crate) enum StoreError {
     UnknownSensor { id: String },
 }
 
-/// Why an enrollment was rejected or failed.
+/// Reasons an enrollment is rejected or fails.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EnrollError {
     /// The token id is unknown or the secret does not match; the two are not distinguished.
@@ -121,7 +121,7 @@ pub(crate) struct SensorRow {
     pub(crate) revoked_at: Option<OffsetDateTime>,
 }
 
-/// What the enrollment service stores about a new sensor besides its certificate.
+/// Data the enrollment service stores about a new sensor besides its certificate.
 #[derive(Debug)]
 pub(crate) struct NewSensor {
     pub(crate) hostname: String,

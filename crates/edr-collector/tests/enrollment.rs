@@ -196,7 +196,7 @@ fn status_text(status: &tonic::Status) -> String {
     }
 }
 
-/// An identity whose certificate is signed by `ca` with `validity`, for a fresh key.
+/// Builds an identity for a fresh key whose certificate `ca` signs with `validity`.
 fn forged_identity(collector: &Collector, ca: &CollectorCa, validity: Validity) -> Identity {
     let key = rcgen::KeyPair::generate().unwrap();
     let csr_pem = rcgen::CertificateParams::default()
@@ -245,7 +245,9 @@ async fn enroll_issues_client_certificate_once() {
         ))]
     );
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
-    assert!(eku.client_auth && !eku.server_auth && !eku.any);
+    assert!(eku.client_auth);
+    assert!(!eku.server_auth);
+    assert!(!eku.any);
     assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
     let stored = store(&root.path().join("a")).load().unwrap();
     assert_eq!(stored.sensor_id, identity.sensor_id);
@@ -267,7 +269,7 @@ async fn enroll_issues_client_certificate_once() {
     assert_no_state(&root.path().join("b"));
     assert_eq!(collector.sensor_count(), 1);
 
-    // Enrolling into a directory that holds an identity is rejected before any request.
+    // Enrolling into a directory that contains an identity is rejected before any request.
     let second = collector.token(&[]);
     let err = enroll_at(&collector, &second, &root.path().join("a"))
         .await

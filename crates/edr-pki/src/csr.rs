@@ -53,7 +53,7 @@ pub enum CsrError {
         "the certificate signing request's signature is invalid: the sender does not hold the key it requests a certificate for"
     )]
     BadSignature,
-    /// The CSR's key type is not ECDSA P-256, ECDSA P-384 or Ed25519.
+    /// The CSR's key algorithm is not one that rcgen supports (ECDSA, Ed25519, RSA).
     #[error(
         "unsupported key type in the certificate signing request ({algorithm}): use an ECDSA P-256 key"
     )]
@@ -155,7 +155,7 @@ pub struct ParsedCsr {
 }
 
 impl ParsedCsr {
-    /// Parses a PEM CSR and verifies its self-signature (proof that the sender holds the key).
+    /// Parses a PEM CSR and verifies its self-signature, which proves that the sender has the private key.
     pub fn from_pem(pem: &str) -> Result<Self, CsrError> {
         use rustls_pki_types::CertificateSigningRequestDer;
         use rustls_pki_types::pem::PemObject;
@@ -199,7 +199,7 @@ impl ParsedCsr {
         &self.forbidden_claims
     }
 
-    /// The DER SubjectPublicKeyInfo of the requested key.
+    /// Returns the DER SubjectPublicKeyInfo of the requested key.
     pub fn subject_public_key_info(&self) -> &[u8] {
         &self.spki_der
     }

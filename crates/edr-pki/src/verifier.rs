@@ -19,9 +19,9 @@ use crate::{CaFingerprint, RevocationList};
 
 /// Wraps the webpki client verifier and rejects certificates in the current revocation set.
 ///
-/// A client may connect without a certificate (the enrollment RPC needs that); a client that
-/// presents one must present a valid, unrevoked certificate issued by the Collector CA or the
-/// handshake fails.
+/// A client may connect without a certificate, because the enrollment RPC needs that. A
+/// client that presents one must present a valid, unrevoked certificate issued by the
+/// Collector CA, or the handshake fails.
 pub(crate) struct RevocationCheckingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     revocations: Arc<RevocationList>,

@@ -211,7 +211,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefetched<S> {
     }
 }
 
-/// The rustls error somewhere in an error's source chain, if any.
+/// Finds the rustls error in an error's source chain, if there is one.
 pub fn find_tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(err) = current {

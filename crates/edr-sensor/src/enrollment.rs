@@ -3,7 +3,7 @@
 //! # Enrollment
 //!
 //! 1. Parse the token; a malformed token fails before anything touches the network or disk.
-//! 2. Reject a state directory that already holds an identity.
+//! 2. Reject a state directory that already contains an identity.
 //! 3. Generate an ECDSA P-256 key pair and a CSR. The private key never leaves this process
 //!    except into the identity store.
 //! 4. Connect over TLS without a client certificate, trusting only a CA whose certificate's
@@ -43,9 +43,9 @@ pub enum EnrollmentError {
     /// The Collector URL is invalid or the connection failed.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The state directory already holds an identity.
+    /// The state directory already contains an identity.
     #[error(
-        "the state directory \"{dir}\" already holds the identity of sensor {sensor_id}: use it, or remove the directory to enroll again"
+        "the state directory \"{dir}\" already contains the identity of sensor {sensor_id}: use it, or remove the directory to enroll again"
     )]
     AlreadyEnrolled { dir: String, sensor_id: String },
     /// Generating the key pair or CSR failed.
@@ -54,7 +54,7 @@ pub enum EnrollmentError {
     /// Building the TLS configuration failed.
     #[error(transparent)]
     Tls(#[from] edr_pki::tls::TlsConfigError),
-    /// The Collector answered the RPC with an error status.
+    /// The Collector returned an error status for the RPC.
     #[error("the Collector at {url} rejected the {rpc} request: {message}")]
     Rejected {
         url: String,
@@ -263,7 +263,7 @@ fn check_issued_chain(
 
 fn rejected(url: &CollectorUrl, rpc: &'static str, status: tonic::Status) -> EnrollmentError {
     // A TLS failure after the handshake (for example a certificate alert under TLS 1.3)
-    // arrives as a status whose source chain holds the rustls error.
+    // arrives as a status whose source chain contains the rustls error.
     let message = match std::error::Error::source(&status) {
         Some(source) if connect::find_tls_error(source).is_some() => {
             connect::describe_error(source)

@@ -3,7 +3,7 @@
 //!
 //! # Format
 //!
-//! The directory holds one file, `identity.json` (format version 1):
+//! The directory contains one file, `identity.json` (format version 1):
 //!
 //! ```json
 //! {
@@ -61,7 +61,7 @@ pub struct ProtectionError {
     pub detail: String,
 }
 
-/// How the private key and the state directory are protected on this platform.
+/// Protection of the private key and the state directory on one platform.
 pub trait KeyProtection: Send + Sync + fmt::Debug {
     /// Scheme name stored in the identity file, for example `file-permissions`.
     fn scheme(&self) -> &'static str;

@@ -45,7 +45,7 @@ pub fn manifest(buffer_capacity_bytes: u64) -> CapabilityManifest {
     }
 }
 
-/// The OS build, from `RtlGetVersion` on Windows; [`NON_WINDOWS_OS_BUILD`] elsewhere.
+/// Returns the OS build: from `RtlGetVersion` on Windows, [`NON_WINDOWS_OS_BUILD`] elsewhere.
 pub fn os_build() -> String {
     #[cfg(windows)]
     {

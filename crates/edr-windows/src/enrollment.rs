@@ -4,7 +4,7 @@
 //! The key is sealed with `CryptProtectData` under the account the sensor runs as (the
 //! service runs as LocalSystem), without `CRYPTPROTECT_LOCAL_MACHINE`: with that flag any
 //! process on the machine could decrypt the key. The state directory gets a protected DACL
-//! granting full control to SYSTEM and Administrators and nobody else.
+//! granting full control to SYSTEM and Administrators only.
 //!
 //! NOTE: this path has been type-checked for Windows and its DPAPI round trip runs under
 //! Wine; it has not run on a real Windows host. On other platforms [`platform_protection`]
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use edr_sensor::identity::KeyProtection;
 
-/// The protection scheme this build uses for the identity store.
+/// Returns the protection scheme this build uses for the identity store.
 pub fn platform_protection() -> Arc<dyn KeyProtection> {
     #[cfg(windows)]
     {

@@ -54,7 +54,7 @@ pub(crate) fn require_sensor(
     }
 }
 
-/// The sensor id the interceptor stored.
+/// Returns the sensor id that the interceptor stored.
 pub(crate) fn authenticated<T>(request: &Request<T>) -> Result<SensorId, Status> {
     request
         .extensions()

@@ -180,7 +180,7 @@ fn enroll_status(err: EnrollError) -> Status {
     }
 }
 
-/// A bounded, printable copy of a string the sensor controls.
+/// Returns a bounded, printable copy of a string the sensor controls.
 fn sanitize(value: &str) -> String {
     value
         .chars()

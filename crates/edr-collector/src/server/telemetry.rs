@@ -1,4 +1,4 @@
-//! The Telemetry service. This version answers heartbeats only.
+//! The Telemetry service. This version acknowledges heartbeats only.
 //!
 //! NOTE: event ingest is not implemented: an event batch ends the stream with
 //! `UNIMPLEMENTED` and is not acked, so the sensor keeps the events buffered.
