@@ -1,13 +1,22 @@
 //! The Collector: enrols sensors, stores their telemetry and sends them commands.
 #![forbid(unsafe_code)]
 
+mod cli;
+mod commands;
+mod server;
+mod store;
+
 use clap::Parser;
 
-#[derive(Debug, Parser)]
-#[command(version, about = "EDR Collector")]
-struct Cli {}
-
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    commands::run(cli)
 }

@@ -1,0 +1,163 @@
+//! Command handlers for `init`, `token` and `sensors`; `serve` lives in [`crate::server`].
+//!
+//! Data directory layout: `ca/ca.crt`, `ca/ca.key` (see `edr_pki::ca`) and `collector.db`
+//! (see [`crate::store`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use edr_pki::token::{format_time, parse_label};
+use edr_pki::{CollectorCa, EnrollmentToken, TokenPolicy};
+use time::OffsetDateTime;
+
+use crate::cli::{Cli, Command, SensorsCommand, TokenCommand};
+use crate::store::Store;
+
+/// Subdirectory of the data directory that contains the CA.
+pub(crate) const CA_DIR: &str = "ca";
+
+/// Common name of the Collector CA certificate.
+const CA_COMMON_NAME: &str = "EDR Collector CA";
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { data_dir } => init(&data_dir),
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                data_dir,
+                ttl,
+                uses,
+                labels,
+            } => token_create(&data_dir, ttl.into(), uses, &labels),
+            TokenCommand::List { data_dir } => token_list(&data_dir),
+            TokenCommand::Revoke { data_dir, id } => {
+                Store::open(&data_dir)?.revoke_token(&id, OffsetDateTime::now_utc())?;
+                eprintln!("revoked enrollment token {id}");
+                Ok(())
+            }
+        },
+        Command::Sensors { command } => match command {
+            SensorsCommand::List { data_dir } => sensors_list(&data_dir),
+            SensorsCommand::Revoke { data_dir, id } => {
+                Store::open(&data_dir)?.revoke_sensor(&id, OffsetDateTime::now_utc())?;
+                eprintln!(
+                    "revoked sensor {id}; a running `edr-collector serve` rejects its certificates within {} seconds",
+                    crate::server::REVOCATION_RELOAD_INTERVAL.as_secs()
+                );
+                Ok(())
+            }
+        },
+        Command::Serve {
+            data_dir,
+            listen,
+            server_names,
+        } => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+            runtime.block_on(crate::server::serve(&data_dir, listen, server_names))
+        }
+    }
+}
+
+pub(crate) fn ca_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(CA_DIR)
+}
+
+fn init(data_dir: &Path) -> anyhow::Result<()> {
+    let ca = CollectorCa::create(&ca_dir(data_dir), CA_COMMON_NAME)?;
+    Store::create(data_dir)?;
+    println!("created Collector CA in {}", ca_dir(data_dir).display());
+    println!("CA certificate SHA-256: {}", ca.fingerprint());
+    Ok(())
+}
+
+fn token_create(
+    data_dir: &Path,
+    ttl: std::time::Duration,
+    uses: u32,
+    labels: &[String],
+) -> anyhow::Result<()> {
+    let ca = CollectorCa::load(&ca_dir(data_dir))?;
+    let store = Store::open(data_dir)?;
+    let labels = labels
+        .iter()
+        .map(|label| parse_label(label))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let ttl = time::Duration::try_from(ttl)
+        .with_context(|| format!("token lifetime {ttl:?} is too long: use at most a few years"))?;
+    let now = OffsetDateTime::now_utc();
+    let expires_at = now
+        .checked_add(ttl)
+        .with_context(|| format!("token lifetime {ttl} is too long: use at most a few years"))?;
+    let policy = TokenPolicy {
+        expires_at,
+        max_uses: uses,
+        labels,
+    };
+    let token = EnrollmentToken::generate(ca.fingerprint())?;
+    store.insert_token(&token, &policy, now)?;
+    tracing::info!(token_id = %token.id(), expires_at = %format_time(expires_at), max_uses = uses, "created enrollment token");
+    println!("{}", token.to_text());
+    Ok(())
+}
+
+fn token_list(data_dir: &Path) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    println!(
+        "{:<16}  {:<20}  {:<20}  {:>9}  {:<8}  LABELS",
+        "ID", "CREATED", "EXPIRES", "USES", "STATUS"
+    );
+    for token in Store::open(data_dir)?.list_tokens()? {
+        let status = if token.revoked_at.is_some() {
+            "revoked"
+        } else if now >= token.policy.expires_at {
+            "expired"
+        } else if token.uses >= token.policy.max_uses {
+            "used"
+        } else {
+            "active"
+        };
+        let labels: Vec<String> = token
+            .policy
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{:<16}  {:<20}  {:<20}  {:>9}  {:<8}  {}",
+            token.id,
+            format_time(token.created_at),
+            format_time(token.policy.expires_at),
+            format!("{}/{}", token.uses, token.policy.max_uses),
+            status,
+            labels.join(",")
+        );
+    }
+    Ok(())
+}
+
+fn sensors_list(data_dir: &Path) -> anyhow::Result<()> {
+    println!(
+        "{:<36}  {:<20}  {:<20}  {:<20}  {:<16}  {:<8}",
+        "ID", "HOSTNAME", "ENROLLED", "CERT EXPIRES", "TOKEN", "STATUS"
+    );
+    for sensor in Store::open(data_dir)?.list_sensors()? {
+        println!(
+            "{:<36}  {:<20}  {:<20}  {:<20}  {:<16}  {:<8}",
+            sensor.id,
+            sensor.hostname,
+            format_time(sensor.enrolled_at),
+            sensor
+                .certificate_not_after
+                .map_or_else(|| "-".to_string(), format_time),
+            sensor.token_id,
+            if sensor.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! `edr-collector serve`: one TLS listener for every RPC.
+//!
+//! The TLS layer requests a client certificate but does not require one, so that a new sensor
+//! can call `Enroll` with server-auth TLS only. A presented certificate must chain to the
+//! Collector CA, be within its validity and not be revoked, or the handshake fails. Above
+//! TLS, [`auth::require_sensor`] rejects every Telemetry and Command RPC on a connection
+//! without a client certificate, and `Renew` checks the same inside its handler. The sensor id
+//! always comes from the verified certificate.
+//!
+//! Revocation: the revocation list is reloaded from the database every
+//! [`REVOCATION_RELOAD_INTERVAL`], so `edr-collector sensors revoke` reaches a running server
+//! within that time. New handshakes consult the list; so does every RPC on an open connection.
+//!
+//! The server certificate is issued by the Collector CA at every start, for the names given
+//! with `--server-name` plus localhost, 127.0.0.1, ::1 and a specific listen IP.
+
+mod auth;
+mod command;
+mod enrollment;
+mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use edr_pki::{CollectorCa, RevocationList};
+use edr_proto::v1::command_server::CommandServer;
+use edr_proto::v1::enrollment_server::EnrollmentServer;
+use edr_proto::v1::telemetry_server::TelemetryServer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::commands::ca_dir;
+use crate::store::Store;
+
+/// How often `serve` reloads the revocation list from the database.
+pub(crate) const REVOCATION_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Validity of the server certificate issued at start-up.
+const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by the RPC services.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) ca: CollectorCa,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) revocations: Arc<RevocationList>,
+}
+
+pub(crate) async fn serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    mut server_names: Vec<String>,
+) -> anyhow::Result<()> {
+    let ca = CollectorCa::load(&ca_dir(data_dir))?;
+    let store = Store::open(data_dir)?;
+    let revocations = RevocationList::new(store.revocation_set()?);
+
+    for default in ["localhost", "127.0.0.1", "::1"] {
+        if !server_names.iter().any(|n| n == default) {
+            server_names.push(default.to_string());
+        }
+    }
+    if !listen.ip().is_unspecified() && !server_names.contains(&listen.ip().to_string()) {
+        server_names.push(listen.ip().to_string());
+    }
+    let identity = ca.issue_server_certificate(&server_names, SERVER_CERT_VALIDITY)?;
+    let tls = edr_pki::tls::server_config(
+        ca.certificate_der().clone(),
+        identity,
+        Arc::clone(&revocations),
+    )?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("failed to listen on {listen}: choose a free address with --listen")
+    })?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %data_dir.display(),
+        listen_addr = %local_addr,
+        ca_sha256 = %ca.fingerprint(),
+        server_names = ?server_names,
+        "edr-collector serving"
+    );
+
+    let shared = Arc::new(Shared {
+        ca,
+        store: Mutex::new(store),
+        revocations,
+    });
+    tokio::spawn(reload_revocations(
+        data_dir.to_path_buf(),
+        Arc::clone(&shared),
+    ));
+
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, acceptor, tx));
+
+    let enrollment = EnrollmentServer::new(enrollment::EnrollmentService::new(Arc::clone(&shared)));
+    let telemetry = TelemetryServer::with_interceptor(
+        telemetry::TelemetryService,
+        auth::require_sensor(Arc::clone(&shared.revocations)),
+    );
+    let command = CommandServer::with_interceptor(
+        command::CommandService,
+        auth::require_sensor(Arc::clone(&shared.revocations)),
+    );
+    tonic::transport::Server::builder()
+        .add_service(enrollment)
+        .add_service(telemetry)
+        .add_service(command)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("received Ctrl-C, shutting down");
+        })
+        .await
+        .context("the gRPC server failed")?;
+    tracing::info!("edr-collector stopped");
+    Ok(())
+}
+
+type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts TCP connections and runs each TLS handshake in its own task.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: tokio::sync::mpsc::Sender<Result<TlsConnection, std::io::Error>>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(error = %err, "failed to accept a TCP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(err)) => tracing::warn!(%peer, error = %err, "TLS handshake failed"),
+                Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Reloads the revocation list from the database forever.
+async fn reload_revocations(data_dir: std::path::PathBuf, shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(REVOCATION_RELOAD_INTERVAL);
+    loop {
+        interval.tick().await;
+        let task_shared = Arc::clone(&shared);
+        let result = tokio::task::spawn_blocking(move || {
+            let store = task_shared
+                .store
+                .lock()
+                .map_err(|_| "database lock poisoned".to_string())?;
+            let set = store.revocation_set().map_err(|err| err.to_string())?;
+            Ok::<_, String>(task_shared.revocations.replace(set))
+        })
+        .await;
+        match result {
+            Ok(Ok(true)) => tracing::info!(
+                revoked = shared.revocations.snapshot().len(),
+                "reloaded the revocation list"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(err)) => {
+                tracing::error!(data_dir = %data_dir.display(), error = %err, "failed to reload the revocation list; keeping the previous one")
+            }
+            Err(err) => tracing::error!(error = %err, "revocation reload task failed"),
+        }
+    }
+}
+
+/// Converts a time to a protobuf timestamp.
+pub(crate) fn timestamp(at: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    }
+}

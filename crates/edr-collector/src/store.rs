@@ -1,0 +1,593 @@
+//! The Collector database: enrollment tokens, sensors, issued certificates and revocations.
+//!
+//! SQLite in `DATA_DIR/collector.db`, WAL journal, schema version in `PRAGMA user_version`.
+//! Times are Unix seconds (UTC). Token secrets are stored only as SHA-256.
+//!
+//! Enrollment runs in one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before
+//! reading the token, so two enrolments racing for the last use of a token (in this process
+//! or another) run one after the other and the second finds the use already spent. A failure
+//! anywhere in the transaction rolls it back, leaving the token's use count and the sensor
+//! table untouched.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edr_pki::token::{TokenError, format_time};
+use edr_pki::{EnrollmentToken, IssuedCertificate, RevocationSet, SensorId, TokenPolicy};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+
+/// Database file name inside the data directory.
+pub(crate) const DB_FILE: &str = "collector.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    id            TEXT PRIMARY KEY,
+    secret_sha256 BLOB NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    max_uses      INTEGER NOT NULL,
+    uses          INTEGER NOT NULL DEFAULT 0,
+    labels        TEXT NOT NULL,
+    revoked_at    INTEGER
+);
+CREATE TABLE IF NOT EXISTS sensors (
+    id           TEXT PRIMARY KEY,
+    token_id     TEXT NOT NULL REFERENCES tokens(id),
+    hostname     TEXT NOT NULL,
+    host_facts   TEXT NOT NULL,
+    capabilities BLOB NOT NULL,
+    enrolled_at  INTEGER NOT NULL,
+    revoked_at   INTEGER
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial      TEXT PRIMARY KEY,
+    sensor_id   TEXT NOT NULL REFERENCES sensors(id),
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    issued_at   INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+";
+
+/// Errors from the database.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// The database file does not exist.
+    #[error("no Collector database at \"{}\": run `edr-collector init --data-dir DIR` first", path.display())]
+    Missing { path: PathBuf },
+    /// SQLite failed.
+    #[error("database error in \"{}\": {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The schema version is newer or older than this build understands.
+    #[error("the database \"{}\" has schema version {found}, this Collector expects {SCHEMA_VERSION}: use a matching Collector version", path.display())]
+    SchemaVersion { path: PathBuf, found: i64 },
+    /// No token with this id exists.
+    #[error("no enrollment token with id \"{id}\": list tokens with `edr-collector token list`")]
+    UnknownTokenId { id: String },
+    /// No sensor with this id exists.
+    #[error("no sensor with id \"{id}\": list sensors with `edr-collector sensors list`")]
+    UnknownSensor { id: String },
+}
+
+/// Reasons an enrollment is rejected or fails.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnrollError {
+    /// The token id is unknown or the secret does not match; the two are not distinguished.
+    #[error(
+        "enrollment token {id} is not valid for this Collector: create a new one with `edr-collector token create`"
+    )]
+    UnknownToken { id: String },
+    /// The token was revoked.
+    #[error(
+        "enrollment token {id} was revoked at {revoked_at}: create a new one with `edr-collector token create`"
+    )]
+    TokenRevoked { id: String, revoked_at: String },
+    /// The token expired or has no uses left.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Signing the certificate failed.
+    #[error("failed to issue the sensor certificate: {0}")]
+    Issue(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A token row, without its secret hash.
+#[derive(Debug)]
+pub(crate) struct TokenRow {
+    pub(crate) id: String,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) policy: TokenPolicy,
+    pub(crate) uses: u32,
+    pub(crate) revoked_at: Option<OffsetDateTime>,
+}
+
+/// A sensor row with its newest certificate.
+#[derive(Debug)]
+pub(crate) struct SensorRow {
+    pub(crate) id: String,
+    pub(crate) hostname: String,
+    pub(crate) token_id: String,
+    pub(crate) enrolled_at: OffsetDateTime,
+    pub(crate) certificate_not_after: Option<OffsetDateTime>,
+    pub(crate) revoked_at: Option<OffsetDateTime>,
+}
+
+/// Data the enrollment service stores about a new sensor besides its certificate.
+#[derive(Debug)]
+pub(crate) struct NewSensor {
+    pub(crate) hostname: String,
+    pub(crate) host_facts_json: String,
+    pub(crate) capabilities: Vec<u8>,
+}
+
+/// An open database connection.
+#[derive(Debug)]
+pub(crate) struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Creates the database (or opens an existing one) in `data_dir`.
+    pub(crate) fn create(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, true)
+    }
+
+    /// Opens the existing database in `data_dir`.
+    pub(crate) fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, false)
+    }
+
+    fn open_with(data_dir: &Path, create: bool) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !create && !path.exists() {
+            return Err(StoreError::Missing { path });
+        }
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sqlite)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sqlite)?;
+        match version {
+            0 => {
+                conn.execute_batch(SCHEMA).map_err(sqlite)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sqlite)?;
+            }
+            SCHEMA_VERSION => {}
+            found => return Err(StoreError::SchemaVersion { path, found }),
+        }
+        Ok(Self { conn, path })
+    }
+
+    fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn insert_token(
+        &self,
+        token: &EnrollmentToken,
+        policy: &TokenPolicy,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let labels = serde_json::to_string(&policy.labels).unwrap_or_else(|_| "{}".into());
+        self.conn
+            .execute(
+                "INSERT INTO tokens (id, secret_sha256, created_at, expires_at, max_uses, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    token.id(),
+                    token.secret_hash().to_vec(),
+                    now.unix_timestamp(),
+                    policy.expires_at.unix_timestamp(),
+                    policy.max_uses,
+                    labels
+                ],
+            )
+            .map_err(self.sqlite())?;
+        Ok(())
+    }
+
+    pub(crate) fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, created_at, expires_at, max_uses, uses, labels, revoked_at
+                 FROM tokens ORDER BY created_at, id",
+            )
+            .map_err(self.sqlite())?;
+        let rows = stmt
+            .query_map([], |row| {
+                let labels: String = row.get(5)?;
+                Ok(TokenRow {
+                    id: row.get(0)?,
+                    created_at: from_unix(row.get(1)?),
+                    policy: TokenPolicy {
+                        expires_at: from_unix(row.get(2)?),
+                        max_uses: row.get(3)?,
+                        labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    },
+                    uses: row.get(4)?,
+                    revoked_at: row.get::<_, Option<i64>>(6)?.map(from_unix),
+                })
+            })
+            .map_err(self.sqlite())?;
+        rows.collect::<Result<_, _>>().map_err(self.sqlite())
+    }
+
+    pub(crate) fn revoke_token(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                params![id, now.unix_timestamp()],
+            )
+            .map_err(self.sqlite())?;
+        if changed == 0 {
+            return Err(StoreError::UnknownTokenId { id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Consumes one use of `token` and records a new sensor with the certificate `issue`
+    /// returns, all in one transaction.
+    pub(crate) fn enroll(
+        &mut self,
+        token: &EnrollmentToken,
+        sensor: &NewSensor,
+        now: OffsetDateTime,
+        issue: impl FnOnce(SensorId) -> Result<IssuedCertificate, String>,
+    ) -> Result<IssuedCertificate, EnrollError> {
+        let path = self.path.clone();
+        let sqlite = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&sqlite)?;
+
+        let id = token.id();
+        let row = tx
+            .query_row(
+                "SELECT secret_sha256, expires_at, max_uses, uses, labels, revoked_at
+                 FROM tokens WHERE id = ?1",
+                params![id],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, u32>(2)?,
+                        row.get::<_, u32>(3)?,
+                        row.get::<_, Option<i64>>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(&sqlite)?;
+        let Some((secret_hash, expires_at, max_uses, uses, revoked_at)) = row else {
+            return Err(EnrollError::UnknownToken { id });
+        };
+        if !token.secret_matches(&secret_hash) {
+            return Err(EnrollError::UnknownToken { id });
+        }
+        if let Some(revoked_at) = revoked_at {
+            return Err(EnrollError::TokenRevoked {
+                id,
+                revoked_at: format_time(from_unix(revoked_at)),
+            });
+        }
+        let policy = TokenPolicy {
+            expires_at: from_unix(expires_at),
+            max_uses,
+            labels: BTreeMap::new(),
+        };
+        policy.check_usable(&id, uses, now)?;
+
+        let sensor_id = uuid::Uuid::new_v4();
+        let issued = issue(sensor_id).map_err(EnrollError::Issue)?;
+        tx.execute(
+            "INSERT INTO sensors (id, token_id, hostname, host_facts, capabilities, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                sensor_id.to_string(),
+                id,
+                sensor.hostname,
+                sensor.host_facts_json,
+                sensor.capabilities,
+                now.unix_timestamp()
+            ],
+        )
+        .map_err(&sqlite)?;
+        insert_certificate(&tx, &issued, now).map_err(&sqlite)?;
+        tx.execute(
+            "UPDATE tokens SET uses = uses + 1 WHERE id = ?1",
+            params![id],
+        )
+        .map_err(&sqlite)?;
+        tx.commit().map_err(&sqlite)?;
+        Ok(issued)
+    }
+
+    /// Returns when the sensor was revoked, or `None` while it is active.
+    pub(crate) fn sensor_revoked_at(
+        &self,
+        sensor_id: SensorId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let revoked: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT revoked_at FROM sensors WHERE id = ?1",
+                params![sensor_id.to_string()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.sqlite())?;
+        match revoked {
+            None => Err(StoreError::UnknownSensor {
+                id: sensor_id.to_string(),
+            }),
+            Some(at) => Ok(at.map(from_unix)),
+        }
+    }
+
+    pub(crate) fn record_certificate(
+        &self,
+        issued: &IssuedCertificate,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        insert_certificate(&self.conn, issued, now).map_err(self.sqlite())
+    }
+
+    pub(crate) fn list_sensors(&self) -> Result<Vec<SensorRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT s.id, s.hostname, s.token_id, s.enrolled_at, s.revoked_at,
+                        (SELECT MAX(c.not_after) FROM certificates c WHERE c.sensor_id = s.id)
+                 FROM sensors s ORDER BY s.enrolled_at, s.id",
+            )
+            .map_err(self.sqlite())?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(SensorRow {
+                    id: row.get(0)?,
+                    hostname: row.get(1)?,
+                    token_id: row.get(2)?,
+                    enrolled_at: from_unix(row.get(3)?),
+                    revoked_at: row.get::<_, Option<i64>>(4)?.map(from_unix),
+                    certificate_not_after: row.get::<_, Option<i64>>(5)?.map(from_unix),
+                })
+            })
+            .map_err(self.sqlite())?;
+        rows.collect::<Result<_, _>>().map_err(self.sqlite())
+    }
+
+    pub(crate) fn revoke_sensor(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE sensors SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                params![id, now.unix_timestamp()],
+            )
+            .map_err(self.sqlite())?;
+        if changed == 0 {
+            return Err(StoreError::UnknownSensor { id: id.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Reads every revoked sensor and certificate serial.
+    pub(crate) fn revocation_set(&self) -> Result<RevocationSet, StoreError> {
+        let mut set = RevocationSet::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM sensors WHERE revoked_at IS NOT NULL")
+            .map_err(self.sqlite())?;
+        let ids = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(self.sqlite())?;
+        for id in ids {
+            // Ids are written by this program as UUIDs; skip any row edited by hand.
+            if let Ok(id) = uuid::Uuid::parse_str(&id.map_err(self.sqlite())?) {
+                set.revoke_sensor(id);
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
+            .map_err(self.sqlite())?;
+        let serials = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(self.sqlite())?;
+        for serial in serials {
+            if let Ok(bytes) = hex::decode(serial.map_err(self.sqlite())?) {
+                set.revoke_serial(&bytes);
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn insert_certificate(
+    conn: &Connection,
+    issued: &IssuedCertificate,
+    now: OffsetDateTime,
+) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO certificates (serial, sensor_id, not_before, not_after, issued_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            hex::encode(&issued.serial),
+            issued.sensor_id.to_string(),
+            issued.validity.not_before().unix_timestamp(),
+            issued.validity.not_after().unix_timestamp(),
+            now.unix_timestamp()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Converts stored Unix seconds; out-of-range values (only possible by editing the database
+/// by hand) become the epoch.
+fn from_unix(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(seconds).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edr_pki::{CollectorCa, ParsedCsr, Validity};
+    use std::sync::Arc;
+    use time::Duration as TimeDuration;
+
+    fn setup() -> (tempfile::TempDir, Arc<CollectorCa>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CollectorCa::create(&dir.path().join("ca"), "Test CA").unwrap();
+        Store::create(dir.path()).unwrap();
+        (dir, Arc::new(ca))
+    }
+
+    fn new_token(store: &Store, ca: &CollectorCa, max_uses: u32) -> EnrollmentToken {
+        let token = EnrollmentToken::generate(ca.fingerprint()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let policy = TokenPolicy {
+            expires_at: now + TimeDuration::hours(1),
+            max_uses,
+            labels: BTreeMap::new(),
+        };
+        store.insert_token(&token, &policy, now).unwrap();
+        token
+    }
+
+    fn sensor() -> NewSensor {
+        NewSensor {
+            hostname: "host".into(),
+            host_facts_json: "{}".into(),
+            capabilities: vec![],
+        }
+    }
+
+    fn issuer(ca: &CollectorCa) -> impl FnOnce(SensorId) -> Result<IssuedCertificate, String> + '_ {
+        move |id| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let pem = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .unwrap()
+                .pem()
+                .unwrap();
+            let csr = ParsedCsr::from_pem(&pem).unwrap();
+            edr_pki::csr::sign_client_certificate(
+                ca,
+                &csr,
+                id,
+                Validity::starting_now(TimeDuration::days(1)),
+            )
+            .map_err(|err| err.to_string())
+        }
+    }
+
+    #[test]
+    fn concurrent_enrolments_respect_max_uses() {
+        let (dir, ca) = setup();
+        let token = new_token(&Store::open(dir.path()).unwrap(), &ca, 1);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (dir, ca, token) = (dir.path(), Arc::clone(&ca), token.clone());
+                    scope.spawn(move || {
+                        let mut store = Store::open(dir).unwrap();
+                        store
+                            .enroll(&token, &sensor(), OffsetDateTime::now_utc(), issuer(&ca))
+                            .is_ok()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list_sensors().unwrap().len(), 1);
+        assert_eq!(store.list_tokens().unwrap()[0].uses, 1);
+    }
+
+    #[test]
+    fn failed_issue_consumes_nothing() {
+        let (dir, ca) = setup();
+        let mut store = Store::open(dir.path()).unwrap();
+        let token = new_token(&store, &ca, 1);
+        let err = store
+            .enroll(&token, &sensor(), OffsetDateTime::now_utc(), |_| {
+                Err("signing failed".into())
+            })
+            .unwrap_err();
+        assert!(matches!(err, EnrollError::Issue(_)), "{err}");
+        assert_eq!(store.list_tokens().unwrap()[0].uses, 0);
+        assert!(store.list_sensors().unwrap().is_empty());
+    }
+
+    #[test]
+    fn wrong_secret_is_unknown_token() {
+        let (dir, ca) = setup();
+        let mut store = Store::open(dir.path()).unwrap();
+        let token = new_token(&store, &ca, 1);
+        let forged_text = token.to_text();
+        // Same id, different secret: regenerate and splice the id in.
+        let other = EnrollmentToken::generate(ca.fingerprint())
+            .unwrap()
+            .to_text();
+        let forged = format!("{}{}", &forged_text[..21], &other[21..other.len() - 9]);
+        let check = hex::encode(&edr_pki::sha256(forged.as_bytes())[..4]);
+        let forged = EnrollmentToken::parse(&format!("{forged}.{check}")).unwrap();
+        assert_eq!(forged.id(), token.id());
+        let err = store
+            .enroll(&forged, &sensor(), OffsetDateTime::now_utc(), issuer(&ca))
+            .unwrap_err();
+        assert!(matches!(err, EnrollError::UnknownToken { .. }), "{err}");
+    }
+
+    #[test]
+    fn revoked_sensor_enters_revocation_set() {
+        let (dir, ca) = setup();
+        let mut store = Store::open(dir.path()).unwrap();
+        let token = new_token(&store, &ca, 1);
+        let issued = store
+            .enroll(&token, &sensor(), OffsetDateTime::now_utc(), issuer(&ca))
+            .unwrap();
+        assert!(store.revocation_set().unwrap().is_empty());
+        store
+            .revoke_sensor(&issued.sensor_id.to_string(), OffsetDateTime::now_utc())
+            .unwrap();
+        assert!(
+            store
+                .revocation_set()
+                .unwrap()
+                .is_revoked(&issued.serial, Some(issued.sensor_id))
+        );
+        let err = store
+            .revoke_sensor("nope", OffsetDateTime::now_utc())
+            .unwrap_err();
+        assert!(err.to_string().contains("sensors list"), "{err}");
+    }
+}
