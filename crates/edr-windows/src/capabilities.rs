@@ -4,6 +4,9 @@
 mod tests {
     #[test]
     fn placeholder_runs() {
-        assert_eq!(std::env::consts::OS, if cfg!(windows) { "windows" } else { "linux" });
+        assert_eq!(
+            std::env::consts::OS,
+            if cfg!(windows) { "windows" } else { "linux" }
+        );
     }
 }

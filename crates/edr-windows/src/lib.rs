@@ -5,3 +5,8 @@
 #![deny(unsafe_code)]
 
 pub mod capabilities;
+pub mod config;
+pub mod loader;
+pub mod logging;
+pub mod service;
+pub mod sys;
