@@ -48,6 +48,8 @@ pub mod session;
 pub mod sizing;
 
 #[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
 mod tests;
 
 pub use controller::{
