@@ -20,6 +20,18 @@ impl OsError {
         Self { api, code }
     }
 
+    /// Converts an error from the `windows` crate, unwrapping `HRESULT_FROM_WIN32` codes.
+    #[cfg(windows)]
+    pub fn from_windows(api: &'static str, error: &windows::core::Error) -> Self {
+        let hresult = error.code().0 as u32;
+        let code = if hresult & 0xFFFF_0000 == 0x8007_0000 {
+            hresult & 0xFFFF
+        } else {
+            hresult
+        };
+        Self { api, code }
+    }
+
     /// Whether the failure is a transient shortage of kernel memory or ETW buffers, which is
     /// worth retrying after a delay.
     pub fn is_resource_shortage(&self) -> bool {
