@@ -1,12 +1,44 @@
 //! `edr-windows`: the Windows sensor's command line.
 
-use clap::Parser;
+mod cli;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "EDR sensor for Windows")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the sensor service (LocalSystem, automatic start, restart on failure)
+    Install(cli::service::InstallArgs),
+    /// Stop and remove the sensor service; configuration and logs are kept
+    Uninstall,
+    /// Start the installed service
+    Start,
+    /// Stop the installed service
+    Stop,
+    /// Show the service state
+    Status,
+    /// Run the sensor in this console, for debugging
+    Run(cli::service::RunArgs),
+    /// Entry point used by the service control manager
+    #[command(hide = true)]
+    Service,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Install(args) => cli::service::install(&args),
+        Command::Uninstall => cli::service::uninstall(),
+        Command::Start => cli::service::start(),
+        Command::Stop => cli::service::stop(),
+        Command::Status => cli::service::status(),
+        Command::Run(args) => cli::service::run(&args),
+        Command::Service => cli::service::service(),
+    }
 }

@@ -1,0 +1,3 @@
+//! Subcommand handlers of the `edr-windows` binary.
+
+pub(crate) mod service;
