@@ -38,26 +38,26 @@ impl KeyProtection for Dpapi {
     }
 
     fn seal(&self, key: &[u8]) -> Result<Vec<u8>, edr_sensor::identity::ProtectionError> {
-        crate::sys::protect_data(key).map_err(protection_error)
+        crate::sys::security::protect_data(key).map_err(protection_error)
     }
 
     fn unseal(
         &self,
         sealed: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, edr_sensor::identity::ProtectionError> {
-        crate::sys::unprotect_data(sealed).map_err(protection_error)
+        crate::sys::security::unprotect_data(sealed).map_err(protection_error)
     }
 
     fn secure_directory(
         &self,
         dir: &std::path::Path,
     ) -> Result<(), edr_sensor::identity::ProtectionError> {
-        crate::sys::restrict_to_system_and_admins(dir).map_err(protection_error)
+        crate::sys::security::restrict_to_system_and_admins(dir).map_err(protection_error)
     }
 }
 
 #[cfg(windows)]
-fn protection_error(err: crate::sys::SysError) -> edr_sensor::identity::ProtectionError {
+fn protection_error(err: crate::sys::OsError) -> edr_sensor::identity::ProtectionError {
     edr_sensor::identity::ProtectionError {
         operation: err.api,
         detail: err.to_string(),

@@ -5,13 +5,12 @@
 #![deny(unsafe_code)]
 
 pub mod capabilities;
+pub mod config;
 pub mod enrollment;
-#[cfg(windows)]
-#[allow(
-    unsafe_code,
-    reason = "the Win32 wrapper module; every block has a SAFETY comment"
-)]
-mod sys;
+pub mod loader;
+pub mod logging;
+pub mod service;
+pub mod sys;
 
 /// Default capacity of the on-disk ring buffer reported in the capability manifest.
 pub const DEFAULT_BUFFER_CAPACITY_BYTES: u64 = 1 << 30;

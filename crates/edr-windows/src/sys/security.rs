@@ -1,9 +1,11 @@
-//! Thin typed wrappers over the Win32 calls this crate makes; the only module with `unsafe`.
+//! DPAPI key protection, directory ACLs and the OS version.
 //!
 //! NOTE: these wrappers are type-checked on Linux and run under Wine in tests; they have not
 //! run on a real Windows host. Wine proves linking and plumbing, not Windows behaviour.
 
 use std::path::Path;
+
+use super::{OsError, codes};
 
 use windows::Wdk::System::SystemServices::RtlGetVersion;
 use windows::Win32::Foundation::{HLOCAL, LocalFree};
@@ -21,25 +23,6 @@ use windows::Win32::Security::{
 use windows::Win32::System::SystemInformation::OSVERSIONINFOW;
 use windows::core::{BOOL, PCWSTR, PWSTR};
 use zeroize::Zeroizing;
-
-/// A failed Win32 call: the API name and the OS error code.
-#[derive(Debug, thiserror::Error)]
-#[error("{api} failed with OS error {code:#010x}: {message}")]
-pub(crate) struct SysError {
-    pub(crate) api: &'static str,
-    pub(crate) code: i32,
-    pub(crate) message: String,
-}
-
-impl SysError {
-    fn from_windows(api: &'static str, err: &windows::core::Error) -> Self {
-        Self {
-            api,
-            code: err.code().0,
-            message: err.message(),
-        }
-    }
-}
 
 /// A buffer that Win32 allocated with `LocalAlloc`, freed on drop.
 struct LocalBuffer(CRYPT_INTEGER_BLOB);
@@ -66,12 +49,10 @@ impl Drop for LocalBuffer {
     }
 }
 
-fn input_blob(data: &[u8]) -> Result<CRYPT_INTEGER_BLOB, SysError> {
-    let len = u32::try_from(data.len()).map_err(|_| SysError {
-        api: "CryptProtectData",
-        code: 0,
-        message: format!("input of {} bytes exceeds 4 GiB", data.len()),
-    })?;
+fn input_blob(data: &[u8]) -> Result<CRYPT_INTEGER_BLOB, OsError> {
+    // DPAPI blobs carry a 32-bit length; a key is a few hundred bytes.
+    let len = u32::try_from(data.len())
+        .map_err(|_| OsError::new("CryptProtectData", codes::ERROR_INVALID_PARAMETER))?;
     Ok(CRYPT_INTEGER_BLOB {
         cbData: len,
         // The API takes a mutable pointer but only reads the input.
@@ -81,7 +62,7 @@ fn input_blob(data: &[u8]) -> Result<CRYPT_INTEGER_BLOB, SysError> {
 
 /// Encrypts `data` with DPAPI under the calling user (for the sensor service: LocalSystem).
 /// `CRYPTPROTECT_LOCAL_MACHINE` is deliberately not set, so other accounts cannot decrypt it.
-pub(crate) fn protect_data(data: &[u8]) -> Result<Vec<u8>, SysError> {
+pub(crate) fn protect_data(data: &[u8]) -> Result<Vec<u8>, OsError> {
     let input = input_blob(data)?;
     let mut output = LocalBuffer(CRYPT_INTEGER_BLOB::default());
     // SAFETY: `input` points into `data`, which outlives the call; `output.0` is a valid
@@ -97,12 +78,12 @@ pub(crate) fn protect_data(data: &[u8]) -> Result<Vec<u8>, SysError> {
             &mut output.0,
         )
     }
-    .map_err(|err| SysError::from_windows("CryptProtectData", &err))?;
+    .map_err(|err| OsError::from_windows("CryptProtectData", &err))?;
     Ok(output.as_slice().to_vec())
 }
 
 /// Decrypts data sealed by [`protect_data`] under the same user.
-pub(crate) fn unprotect_data(sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SysError> {
+pub(crate) fn unprotect_data(sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OsError> {
     let input = input_blob(sealed)?;
     let mut output = LocalBuffer(CRYPT_INTEGER_BLOB::default());
     // SAFETY: as in `protect_data`; the description out-parameter is not requested.
@@ -117,13 +98,13 @@ pub(crate) fn unprotect_data(sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SysErr
             &mut output.0,
         )
     }
-    .map_err(|err| SysError::from_windows("CryptUnprotectData", &err))?;
+    .map_err(|err| OsError::from_windows("CryptUnprotectData", &err))?;
     Ok(Zeroizing::new(output.as_slice().to_vec()))
 }
 
 /// Replaces the DACL of `dir` with full control for SYSTEM and Administrators only, inherited
 /// by files and subdirectories, and blocks inheritance from the parent.
-pub(crate) fn restrict_to_system_and_admins(dir: &Path) -> Result<(), SysError> {
+pub(crate) fn restrict_to_system_and_admins(dir: &Path) -> Result<(), OsError> {
     // P: protected (no inheritance from the parent); OICI: inherited by files and folders;
     // FA: full access; SY: LocalSystem; BA: built-in Administrators.
     const SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
@@ -140,7 +121,7 @@ pub(crate) fn restrict_to_system_and_admins(dir: &Path) -> Result<(), SysError> 
         )
     }
     .map_err(|err| {
-        SysError::from_windows("ConvertStringSecurityDescriptorToSecurityDescriptorW", &err)
+        OsError::from_windows("ConvertStringSecurityDescriptorToSecurityDescriptorW", &err)
     })?;
     let _guard = LocalDescriptor(descriptor);
 
@@ -149,7 +130,7 @@ pub(crate) fn restrict_to_system_and_admins(dir: &Path) -> Result<(), SysError> 
     let mut dacl: *mut ACL = std::ptr::null_mut();
     // SAFETY: `descriptor` is the valid descriptor created above; the out-pointers are valid.
     unsafe { GetSecurityDescriptorDacl(descriptor, &mut present, &mut dacl, &mut defaulted) }
-        .map_err(|err| SysError::from_windows("GetSecurityDescriptorDacl", &err))?;
+        .map_err(|err| OsError::from_windows("GetSecurityDescriptorDacl", &err))?;
 
     let path = wide(&dir.to_string_lossy());
     // SAFETY: `path` is NUL-terminated UTF-16; `dacl` points into `descriptor`, which lives
@@ -167,7 +148,7 @@ pub(crate) fn restrict_to_system_and_admins(dir: &Path) -> Result<(), SysError> 
     };
     if status.0 != 0 {
         let err = windows::core::Error::from(status.to_hresult());
-        return Err(SysError::from_windows("SetNamedSecurityInfoW", &err));
+        return Err(OsError::from_windows("SetNamedSecurityInfoW", &err));
     }
     Ok(())
 }
@@ -186,7 +167,7 @@ impl Drop for LocalDescriptor {
 }
 
 /// Returns the OS version as `major.minor.build`, for example `10.0.19045`.
-pub(crate) fn os_build() -> Result<String, SysError> {
+pub(crate) fn os_build() -> Result<String, OsError> {
     let mut info = OSVERSIONINFOW {
         dwOSVersionInfoSize: u32::try_from(std::mem::size_of::<OSVERSIONINFOW>()).unwrap_or(0),
         ..Default::default()
@@ -194,11 +175,8 @@ pub(crate) fn os_build() -> Result<String, SysError> {
     // SAFETY: `info` is a valid OSVERSIONINFOW with its size field set, as the API requires.
     let status = unsafe { RtlGetVersion(&mut info) };
     if status.0 != 0 {
-        return Err(SysError {
-            api: "RtlGetVersion",
-            code: status.0,
-            message: "NTSTATUS failure".into(),
-        });
+        // RtlGetVersion returns an NTSTATUS, which is kept as its bit pattern.
+        return Err(OsError::new("RtlGetVersion", status.0 as u32));
     }
     Ok(format!(
         "{}.{}.{}",

@@ -1,0 +1,4 @@
+//! Subcommand handlers of the `edr-windows` binary.
+
+pub(crate) mod enroll;
+pub(crate) mod service;
