@@ -118,6 +118,11 @@ pub struct Event {
     pub injection_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Event Log Activity: the log acted on, such as `Security`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_provider: Option<String>,
     /// Source fields that no OCSF attribute holds, keyed by their original names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unmapped: Option<Map<String, Value>>,
@@ -183,6 +188,8 @@ impl Event {
             injection_type_id: None,
             injection_type: None,
             exit_code: None,
+            log_name: None,
+            log_provider: None,
             unmapped: None,
         };
         event.set_activity(activity_id);
