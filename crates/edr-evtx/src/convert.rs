@@ -57,6 +57,7 @@ pub(crate) struct PendingScript {
     pub(crate) total: u32,
     pub(crate) parts: BTreeMap<u32, String>,
     pub(crate) path: Option<String>,
+    pub(crate) script_id: Option<String>,
 }
 
 /// Converts records of one stream to OCSF events.

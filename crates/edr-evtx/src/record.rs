@@ -29,8 +29,11 @@ pub struct Record {
     pub version: Option<u32>,
     /// `TimeCreated/@SystemTime` as written, for `metadata.original_time`.
     pub system_time: Option<String>,
-    /// Record time in ms since the Unix epoch, from the record header.
+    /// Event time in ms since the Unix epoch: `TimeCreated/@SystemTime`, or the record
+    /// header's time when that is missing or invalid.
     pub time_ms: i64,
+    /// `EventRecordID` from `System` (for forwarded records, the id on the source host), or
+    /// the record header's id.
     pub record_id: u64,
     pub computer: String,
     /// `Execution/@ProcessID`: the process that wrote the record.
@@ -47,7 +50,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// Splits a rendered record; `time_ms` and `record_id` come from the record header.
+    /// Splits a rendered record; `record_id` and `time_ms` from the record header are the
+    /// fallbacks for `EventRecordID` and `TimeCreated`.
     pub fn from_json(value: Value, record_id: u64, time_ms: i64) -> Result<Record, RecordError> {
         let Value::Object(mut root) = value else {
             return Err(RecordError::MissingSystem { record_id });
@@ -95,6 +99,18 @@ impl Record {
             }
         }
 
+        let system_time = attribute(&system, "TimeCreated", "SystemTime")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let time_ms = system_time
+            .as_deref()
+            .and_then(crate::map::parse_utc_time)
+            .unwrap_or(time_ms);
+        let record_id = system
+            .get("EventRecordID")
+            .and_then(as_u64)
+            .unwrap_or(record_id);
+
         Ok(Record {
             provider,
             channel: system
@@ -107,9 +123,7 @@ impl Record {
                 .get("Version")
                 .and_then(as_u64)
                 .and_then(|v| u32::try_from(v).ok()),
-            system_time: attribute(&system, "TimeCreated", "SystemTime")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            system_time,
             time_ms,
             record_id,
             computer: system
@@ -139,8 +153,8 @@ impl Record {
         }
     }
 
-    /// Removes field `name` and returns it as text; numbers are formatted, `-` and empty text
-    /// count as absent.
+    /// Removes field `name` and returns it as text, unchanged (command lines keep their
+    /// spaces); numbers are formatted, and `-` or blank text counts as absent.
     pub fn take_str(&mut self, name: &str) -> Option<String> {
         let value = self.fields.remove(name)?;
         let text = match value {
@@ -153,11 +167,7 @@ impl Record {
         if trimmed.is_empty() || trimmed == "-" {
             return None;
         }
-        if trimmed.len() == text.len() {
-            Some(text)
-        } else {
-            Some(trimmed.to_owned())
-        }
+        Some(text)
     }
 
     /// Removes field `name` and returns it as a number; accepts decimal and `0x` hex text.
@@ -265,7 +275,7 @@ mod tests {
             json!({"Event": {"System": {"EventID": 1}, "EventData": {"A": "-", "B": " x "}}});
         let mut record = Record::from_json(value, 1, 0).unwrap();
         assert_eq!(record.take_str("A"), None);
-        assert_eq!(record.take_str("B").as_deref(), Some("x"));
+        assert_eq!(record.take_str("B").as_deref(), Some(" x "));
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn script_block(converter: &mut Converter, record: &mut Record, out: &mut Vec<Ev
             total,
             parts: [(1, text)].into_iter().collect(),
             path,
+            script_id: Some(id).filter(|id| !id.is_empty()),
         };
         out.push(assemble(script, false));
         return;
@@ -69,6 +70,7 @@ fn script_block(converter: &mut Converter, record: &mut Record, out: &mut Vec<Ev
             total,
             parts: Default::default(),
             path: None,
+            script_id: Some(id.clone()).filter(|id| !id.is_empty()),
         });
     if number < pending.first_number() {
         pending.first = record.clone();
@@ -97,16 +99,11 @@ pub(crate) fn assemble(script: PendingScript, truncated: bool) -> Event {
         total,
         parts,
         path,
+        script_id,
     } = script;
     let missing: Vec<u32> = (1..=total).filter(|n| !parts.contains_key(n)).collect();
     let value: String = parts.into_values().collect();
     let mut event = base_event(&first, Class::ScriptActivity, 1);
-    let script_id = first
-        .fields
-        .get("ScriptBlockId")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    first.fields.remove("ScriptBlockId");
     event.script = Some(Script {
         script_content: LongString {
             untruncated_size: None,
