@@ -85,7 +85,7 @@ impl Converter {
     }
 
     /// Converts one record; appends zero or more events to `out`.
-    pub fn convert(&mut self, mut record: Record, out: &mut Vec<Event>) {
+    pub fn convert(&mut self, mut record: Record, out: &mut Vec<Box<Event>>) {
         self.stats.records += 1;
         let start = out.len();
         let mapped = map::dispatch(self, &mut record, out);
@@ -104,7 +104,7 @@ impl Converter {
     }
 
     /// Emits script blocks still missing parts, marked truncated; call at the end of a stream.
-    pub fn finish(&mut self, out: &mut Vec<Event>) {
+    pub fn finish(&mut self, out: &mut Vec<Box<Event>>) {
         let start = out.len();
         let pending: Vec<PendingScript> = self.scripts.drain().map(|(_, script)| script).collect();
         for script in pending {
@@ -160,7 +160,7 @@ impl Converter {
 }
 
 /// The event skeleton every mapper starts from: class, activity, time, metadata and device.
-pub(crate) fn base_event(record: &Record, class: Class, activity_id: u8) -> Event {
+pub(crate) fn base_event(record: &Record, class: Class, activity_id: u8) -> Box<Event> {
     let mut metadata = Metadata::new(product_for(&record.provider));
     metadata.original_time = record.system_time.clone();
     metadata.log_name = (!record.channel.is_empty()).then(|| record.channel.clone());
@@ -168,7 +168,8 @@ pub(crate) fn base_event(record: &Record, class: Class, activity_id: u8) -> Even
     metadata.event_code = Some(record.event_id.to_string());
     metadata.uid = Some(record.record_id.to_string());
     metadata.correlation_uid = record.activity_id.clone();
-    let mut event = Event::new(class, activity_id, record.time_ms, metadata);
+    // Boxed: an event is several KiB, and it moves from mapper to output more than once.
+    let mut event = Box::new(Event::new(class, activity_id, record.time_ms, metadata));
     if !record.computer.is_empty() {
         event.device = Some(Device::windows(&record.computer));
     }
@@ -202,7 +203,7 @@ pub(crate) fn keep_remaining(record: &mut Record, event: &mut Event) {
     }
 }
 
-fn unmapped_event(mut record: Record) -> Event {
+fn unmapped_event(mut record: Record) -> Box<Event> {
     let mut event = base_event(&record, Class::BaseEvent, 99);
     event.set_activity_other(&format!("{} {}", record.source_name(), record.event_id));
     if let Some(sid) = record.user_sid.take() {

@@ -26,7 +26,7 @@ pub use source::{ReadReport, SkippedChunk, SourceError};
 /// order, and returns what was read and produced.
 pub fn convert_file(
     path: &Path,
-    mut sink: impl FnMut(edr_ocsf::Event),
+    mut sink: impl FnMut(Box<edr_ocsf::Event>),
 ) -> Result<(ReadReport, Stats), SourceError> {
     let mut converter = Converter::new();
     let mut events = Vec::new();

@@ -54,13 +54,11 @@ pub fn read_file(path: &Path, mut sink: impl FnMut(Record)) -> Result<ReadReport
         let time_ms = record.timestamp.as_millisecond();
         let record_id = record.event_record_id;
         let bytes = record.into_json_bytes()?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes.data)
-            .map_err(|e| EvtxError::SerializationError(e.into()))?;
-        Ok((value, record_id, time_ms))
+        Ok(Record::from_slice(&bytes.data, record_id, time_ms))
     });
     for item in rendered {
         match item {
-            Ok((value, record_id, time_ms)) => match Record::from_json(value, record_id, time_ms) {
+            Ok(record) => match record {
                 Ok(record) => {
                     report.records += 1;
                     sink(record);

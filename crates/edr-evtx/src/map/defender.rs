@@ -8,7 +8,7 @@ use crate::convert::{base_event, keep_remaining, writer_actor};
 use crate::record::Record;
 
 /// Maps one Defender record, or returns `None` for an event id without a mapper.
-pub(crate) fn map(record: &mut Record) -> Option<Event> {
+pub(crate) fn map(record: &mut Record) -> Option<Box<Event>> {
     let activity = match record.event_id {
         1116 => 1,
         1117 => 2,

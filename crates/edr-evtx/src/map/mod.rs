@@ -46,7 +46,7 @@ pub const MAPPED_IDS: &[(&str, &[u32])] = &[
 pub(crate) fn dispatch(
     converter: &mut Converter,
     record: &mut Record,
-    out: &mut Vec<Event>,
+    out: &mut Vec<Box<Event>>,
 ) -> bool {
     let event = match (record.channel.as_str(), record.provider.as_str()) {
         (SYSMON_CHANNEL, _) | (_, "Microsoft-Windows-Sysmon") => sysmon::map(converter, record),

@@ -17,7 +17,11 @@ use crate::record::Record;
 const MAX_PENDING_SCRIPTS: usize = 1024;
 
 /// Maps one record; returns whether a mapper handled it (events may follow later).
-pub(crate) fn map(converter: &mut Converter, record: &mut Record, out: &mut Vec<Event>) -> bool {
+pub(crate) fn map(
+    converter: &mut Converter,
+    record: &mut Record,
+    out: &mut Vec<Box<Event>>,
+) -> bool {
     match record.event_id {
         4104 => {
             script_block(converter, record, out);
@@ -31,7 +35,7 @@ pub(crate) fn map(converter: &mut Converter, record: &mut Record, out: &mut Vec<
     }
 }
 
-fn script_block(converter: &mut Converter, record: &mut Record, out: &mut Vec<Event>) {
+fn script_block(converter: &mut Converter, record: &mut Record, out: &mut Vec<Box<Event>>) {
     let number = record.take_u32("MessageNumber").unwrap_or(1);
     let total = record.take_u32("MessageTotal").unwrap_or(1).max(1);
     let text = record.take_str("ScriptBlockText").unwrap_or_default();
@@ -93,7 +97,7 @@ impl PendingScript {
 }
 
 /// Builds the Script Activity event of a (possibly incomplete) script block.
-pub(crate) fn assemble(script: PendingScript, truncated: bool) -> Event {
+pub(crate) fn assemble(script: PendingScript, truncated: bool) -> Box<Event> {
     let PendingScript {
         mut first,
         total,
@@ -127,7 +131,7 @@ pub(crate) fn assemble(script: PendingScript, truncated: bool) -> Event {
     event
 }
 
-fn module_logging(converter: &mut Converter, record: &mut Record) -> Event {
+fn module_logging(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ScriptActivity, 1);
     let context = record.take_str("ContextInfo").unwrap_or_default();
     let payload = record.take_str("Payload").unwrap_or_default();

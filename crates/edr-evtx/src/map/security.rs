@@ -15,7 +15,7 @@ use crate::convert::{Converter, base_event, keep_remaining, writer_actor};
 use crate::record::Record;
 
 /// Maps one Security record, or returns `None` for an event id without a mapper.
-pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Event> {
+pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Box<Event>> {
     let mut event = match record.event_id {
         4624 | 4625 => logon(converter, record),
         4634 | 4647 => logoff(record),
@@ -138,7 +138,7 @@ fn take_src_endpoint(record: &mut Record) -> Option<NetworkEndpoint> {
     endpoint
 }
 
-fn logon(converter: &mut Converter, record: &mut Record) -> Event {
+fn logon(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let success = record.event_id == 4624;
     let mut event = base_event(record, Class::Authentication, 1);
     event.set_status(success);
@@ -189,7 +189,7 @@ fn null_user() -> Option<User> {
     })
 }
 
-fn logoff(record: &mut Record) -> Event {
+fn logoff(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::Authentication, 2);
     event.user = take_user(record, "Target").or_else(null_user);
     event.session = record.take_str("TargetLogonId").map(|uid| Session {
@@ -202,7 +202,7 @@ fn logoff(record: &mut Record) -> Event {
     event
 }
 
-fn explicit_logon(converter: &mut Converter, record: &mut Record) -> Event {
+fn explicit_logon(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::Authentication, 1);
     let mut actor = take_subject(record);
     actor.process = take_caller(converter, record, "ProcessId", "ProcessName");
@@ -220,7 +220,7 @@ fn explicit_logon(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn special_privileges(record: &mut Record) -> Event {
+fn special_privileges(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::Authentication, 99);
     event.set_activity_other("Special Privileges Assigned");
     let actor = take_subject(record);
@@ -242,7 +242,7 @@ fn special_privileges(record: &mut Record) -> Event {
     event
 }
 
-fn credential_validation(record: &mut Record) -> Event {
+fn credential_validation(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::Authentication, 99);
     event.set_activity_other("Credential Validation");
     let status = record.take_str("Status");
@@ -259,7 +259,7 @@ fn credential_validation(record: &mut Record) -> Event {
     event
 }
 
-fn process_create(converter: &mut Converter, record: &mut Record) -> Event {
+fn process_create(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 1);
     let mut actor = take_subject(record);
     let pid = record.take_u32("NewProcessId");
@@ -306,7 +306,7 @@ fn process_create(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn process_exit(converter: &mut Converter, record: &mut Record) -> Event {
+fn process_exit(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 2);
     let mut actor = take_subject(record);
     let pid = record.take_u32("ProcessId");
@@ -329,7 +329,7 @@ fn process_exit(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn service_install(converter: &mut Converter, record: &mut Record) -> Event {
+fn service_install(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::WindowsServiceActivity, 1);
     let mut actor = take_subject(record);
     actor.process = converter.process_by_pid(record.execution_pid, None, record.time_ms);
@@ -350,7 +350,7 @@ fn service_install(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn scheduled_task(record: &mut Record) -> Event {
+fn scheduled_task(record: &mut Record) -> Box<Event> {
     let activity = match record.event_id {
         4698 => 1,
         4699 => 3,
@@ -397,7 +397,7 @@ fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     (!text.is_empty()).then_some(text)
 }
 
-fn account_change(record: &mut Record) -> Event {
+fn account_change(record: &mut Record) -> Box<Event> {
     let activity = match record.event_id {
         4720 => 1,
         4722 => 2,
@@ -416,7 +416,7 @@ fn account_change(record: &mut Record) -> Event {
     event
 }
 
-fn group_member_added(record: &mut Record) -> Event {
+fn group_member_added(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::AccountChange, 99);
     event.set_activity_other("Added To Group");
     event.actor = Some(take_subject(record));
@@ -437,14 +437,14 @@ fn group_member_added(record: &mut Record) -> Event {
     event
 }
 
-fn log_cleared(record: &mut Record) -> Event {
+fn log_cleared(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::EventLogActivity, 1);
     event.actor = Some(take_subject(record));
     event.log_name = Some("Security".to_owned());
     event
 }
 
-fn share_access(record: &mut Record) -> Event {
+fn share_access(record: &mut Record) -> Box<Event> {
     // 5140: a share was accessed; 5145: access to an object on a share was checked.
     let mut event = base_event(record, Class::FileSystemActivity, 14);
     let mut actor = take_subject(record);

@@ -16,7 +16,7 @@ use crate::convert::{Converter, base_event, keep_remaining};
 use crate::record::Record;
 
 /// Maps one Sysmon record, or returns `None` for an event id without a mapper.
-pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Event> {
+pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Box<Event>> {
     let mut event = match record.event_id {
         1 => process_create(converter, record),
         2 => file_event(converter, record, 6),
@@ -85,7 +85,7 @@ fn take_version_info(record: &mut Record, file: &mut File) {
     }
 }
 
-fn process_create(converter: &mut Converter, record: &mut Record) -> Event {
+fn process_create(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 1);
     let created = record
         .take_str("UtcTime")
@@ -155,7 +155,7 @@ fn process_create(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn process_terminate(converter: &mut Converter, record: &mut Record) -> Event {
+fn process_terminate(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 2);
     let time = record
         .take_str("UtcTime")
@@ -176,7 +176,7 @@ fn process_terminate(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn file_event(converter: &mut Converter, record: &mut Record, activity: u8) -> Event {
+fn file_event(converter: &mut Converter, record: &mut Record, activity: u8) -> Box<Event> {
     let mut event = base_event(record, Class::FileSystemActivity, activity);
     let process = take_process(converter, record, "");
     let mut file = File::from_path(&record.take_str("TargetFilename").unwrap_or_default());
@@ -201,7 +201,7 @@ fn file_event(converter: &mut Converter, record: &mut Record, activity: u8) -> E
     event
 }
 
-fn pipe_event(converter: &mut Converter, record: &mut Record) -> Event {
+fn pipe_event(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     // 17 creates a named pipe, 18 connects to one (an open).
     let activity = if record.event_id == 17 { 1 } else { 14 };
     let mut event = base_event(record, Class::FileSystemActivity, activity);
@@ -219,7 +219,7 @@ fn pipe_event(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn network_connect(converter: &mut Converter, record: &mut Record) -> Event {
+fn network_connect(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::NetworkActivity, 1);
     let mut process = take_process(converter, record, "");
     if let Some(user) = user_from_account(record.take_str("User")) {
@@ -254,7 +254,7 @@ fn network_connect(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn driver_load(record: &mut Record) -> Event {
+fn driver_load(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::KernelExtensionActivity, 1);
     let mut file = File::from_path(&record.take_str("ImageLoaded").unwrap_or_default());
     take_version_info(record, &mut file);
@@ -277,7 +277,7 @@ fn take_signature(record: &mut Record) -> Option<Signature> {
         if let Some(status) = status {
             record
                 .fields
-                .insert("SignatureStatus".to_owned(), Value::String(status));
+                .insert("SignatureStatus", crate::record::FieldValue::Str(status));
         }
         return None;
     }
@@ -301,7 +301,7 @@ fn take_signature(record: &mut Record) -> Option<Signature> {
     })
 }
 
-fn image_load(converter: &mut Converter, record: &mut Record) -> Event {
+fn image_load(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ModuleActivity, 1);
     let process = take_process(converter, record, "");
     let mut file = File::from_path(&record.take_str("ImageLoaded").unwrap_or_default());
@@ -324,7 +324,7 @@ fn image_load(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn remote_thread(converter: &mut Converter, record: &mut Record) -> Event {
+fn remote_thread(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 4);
     let source = take_process(converter, record, "Source");
     let mut target = take_process(converter, record, "Target");
@@ -346,7 +346,7 @@ fn remote_thread(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn process_access(converter: &mut Converter, record: &mut Record) -> Event {
+fn process_access(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 3);
     let mut source = take_process(converter, record, "Source");
     source.tid = record.take_u32("SourceThreadId");
@@ -366,7 +366,7 @@ fn process_access(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn process_tampering(converter: &mut Converter, record: &mut Record) -> Event {
+fn process_tampering(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::ProcessActivity, 99);
     let kind = record
         .take_str("Type")
@@ -381,7 +381,7 @@ fn process_tampering(converter: &mut Converter, record: &mut Record) -> Event {
     event
 }
 
-fn registry_event(converter: &mut Converter, record: &mut Record) -> Event {
+fn registry_event(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let event_type = record.take_str("EventType").unwrap_or_default();
     let target = record.take_str("TargetObject").unwrap_or_default();
     let process = take_process(converter, record, "");
@@ -450,7 +450,7 @@ fn set_value_data(value: &mut RegValue, details: String) {
     value.data = Some(Value::String(details));
 }
 
-fn wmi_event(record: &mut Record) -> Event {
+fn wmi_event(record: &mut Record) -> Box<Event> {
     // A permanent WMI event subscription runs code when its filter fires: a triggered job.
     let operation = record.take_str("Operation").unwrap_or_default();
     let activity = match operation.as_str() {
@@ -490,7 +490,7 @@ fn wmi_event(record: &mut Record) -> Event {
     event
 }
 
-fn dns_query(converter: &mut Converter, record: &mut Record) -> Event {
+fn dns_query(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::DnsActivity, 1);
     let mut process = take_process(converter, record, "");
     if let Some(user) = user_from_account(record.take_str("User")) {

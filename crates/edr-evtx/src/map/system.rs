@@ -7,7 +7,7 @@ use crate::convert::{base_event, keep_remaining, writer_actor};
 use crate::record::Record;
 
 /// Maps one System record, or returns `None` for an event id without a mapper.
-pub(crate) fn map(record: &mut Record) -> Option<Event> {
+pub(crate) fn map(record: &mut Record) -> Option<Box<Event>> {
     let mut event = match (record.event_id, record.provider.as_str()) {
         (7045, _) => service_installed(record),
         (104, "Microsoft-Windows-Eventlog") => log_cleared(record),
@@ -17,7 +17,7 @@ pub(crate) fn map(record: &mut Record) -> Option<Event> {
     Some(event)
 }
 
-fn service_installed(record: &mut Record) -> Event {
+fn service_installed(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::WindowsServiceActivity, 1);
     let mut service = WinService {
         name: record.take_str("ServiceName").unwrap_or_default(),
@@ -36,7 +36,7 @@ fn service_installed(record: &mut Record) -> Event {
     event
 }
 
-fn log_cleared(record: &mut Record) -> Event {
+fn log_cleared(record: &mut Record) -> Box<Event> {
     let mut event = base_event(record, Class::EventLogActivity, 1);
     let mut actor = writer_actor(record);
     let name = record.take_str("SubjectUserName");
