@@ -75,7 +75,7 @@ impl Default for Converter {
 }
 
 impl Converter {
-    /// A converter with an empty process cache.
+    /// Creates a converter with an empty process cache.
     pub fn new() -> Converter {
         Converter {
             processes: ProcessCache::new(PROCESS_CACHE_CAPACITY),
@@ -120,7 +120,7 @@ impl Converter {
         }
     }
 
-    /// The counts so far.
+    /// Returns the counts so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -159,7 +159,7 @@ impl Converter {
     }
 }
 
-/// The event skeleton every mapper starts from: class, activity, time, metadata and device.
+/// Builds the event every mapper starts from: class, activity, time, metadata and device.
 pub(crate) fn base_event(record: &Record, class: Class, activity_id: u8) -> Box<Event> {
     let mut metadata = Metadata::new(product_for(&record.provider));
     metadata.original_time = record.system_time.clone();
@@ -176,8 +176,8 @@ pub(crate) fn base_event(record: &Record, class: Class, activity_id: u8) -> Box<
     event
 }
 
-/// The record's writer as the actor, for classes that require one and records that name no
-/// other actor: the logging process (`Execution/@ProcessID`) under the logging SID.
+/// Builds an actor from the record's writer: the logging process (`Execution/@ProcessID`)
+/// under the logging SID. Used where a class requires an actor and the record names no other.
 pub(crate) fn writer_actor(record: &Record) -> Actor {
     Actor {
         process: Some(Process {
@@ -213,7 +213,7 @@ fn unmapped_event(mut record: Record) -> Box<Event> {
     event
 }
 
-/// The product that wrote records of `provider`.
+/// Returns the product that wrote records of `provider`.
 fn product_for(provider: &str) -> Product {
     let (name, vendor) = match provider {
         "Microsoft-Windows-Sysmon" => ("Sysmon", "Microsoft"),

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
-/// Why a rendered record cannot be read as an event.
+/// Failure to read a rendered record as an event.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The rendered JSON has no `Event.System` object.
@@ -47,7 +47,7 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    /// The value as JSON, for `unmapped`.
+    /// Converts the value to JSON, for `unmapped`.
     pub fn into_json(self) -> Value {
         match self {
             FieldValue::Str(text) => Value::String(text),
@@ -81,7 +81,7 @@ impl Fields {
         Some(self.0.remove(index).1)
     }
 
-    /// The value named `name`.
+    /// Returns the value named `name`.
     pub fn get(&self, name: &str) -> Option<&FieldValue> {
         self.0
             .iter()
@@ -103,7 +103,7 @@ impl Fields {
         self.0.is_empty()
     }
 
-    /// The values as a JSON object, for `unmapped`; `null` values are left out.
+    /// Converts the values to a JSON object for `unmapped`, leaving out `null` values.
     pub fn into_json(self) -> Map<String, Value> {
         self.0
             .into_iter()
@@ -207,7 +207,7 @@ impl Record {
         })
     }
 
-    /// The source key used in counts: the channel, or the provider for records without one.
+    /// Returns the key used in counts: the channel, or the provider for records without one.
     pub fn source_name(&self) -> &str {
         match (self.channel.is_empty(), self.provider.is_empty()) {
             (false, _) => &self.channel,
@@ -266,7 +266,7 @@ impl Record {
         }
     }
 
-    /// The fields no mapper took, for `unmapped`.
+    /// Takes the fields no mapper took, as JSON for `unmapped`.
     pub fn remaining_fields(&mut self) -> Map<String, Value> {
         std::mem::take(&mut self.fields).into_json()
     }

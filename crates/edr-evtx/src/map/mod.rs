@@ -115,12 +115,12 @@ pub(crate) fn parse_utc_time(text: &str) -> Option<i64> {
     Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
-/// A user from Sysmon's `DOMAIN\name` form.
+/// Builds a user from Sysmon's `DOMAIN\name` form.
 pub(crate) fn user_from_account(account: Option<String>) -> Option<User> {
     User::from_parts(None, account.as_deref(), None)
 }
 
-/// A bare process with pid and image, for records that name a process the cache does not hold.
+/// Builds a bare process with pid and image, for a process the cache does not hold.
 pub(crate) fn process_from(pid: Option<u32>, image: Option<String>) -> Process {
     let file = image.as_deref().map(edr_ocsf::model::File::from_path);
     Process {

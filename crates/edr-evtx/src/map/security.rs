@@ -46,7 +46,7 @@ fn take_user(record: &mut Record, prefix: &str) -> Option<User> {
     User::from_parts(domain.as_deref(), name.as_deref(), sid.as_deref())
 }
 
-/// The subject (who acted) with its logon session.
+/// Takes the subject (who acted) with its logon session as the actor.
 fn take_subject(record: &mut Record) -> Actor {
     let user = take_user(record, "Subject");
     let session = record.take_str("SubjectLogonId").map(|uid| Session {
@@ -65,7 +65,7 @@ fn take_subject(record: &mut Record) -> Actor {
     }
 }
 
-/// The process that `ProcessId`/`ProcessName` name, enriched from the cache.
+/// Takes the process that `ProcessId`/`ProcessName` name, enriched from the cache.
 fn take_caller(
     converter: &Converter,
     record: &mut Record,
@@ -173,7 +173,7 @@ fn logon(converter: &mut Converter, record: &mut Record) -> Box<Event> {
     event
 }
 
-/// The host that wrote the record, as the endpoint a logon targeted.
+/// Returns the host that wrote the record, as the endpoint a logon targeted.
 fn local_endpoint(record: &Record) -> Option<NetworkEndpoint> {
     (!record.computer.is_empty()).then(|| NetworkEndpoint {
         hostname: Some(record.computer.clone()),
@@ -181,7 +181,7 @@ fn local_endpoint(record: &Record) -> Option<NetworkEndpoint> {
     })
 }
 
-/// The user of a record whose account fields are empty: the NULL SID that Windows logs then.
+/// Returns the user for empty account fields: the NULL SID, which Windows logs there.
 fn null_user() -> Option<User> {
     Some(User {
         uid: Some("S-1-0-0".to_owned()),
@@ -387,7 +387,8 @@ fn scheduled_task(record: &mut Record) -> Box<Event> {
     event
 }
 
-/// The text of the first `<name>` element in task XML; enough for the flat task schema.
+/// Returns the text of the first `<name>` element in task XML, which is enough for the flat
+/// task schema.
 fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
     let close = format!("</{name}>");

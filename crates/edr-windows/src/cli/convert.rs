@@ -151,7 +151,7 @@ pub(crate) fn run(args: ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What converting one file produced.
+/// The result of converting one file.
 struct FileOutcome {
     report: edr_evtx::ReadReport,
     stats: edr_evtx::Stats,
@@ -183,7 +183,7 @@ fn convert_one(
 
     let result = edr_evtx::convert_file(path, |event| {
         events += 1;
-        // Serialising plain structs with string keys into a Vec cannot fail.
+        // Serialising into a Vec fails only on a map with non-string keys, and events have none.
         if serde_json::to_writer(&mut buffer, &event).is_ok() {
             buffer.push(b'\n');
         }
@@ -275,7 +275,9 @@ fn print_summary(summary: &Summary, inputs: &Inputs) {
         ));
     }
     for (path, chunks) in &summary.skipped_chunks {
-        let numbers: Vec<String> = chunks.iter().map(|c| c.chunk_number.to_string()).collect();
+        let mut numbers: Vec<u64> = chunks.iter().map(|c| c.chunk_number).collect();
+        numbers.sort_unstable();
+        let numbers: Vec<String> = numbers.iter().map(u64::to_string).collect();
         lines.push(format!(
             "damaged chunks skipped in {}: {}",
             path.display(),
