@@ -72,6 +72,8 @@ impl ProcessInfo {
 #[derive(Debug)]
 pub struct ProcessCache {
     by_pid: HashMap<u32, Vec<ProcessInfo>>,
+    /// The pid of each held process by uid, so uid lookups need not scan.
+    pid_by_uid: HashMap<String, u32>,
     capacity: usize,
     len: usize,
     evicted: u64,
@@ -82,6 +84,7 @@ impl ProcessCache {
     pub fn new(capacity: usize) -> ProcessCache {
         ProcessCache {
             by_pid: HashMap::new(),
+            pid_by_uid: HashMap::new(),
             capacity: capacity.max(1),
             len: 0,
             evicted: 0,
@@ -109,11 +112,18 @@ impl ProcessCache {
         if self.len >= self.capacity {
             self.evict_one();
         }
+        // A uid seen before under another pid: drop the stale entry first.
+        if let Some(old_pid) = self.pid_by_uid.get(&info.uid).copied()
+            && old_pid != info.pid
+        {
+            self.remove(old_pid, &info.uid.clone());
+        }
         let generations = self.by_pid.entry(info.pid).or_default();
         if let Some(existing) = generations.iter_mut().find(|g| g.uid == info.uid) {
             *existing = info;
             return;
         }
+        self.pid_by_uid.insert(info.uid.clone(), info.pid);
         if let Some(start) = info.start_time {
             for previous in generations.iter_mut() {
                 if previous.exit_time.is_none() && previous.start_time.is_some_and(|s| s <= start) {
@@ -148,7 +158,8 @@ impl ProcessCache {
 
     /// The process with `uid`, if held.
     pub fn lookup_uid(&self, uid: &str) -> Option<&ProcessInfo> {
-        self.by_pid.values().flatten().find(|g| g.uid == uid)
+        let pid = self.pid_by_uid.get(uid)?;
+        self.by_pid.get(pid)?.iter().find(|g| g.uid == uid)
     }
 
     /// The OCSF `process` for `pid` at `time` with its parent, or `None` when unknown.
@@ -179,6 +190,8 @@ impl ProcessCache {
         process
     }
 
+    // NOTE: eviction scans every held process, so a cache kept full costs O(capacity) per
+    // insert; a live sensor with a small capacity should keep an exit-ordered index instead.
     fn evict_one(&mut self) {
         // Exited processes go first, oldest exit first; then the oldest start.
         let victim = self
@@ -193,14 +206,21 @@ impl ProcessCache {
             })
             .map(|g| (g.pid, g.uid.clone()));
         let Some((pid, uid)) = victim else { return };
-        if let Some(generations) = self.by_pid.get_mut(&pid) {
-            generations.retain(|g| g.uid != uid);
-            if generations.is_empty() {
-                self.by_pid.remove(&pid);
-            }
-        }
-        self.len -= 1;
+        self.remove(pid, &uid);
         self.evicted += 1;
+    }
+
+    fn remove(&mut self, pid: u32, uid: &str) {
+        let Some(generations) = self.by_pid.get_mut(&pid) else {
+            return;
+        };
+        let before = generations.len();
+        generations.retain(|g| g.uid != uid);
+        self.len -= before - generations.len();
+        if generations.is_empty() {
+            self.by_pid.remove(&pid);
+        }
+        self.pid_by_uid.remove(uid);
     }
 }
 
@@ -363,6 +383,20 @@ mod tests {
         assert_eq!(cache.evicted(), 1);
         assert!(cache.lookup(1, 500).is_some());
         assert!(cache.lookup(2, 250).is_none());
+    }
+
+    #[test]
+    fn uid_lookup_follows_reinsert() {
+        let mut cache = ProcessCache::new(16);
+        let mut first = info(5, 100, "a");
+        first.uid = "guid-1".to_owned();
+        cache.insert(first.clone());
+        assert_eq!(cache.lookup_uid("guid-1").map(|p| p.pid), Some(5));
+        first.pid = 6;
+        cache.insert(first);
+        assert_eq!(cache.lookup_uid("guid-1").map(|p| p.pid), Some(6));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.lookup(5, 200).is_none());
     }
 
     #[test]
