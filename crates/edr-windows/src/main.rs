@@ -31,6 +31,8 @@ enum Command {
     /// Entry point used by the service control manager
     #[command(hide = true)]
     Service,
+    /// Convert EVTX files or folders to OCSF JSON lines
+    Convert(cli::convert::ConvertArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Stop => cli::service::stop(),
         Command::Run(args) => cli::service::run(&args),
         Command::Service => cli::service::service(),
+        Command::Convert(args) => cli::convert::run(args),
     }
 }

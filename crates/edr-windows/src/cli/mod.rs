@@ -1,4 +1,5 @@
-//! Subcommand handlers of the `edr-windows` binary.
+//! Subcommand handlers of the `edr-windows` binary, one module each.
 
+pub(crate) mod convert;
 pub(crate) mod enroll;
 pub(crate) mod service;

@@ -1,0 +1,79 @@
+//! Damaged chunks are skipped and reported by number while the rest of the file converts;
+//! the damage is made here, on a copy of a recorded log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+const SECURITY: &str = "omerbenamram-evtx_MIT-or-Apache-2.0/samples/security.evtx";
+const FILE_HEADER_SIZE: usize = 4096;
+const CHUNK_SIZE: usize = 65_536;
+
+fn convert(path: &std::path::Path) -> (edr_evtx::ReadReport, u64) {
+    let mut events = 0;
+    let (report, _) = edr_evtx::convert_file(path, |_| events += 1).unwrap();
+    (report, events)
+}
+
+#[test]
+fn bad_chunk_magic_skipped_rest_converted() {
+    let Some(original) = common::evtx_file(SECURITY) else {
+        return;
+    };
+    let bytes = std::fs::read(&original).unwrap();
+    let (clean, clean_events) = convert(&original);
+    assert!(clean.skipped_chunks.is_empty());
+
+    let mut damaged = bytes.clone();
+    let chunk = 3;
+    let offset = FILE_HEADER_SIZE + chunk * CHUNK_SIZE;
+    assert_eq!(
+        &damaged[offset..offset + 8],
+        b"ElfChnk\0",
+        "chunk 3 starts with its magic"
+    );
+    damaged[offset..offset + 8].copy_from_slice(b"XXXXXXXX");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.evtx");
+    std::fs::write(&path, &damaged).unwrap();
+
+    let (report, events) = convert(&path);
+    assert_eq!(
+        report.skipped_chunks.len(),
+        1,
+        "{:?}",
+        report.skipped_chunks
+    );
+    assert_eq!(report.skipped_chunks[0].chunk_number, 3);
+    assert!(
+        events > 0 && events < clean_events,
+        "{events} of {clean_events} events"
+    );
+    assert!(report.records < clean.records);
+}
+
+#[test]
+fn truncated_file_keeps_whole_chunks() {
+    let Some(original) = common::evtx_file(SECURITY) else {
+        return;
+    };
+    let bytes = std::fs::read(&original).unwrap();
+    // Cut the file in the middle of chunk 2: chunks 0 and 1 remain whole.
+    let cut = FILE_HEADER_SIZE + 2 * CHUNK_SIZE + CHUNK_SIZE / 2;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("truncated.evtx");
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+
+    let (report, events) = convert(&path);
+    assert!(report.records > 0);
+    assert!(
+        events >= report.records,
+        "every record read became an event"
+    );
+}
+
+#[test]
+fn missing_file_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = edr_evtx::convert_file(&dir.path().join("absent.evtx"), |_| {}).unwrap_err();
+    assert!(error.to_string().contains("absent.evtx"), "{error}");
+}

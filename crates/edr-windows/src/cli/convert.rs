@@ -1,0 +1,316 @@
+//! `edr-windows convert`: offline conversion of recorded telemetry to OCSF JSON lines.
+//!
+//! Files are converted in parallel on all cores, one file per task, each file's events in
+//! record order; the order of files in the output is not fixed. Each task writes whole lines
+//! to the shared output in blocks of about 1 MiB. A progress bar (by bytes) is drawn on
+//! stderr only when stderr is a terminal. The summary at the end goes to stderr: events per
+//! OCSF class, records without a mapper per (channel or provider, event id), damaged chunks
+//! per file, and files that could not be converted.
+//!
+//! ETL files are found and counted but not yet converted.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+
+/// Size at which a task hands its buffered lines to the output.
+const FLUSH_BYTES: usize = 1 << 20;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// One OCSF 1.8.0 event per line, as JSON.
+    OcsfJsonl,
+}
+
+/// Arguments of `convert`.
+#[derive(Debug, Args)]
+pub(crate) struct ConvertArgs {
+    /// EVTX or ETL files, or folders searched recursively for them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "ocsf-jsonl")]
+    format: Format,
+    /// File to write the events to; standard output when absent.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// The inputs found under the given paths.
+#[derive(Debug, Default)]
+struct Inputs {
+    evtx: Vec<PathBuf>,
+    etl: Vec<PathBuf>,
+    other: u64,
+}
+
+/// Totals over all files.
+#[derive(Debug, Default)]
+struct Summary {
+    files: u64,
+    stats: edr_evtx::Stats,
+    events: u64,
+    bad_records: u64,
+    skipped_chunks: BTreeMap<PathBuf, Vec<edr_evtx::SkippedChunk>>,
+    failed: Vec<(PathBuf, String)>,
+}
+
+/// Runs `convert`.
+pub(crate) fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    let Format::OcsfJsonl = args.format;
+    let mut inputs = Inputs::default();
+    for path in &args.paths {
+        collect(path, &mut inputs)
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+    }
+    inputs.evtx.sort();
+    inputs.etl.sort();
+
+    let sink: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create output file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let output = Mutex::new(BufWriter::with_capacity(FLUSH_BYTES, sink));
+
+    let total_bytes: u64 = inputs
+        .evtx
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    let progress = progress_bar(total_bytes);
+
+    let summary = Mutex::new(Summary::default());
+    let write_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    inputs.evtx.par_iter().for_each(|path| {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        progress.set_message(short_name(path));
+        let outcome = convert_one(path, &output);
+        progress.inc(size);
+
+        let mut summary = lock(&summary);
+        match outcome {
+            Ok(FileOutcome {
+                report,
+                stats,
+                events,
+            }) => {
+                summary.files += 1;
+                summary.events += events;
+                summary.bad_records += report.bad_records;
+                summary.stats.merge(&stats);
+                if !report.skipped_chunks.is_empty() {
+                    summary
+                        .skipped_chunks
+                        .insert(path.clone(), report.skipped_chunks);
+                }
+            }
+            Err(ConvertFailure::Read(error)) => summary.failed.push((path.clone(), error)),
+            Err(ConvertFailure::Write(error)) => {
+                lock(&write_error).get_or_insert(error);
+            }
+        }
+    });
+    progress.finish_and_clear();
+
+    let mut output = output
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(error) = write_error
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    {
+        return Err(error).context("cannot write the converted events");
+    }
+    output
+        .flush()
+        .context("cannot write the converted events")?;
+
+    let summary = summary
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    print_summary(&summary, &inputs);
+    if !summary.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} EVTX files could not be converted",
+            summary.failed.len(),
+            inputs.evtx.len()
+        );
+    }
+    Ok(())
+}
+
+/// The result of converting one file.
+struct FileOutcome {
+    report: edr_evtx::ReadReport,
+    stats: edr_evtx::Stats,
+    events: u64,
+}
+
+enum ConvertFailure {
+    /// The file could not be read at all; conversion goes on with the other files.
+    Read(String),
+    /// The output failed; nothing more can be written.
+    Write(std::io::Error),
+}
+
+fn convert_one(
+    path: &Path,
+    output: &Mutex<BufWriter<Box<dyn Write + Send>>>,
+) -> Result<FileOutcome, ConvertFailure> {
+    let mut buffer = Vec::with_capacity(FLUSH_BYTES + 64 * 1024);
+    let mut events = 0u64;
+    let mut write_error = None;
+    let flush = |buffer: &mut Vec<u8>, write_error: &mut Option<std::io::Error>| {
+        if write_error.is_none()
+            && let Err(error) = lock(output).write_all(buffer)
+        {
+            *write_error = Some(error);
+        }
+        buffer.clear();
+    };
+
+    let result = edr_evtx::convert_file(path, |event| {
+        events += 1;
+        // Serialising into a Vec fails only on a map with non-string keys, and events have none.
+        if serde_json::to_writer(&mut buffer, &event).is_ok() {
+            buffer.push(b'\n');
+        }
+        if buffer.len() >= FLUSH_BYTES {
+            flush(&mut buffer, &mut write_error);
+        }
+    });
+    flush(&mut buffer, &mut write_error);
+
+    if let Some(error) = write_error {
+        return Err(ConvertFailure::Write(error));
+    }
+    match result {
+        Ok((report, stats)) => Ok(FileOutcome {
+            report,
+            stats,
+            events,
+        }),
+        Err(error) => Err(ConvertFailure::Read(error.to_string())),
+    }
+}
+
+fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for entry in entries {
+            collect(&entry, inputs)?;
+        }
+        return Ok(());
+    }
+    if !path.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or folder",
+        ));
+    }
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "evtx" => inputs.evtx.push(path.to_owned()),
+        "etl" => inputs.etl.push(path.to_owned()),
+        _ => inputs.other += 1,
+    }
+    Ok(())
+}
+
+fn progress_bar(total_bytes: u64) -> ProgressBar {
+    let progress = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        progress.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {elapsed} {msg}")
+    {
+        progress.set_style(style);
+    }
+    progress
+}
+
+fn print_summary(summary: &Summary, inputs: &Inputs) {
+    let stats = &summary.stats;
+    let mut err = std::io::stderr().lock();
+    let mut lines = vec![format!(
+        "converted {} EVTX files: {} records, {} OCSF events, {} unreadable records",
+        summary.files, stats.records, summary.events, summary.bad_records
+    )];
+    lines.push("events per OCSF class:".to_owned());
+    for (class, count) in &stats.per_class {
+        lines.push(format!("  {count:>8}  {class}"));
+    }
+    let mut unmapped: Vec<(&(String, u32), &u64)> = stats.unmapped.iter().collect();
+    unmapped.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    lines.push(format!(
+        "records without a mapper, kept as Base Event with their fields under unmapped: {}",
+        unmapped.iter().map(|(_, count)| **count).sum::<u64>()
+    ));
+    for ((source, event_id), count) in unmapped {
+        lines.push(format!("  {count:>8}  {source} {event_id}"));
+    }
+    if stats.truncated_script_blocks > 0 {
+        lines.push(format!(
+            "script blocks emitted with parts missing: {}",
+            stats.truncated_script_blocks
+        ));
+    }
+    for (path, chunks) in &summary.skipped_chunks {
+        let mut numbers: Vec<u64> = chunks.iter().map(|c| c.chunk_number).collect();
+        numbers.sort_unstable();
+        let numbers: Vec<String> = numbers.iter().map(u64::to_string).collect();
+        lines.push(format!(
+            "damaged chunks skipped in {}: {}",
+            path.display(),
+            numbers.join(", ")
+        ));
+    }
+    for (path, error) in &summary.failed {
+        lines.push(format!("not converted: {}: {error}", path.display()));
+    }
+    if !inputs.etl.is_empty() {
+        lines.push(format!(
+            "ETL files found but not yet supported, not converted: {}",
+            inputs.etl.len()
+        ));
+    }
+    if inputs.other > 0 {
+        lines.push(format!("other files ignored: {}", inputs.other));
+    }
+    for line in lines {
+        // A closed stderr leaves nothing to report to.
+        let _ = writeln!(err, "{line}");
+    }
+}
+
+fn short_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Locks `mutex`, taking the data of a poisoned lock: a panicking task leaves whole lines.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

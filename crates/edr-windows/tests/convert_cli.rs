@@ -1,0 +1,91 @@
+//! `edr-windows convert` on recorded telemetry: every output line validates against OCSF 1.8.0
+//! and the summary reports classes, unmapped events, damaged chunks and unsupported ETL files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use edr_ocsf::Schema;
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("EDR_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
+        })
+}
+
+#[test]
+fn convert_data_dir_validates() {
+    let data = data_dir();
+    let (evtx, etl) = (data.join("evtx"), data.join("etl"));
+    let schema_dir = edr_ocsf::schema_dir(&data);
+    if !evtx.exists() || !schema_dir.exists() {
+        eprintln!(
+            "skipped: no EVTX data or OCSF schema under {} (set EDR_DATA_DIR)",
+            data.display()
+        );
+        return;
+    }
+    let schema = Schema::load(&schema_dir).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = out.path().join("events.jsonl");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edr-windows"));
+    command.arg("convert").arg(&evtx);
+    if etl.exists() {
+        command.arg(&etl);
+    }
+    let result = command.arg("--output").arg(&output).output().unwrap();
+    let summary = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "convert failed: {summary}");
+
+    let text = std::fs::read_to_string(&output).unwrap();
+    let mut lines = 0;
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Err(error) = schema.validate(&event) {
+            panic!("invalid line {lines}: {error}\n{line}");
+        }
+        lines += 1;
+    }
+    assert!(lines > 15_000, "{lines} events");
+    assert!(
+        summary.contains(&format!("{lines} OCSF events")),
+        "{summary}"
+    );
+    assert!(summary.contains("events per OCSF class:"), "{summary}");
+    assert!(summary.contains("Process Activity"), "{summary}");
+    assert!(summary.contains("damaged chunks skipped in"), "{summary}");
+    if etl.exists() {
+        assert!(
+            summary.contains("ETL files found but not yet supported"),
+            "{summary}"
+        );
+    }
+
+    // No record of an event id with a mapper is listed among the unmapped ones.
+    for (channel, ids) in edr_evtx::map::MAPPED_IDS {
+        for id in *ids {
+            let listed = format!("  {channel} {id}\n");
+            assert!(
+                !summary.lines().any(|l| format!("{l}\n").ends_with(&listed)),
+                "{channel} {id} unmapped"
+            );
+        }
+    }
+}
+
+#[test]
+fn convert_missing_path_fails() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .args(["convert", "/nonexistent/edr-convert-input"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("/nonexistent/edr-convert-input"),
+        "{message}"
+    );
+}
