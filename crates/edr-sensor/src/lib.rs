@@ -1,2 +1,4 @@
 //! Platform-neutral sensor runtime.
 #![forbid(unsafe_code)]
+
+pub mod buffer;
