@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 /// A token bucket refilled at `rate` tokens per second, holding at most one second of tokens.
 ///
-/// A take succeeds while the bucket holds any token and may drive it negative, so a record
+/// A take succeeds while the bucket holds at least one token and may drive it negative, so a record
 /// larger than one second of budget still passes, followed by a proportionally longer pause.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenBucket {
@@ -34,7 +34,7 @@ impl TokenBucket {
     /// Tells whether a take may happen at `now`.
     pub(crate) fn ready(&mut self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens > 0.0
+        self.tokens >= 1.0
     }
 
     /// Takes `amount` tokens; call only after [`TokenBucket::ready`] returned true.
@@ -47,11 +47,11 @@ impl TokenBucket {
     /// Returns how long until a take may happen again.
     pub(crate) fn wait_time(&mut self, now: Instant) -> Duration {
         self.refill(now);
-        if self.tokens > 0.0 {
+        if self.tokens >= 1.0 {
             Duration::ZERO
         } else {
-            // A tiny margin makes the bucket hold a positive amount when the wait is over.
-            Duration::from_secs_f64((-self.tokens + 1e-6) / self.rate)
+            // A tiny margin makes the bucket hold a whole token when the wait is over.
+            Duration::from_secs_f64((1.0 - self.tokens + 1e-6) / self.rate)
         }
     }
 }

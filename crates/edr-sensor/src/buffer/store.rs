@@ -193,8 +193,17 @@ impl Buffer {
         };
 
         // Step 6: persist the recovered state, then report damaged regions to the Collector.
+        // The cursor is rewritten only when it was missing or damaged, so that a buffer on a
+        // full disk still opens and can be drained.
         buffer.sync_all_lanes()?;
-        buffer.write_cursor()?;
+        if cursor.is_none_or(|state| state.next_seq != buffer.next_seq) {
+            match buffer.write_cursor() {
+                Err(BufferError::DiskFull { path, source }) if cursor.is_some() => {
+                    tracing::warn!(path = %path.display(), %source, "disk full, cursor not updated at open");
+                }
+                other => other?,
+            }
+        }
         buffer.delete_acked_segments()?;
         let detected_at_ms = unix_millis();
         for (lane, region) in damaged {
@@ -278,7 +287,14 @@ impl Buffer {
     /// number, which is then the last one appended.
     pub fn sync(&mut self) -> Result<u64, BufferError> {
         self.check_poisoned()?;
+        if self.durable_seq == self.next_seq - 1 {
+            return Ok(self.durable_seq);
+        }
         self.sync_all_lanes()?;
+
+        // The cursor records the next sequence number, so that a durable number lost later to
+        // disk damage (a truncated or zeroed segment) is never handed out again.
+        self.write_cursor()?;
         self.durable_seq = self.next_seq - 1;
         self.unsynced_since = None;
         Ok(self.durable_seq)
