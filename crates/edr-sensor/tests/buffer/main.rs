@@ -3,6 +3,8 @@
 
 mod basic;
 mod corruption;
+mod crash;
+mod disk_full;
 mod model;
 
 use std::path::Path;
