@@ -53,7 +53,11 @@
 //!   (the next number when the segment was created) and the number stored in the cursor. The only
 //!   numbers that can be handed out twice are those of records lost before their fsync in a power
 //!   failure, which no reader ever saw.
-//! - `durable_seq` is the highest number at or below which every record is fsynced.
+//! - A crash leaves holes in the numbering: records still in memory are lost, and their numbers
+//!   are skipped when a later record of the other lane reached the file. The holes are never
+//!   reported as gaps because none of their records was durable.
+//! - `durable_seq` is the highest number at or below which every record still handed out by this
+//!   process is fsynced.
 //!   [`Buffer::drain`] hands out only durable records, so the Collector never receives a record
 //!   that a power failure can take back.
 //! - Drain order is by sequence number across both lanes, oldest first.
