@@ -1,8 +1,8 @@
 //! Offline ring buffer: records kept on disk while the Collector is unreachable.
 //!
 //! The sensor appends every event here and sends from here. Records leave the disk only when the
-//! Collector acknowledges them, or when the buffer is full and the oldest telemetry is evicted;
-//! an eviction is itself recorded as a gap record that is sent to the Collector, so no loss is
+//! Collector acknowledges them, or when the buffer is full and the oldest telemetry is evicted.
+//! An eviction is itself recorded as a gap record that is sent to the Collector, so no loss is
 //! silent.
 //!
 //! # Usage
@@ -66,6 +66,8 @@
 //! - Eviction takes the oldest telemetry segment. Priority records (response-action results and
 //!   the sensor's own alerts) are evicted only when no telemetry record is left. The gap record
 //!   (in the priority lane) is fsynced before the evicted segment is deleted.
+//!   NOTE: a gap record can itself be evicted with its priority segment. The priority gap that
+//!   replaces it reports the lost records of that segment but not the older range it described.
 //!
 //! # What a power failure can lose
 //!
@@ -213,7 +215,7 @@ pub struct Record {
     pub kind: RecordKind,
 }
 
-/// What a drained record holds.
+/// Content of a drained record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordKind {
     /// Opaque payload bytes as appended.
@@ -234,13 +236,13 @@ pub struct Gap {
     pub records: u64,
     /// Bytes lost, framing included.
     pub bytes: u64,
-    /// Why they were lost.
+    /// Cause of the loss.
     pub reason: GapReason,
     /// When the loss happened, in Unix milliseconds of the sensor's clock.
     pub detected_at_ms: u64,
 }
 
-/// Why records were lost.
+/// Cause of a loss of records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapReason {
     /// The buffer was full and the oldest telemetry segment was evicted.
