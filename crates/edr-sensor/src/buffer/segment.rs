@@ -1,0 +1,519 @@
+//! Segment files of one lane: naming, the recovery scan at open, and the sequential reader.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::format::{
+    self, FRAME_HEADER_LEN, FrameFault, FrameKind, SEGMENT_HEADER_LEN, decode_frame,
+};
+use super::{BufferError, Lane, platform};
+
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// Bytes the reader loads from a segment at once.
+const READ_CHUNK: usize = 1 << 20;
+
+/// In-memory summary of one segment file.
+#[derive(Debug)]
+pub(crate) struct SegmentMeta {
+    pub(crate) path: PathBuf,
+    /// Bytes written to the file, header included; pending bytes in memory are not counted.
+    pub(crate) len: u64,
+    /// Bytes known to be fsynced; the reader never reads past them.
+    pub(crate) durable_len: u64,
+    /// Valid records in the file and in the pending buffer.
+    pub(crate) records: u64,
+    /// Frame bytes of those records.
+    pub(crate) record_bytes: u64,
+    /// Records and frame bytes acknowledged by the Collector.
+    pub(crate) acked_records: u64,
+    pub(crate) acked_bytes: u64,
+    /// Sequence numbers of the first and last record, or 0 when there is none.
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    /// Offset of the first record not yet acknowledged, or the end of the file.
+    pub(crate) resume_offset: u64,
+    /// Damaged byte ranges `[start, end)` found at open, which the reader jumps over.
+    pub(crate) damaged: Vec<(u64, u64)>,
+}
+
+impl SegmentMeta {
+    pub(crate) fn new_empty(path: PathBuf) -> Self {
+        let header = SEGMENT_HEADER_LEN as u64;
+        Self {
+            path,
+            len: header,
+            durable_len: header,
+            records: 0,
+            record_bytes: 0,
+            acked_records: 0,
+            acked_bytes: 0,
+            first_seq: 0,
+            last_seq: 0,
+            resume_offset: header,
+            damaged: Vec::new(),
+        }
+    }
+
+    pub(crate) fn unacked_records(&self) -> u64 {
+        self.records - self.acked_records
+    }
+
+    pub(crate) fn unacked_bytes(&self) -> u64 {
+        self.record_bytes - self.acked_bytes
+    }
+}
+
+/// Returns the path of the segment of a lane whose sequence numbers start at or above `key`.
+pub(crate) fn segment_path(lane_dir: &Path, key: u64) -> PathBuf {
+    lane_dir.join(format!("{key:020}{SEGMENT_SUFFIX}"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A damaged region found by the scan, reported to the Collector as a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DamagedRegion {
+    /// Sequence number of the last valid record before the region, or the segment key minus one.
+    pub(crate) after_seq: u64,
+    /// Sequence number of the first valid record after it, if the segment has one.
+    pub(crate) before_seq: Option<u64>,
+    pub(crate) bytes: u64,
+}
+
+/// What the recovery scan found in the segments of one lane.
+#[derive(Debug, Default)]
+pub(crate) struct LaneScan {
+    pub(crate) segments: BTreeMap<u64, SegmentMeta>,
+    pub(crate) damaged: Vec<DamagedRegion>,
+    /// Bytes cut off the end of the newest segment: a record whose write was torn by a crash.
+    pub(crate) torn_bytes: u64,
+    /// Highest sequence number seen in a record, or 0.
+    pub(crate) max_seq: u64,
+}
+
+/// Scans every segment of a lane, truncates a torn tail of the newest one, and records damaged
+/// regions of the others so that they can be skipped.
+///
+/// Sequence numbers must rise strictly within the lane: a record with a valid CRC but a sequence
+/// number at or below its predecessor's counts as damaged.
+pub(crate) fn scan_lane(
+    lane_dir: &Path,
+    lane: Lane,
+    acked_seq: u64,
+    max_payload: usize,
+) -> Result<LaneScan, BufferError> {
+    let mut keys = Vec::new();
+    let entries = std::fs::read_dir(lane_dir)
+        .map_err(|error| BufferError::from_io("list segments in", lane_dir.to_owned(), error))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| {
+            BufferError::from_io("list segments in", lane_dir.to_owned(), error)
+        })?;
+        let name = entry.file_name();
+        match name.to_str().and_then(parse_segment_name) {
+            Some(key) => keys.push(key),
+            None => {
+                tracing::warn!(file = ?name, lane = lane.name(), "ignoring unknown file in buffer directory")
+            }
+        }
+    }
+    keys.sort_unstable();
+
+    let mut scan = LaneScan::default();
+    let mut prev_seq = 0u64;
+    let newest = keys.last().copied();
+    for key in keys {
+        let path = segment_path(lane_dir, key);
+        let bytes = platform::read_all(&path)
+            .map_err(|error| BufferError::from_io("read segment", path.clone(), error))?;
+        let is_newest = Some(key) == newest;
+        prev_seq = prev_seq.max(key.saturating_sub(1));
+
+        let (meta, regions, torn) = scan_segment(
+            &path,
+            &bytes,
+            lane,
+            key,
+            is_newest,
+            &mut prev_seq,
+            acked_seq,
+            max_payload,
+        )?;
+        scan.max_seq = scan.max_seq.max(meta.last_seq);
+        scan.torn_bytes += torn;
+        scan.damaged.extend(regions);
+        scan.segments.insert(key, meta);
+    }
+    Ok(scan)
+}
+
+fn scan_segment(
+    path: &Path,
+    bytes: &[u8],
+    lane: Lane,
+    key: u64,
+    is_newest: bool,
+    prev_seq: &mut u64,
+    acked_seq: u64,
+    max_payload: usize,
+) -> Result<(SegmentMeta, Vec<DamagedRegion>, u64), BufferError> {
+    let mut meta = SegmentMeta::new_empty(path.to_owned());
+    let mut regions = Vec::new();
+    let header_len = SEGMENT_HEADER_LEN as u64;
+
+    // A segment shorter than its header was torn while being created: start it again.
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        tracing::warn!(path = %path.display(), len = bytes.len(), "segment header torn, rewriting it");
+        rewrite_header(path, lane, key)?;
+        return Ok((meta, regions, bytes.len() as u64));
+    }
+
+    // A damaged header costs nothing but the header: the name carries the same facts.
+    match format::decode_segment_header(bytes) {
+        Some((header_lane, header_key)) if header_lane == lane && header_key == key => {}
+        _ => {
+            tracing::warn!(path = %path.display(), "segment header damaged, reading records anyway");
+            regions.push(DamagedRegion {
+                after_seq: *prev_seq,
+                before_seq: None,
+                bytes: header_len,
+            });
+        }
+    }
+
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut good_end = pos;
+    let mut resume: Option<u64> = None;
+    while pos < bytes.len() {
+        match decode_frame(&bytes[pos..], lane, max_payload, *prev_seq) {
+            Ok(frame) => {
+                let len = frame.encoded_len() as u64;
+                if meta.records == 0 {
+                    meta.first_seq = frame.seq;
+                }
+                meta.records += 1;
+                meta.record_bytes += len;
+                meta.last_seq = frame.seq;
+                if frame.seq <= acked_seq {
+                    meta.acked_records += 1;
+                    meta.acked_bytes += len;
+                } else if resume.is_none() {
+                    resume = Some(pos as u64);
+                }
+                *prev_seq = frame.seq;
+                pos += frame.encoded_len();
+                good_end = pos;
+            }
+            Err(_) => {
+                // Look for the next valid frame. Finding one means the damage is in the middle
+                // and reading goes on after it; finding none means the rest is a torn tail.
+                let next = next_valid_frame(bytes, pos + 1, lane, max_payload, *prev_seq);
+                match next {
+                    Some((next_pos, next_seq)) => {
+                        tracing::warn!(
+                            path = %path.display(), offset = pos, bytes = next_pos - pos,
+                            "skipping damaged bytes inside segment"
+                        );
+                        meta.damaged.push((pos as u64, next_pos as u64));
+                        regions.push(DamagedRegion {
+                            after_seq: *prev_seq,
+                            before_seq: Some(next_seq),
+                            bytes: (next_pos - pos) as u64,
+                        });
+                        pos = next_pos;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    let trailing = (bytes.len() - good_end) as u64;
+    let mut torn = 0;
+    if trailing > 0 {
+        if is_newest {
+            tracing::warn!(
+                path = %path.display(), offset = good_end, bytes = trailing,
+                "truncating torn tail of newest segment"
+            );
+            truncate(path, good_end as u64)?;
+            torn = trailing;
+        } else {
+            tracing::warn!(
+                path = %path.display(), offset = good_end, bytes = trailing,
+                "skipping damaged end of closed segment"
+            );
+            meta.damaged.push((good_end as u64, bytes.len() as u64));
+            regions.push(DamagedRegion {
+                after_seq: *prev_seq,
+                before_seq: None,
+                bytes: trailing,
+            });
+        }
+    }
+
+    meta.len = if is_newest {
+        good_end as u64
+    } else {
+        bytes.len() as u64
+    };
+    meta.durable_len = meta.len;
+    meta.resume_offset = resume.unwrap_or(meta.len);
+    Ok((meta, regions, torn))
+}
+
+fn next_valid_frame(
+    bytes: &[u8],
+    mut from: usize,
+    lane: Lane,
+    max_payload: usize,
+    prev_seq: u64,
+) -> Option<(usize, u64)> {
+    while let Some(candidate) = format::find_next_magic(bytes, from) {
+        if let Ok(frame) = decode_frame(&bytes[candidate..], lane, max_payload, prev_seq) {
+            return Some((candidate, frame.seq));
+        }
+        from = candidate + 1;
+    }
+    None
+}
+
+fn rewrite_header(path: &Path, lane: Lane, key: u64) -> Result<(), BufferError> {
+    use std::io::Write;
+    let mut file = platform::create_truncate(path)
+        .map_err(|error| BufferError::from_io("rewrite segment header", path.to_owned(), error))?;
+    file.write_all(&format::encode_segment_header(lane, key))
+        .and_then(|()| file.sync_all())
+        .map_err(|error| BufferError::from_io("rewrite segment header", path.to_owned(), error))
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), BufferError> {
+    let file = platform::open_read_write(path)
+        .map_err(|error| BufferError::from_io("truncate segment", path.to_owned(), error))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| BufferError::from_io("truncate segment", path.to_owned(), error))
+}
+
+// === impl LaneReader ===
+
+/// A record read back from a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadRecord {
+    pub(crate) seq: u64,
+    pub(crate) appended_at_ms: u64,
+    pub(crate) kind: FrameKind,
+    pub(crate) payload: Vec<u8>,
+    /// Key of the segment holding it.
+    pub(crate) segment: u64,
+    /// Frame length on disk.
+    pub(crate) frame_len: u64,
+}
+
+/// Reads the durable records of one lane in order, one segment after another.
+#[derive(Debug)]
+pub(crate) struct LaneReader {
+    segment: u64,
+    offset: u64,
+    file: Option<(u64, File)>,
+    chunk: Vec<u8>,
+    chunk_start: u64,
+    peeked: Option<ReadRecord>,
+}
+
+impl LaneReader {
+    pub(crate) fn new(segment: u64, offset: u64) -> Self {
+        Self {
+            segment,
+            offset,
+            file: None,
+            chunk: Vec::new(),
+            chunk_start: 0,
+            peeked: None,
+        }
+    }
+
+    /// Returns the segment the reader is in.
+    pub(crate) fn segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// Moves the reader to `offset` in segment `key`, dropping what it had loaded.
+    pub(crate) fn reposition(&mut self, key: u64, offset: u64) {
+        *self = Self::new(key, offset);
+    }
+
+    /// Returns the next durable record without consuming it.
+    ///
+    /// A record that fails its CRC here was damaged after the buffer was opened: the rest of
+    /// its segment is skipped and `damaged` is incremented.
+    pub(crate) fn peek(
+        &mut self,
+        segments: &BTreeMap<u64, SegmentMeta>,
+        active: u64,
+        lane: Lane,
+        max_payload: usize,
+        damaged: &mut u64,
+    ) -> Result<Option<&ReadRecord>, BufferError> {
+        if self.peeked.is_none() {
+            self.peeked = self.read_next(segments, active, lane, max_payload, damaged)?;
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    /// Consumes the record that [`LaneReader::peek`] returned.
+    pub(crate) fn take(&mut self) -> Option<ReadRecord> {
+        self.peeked.take()
+    }
+
+    fn read_next(
+        &mut self,
+        segments: &BTreeMap<u64, SegmentMeta>,
+        active: u64,
+        lane: Lane,
+        max_payload: usize,
+        damaged: &mut u64,
+    ) -> Result<Option<ReadRecord>, BufferError> {
+        loop {
+            // The segment may have been evicted or deleted after its last acknowledgement.
+            let Some(meta) = segments.get(&self.segment) else {
+                match segments.range(self.segment..).next() {
+                    Some((&key, _)) => self.reposition(key, SEGMENT_HEADER_LEN as u64),
+                    None => return Ok(None),
+                }
+                continue;
+            };
+
+            self.offset = self.offset.max(SEGMENT_HEADER_LEN as u64);
+            if let Some(&(_, end)) = meta
+                .damaged
+                .iter()
+                .find(|&&(start, end)| start <= self.offset && self.offset < end)
+            {
+                self.offset = end;
+            }
+
+            if self.offset >= meta.durable_len {
+                let sealed_and_synced = self.segment != active && meta.durable_len == meta.len;
+                let next = segments
+                    .range(self.segment + 1..)
+                    .next()
+                    .map(|(&key, _)| key);
+                match next {
+                    Some(key) if sealed_and_synced => {
+                        self.reposition(key, SEGMENT_HEADER_LEN as u64);
+                        continue;
+                    }
+                    _ => return Ok(None),
+                }
+            }
+
+            let available = meta.durable_len - self.offset;
+            let mut payload_len = u64::MAX;
+            if available >= FRAME_HEADER_LEN as u64 {
+                let header = self.load(meta, FRAME_HEADER_LEN as u64, available)?;
+                if let Some(len_bytes) = header.get(8..12) {
+                    let mut len = [0u8; 4];
+                    len.copy_from_slice(len_bytes);
+                    payload_len = u64::from(u32::from_le_bytes(len));
+                }
+            }
+            let frame_len = (FRAME_HEADER_LEN as u64).saturating_add(payload_len);
+            let decoded = if frame_len <= available && payload_len <= max_payload as u64 {
+                let bytes = self.load(meta, frame_len, available)?;
+                decode_frame(bytes, lane, max_payload, 0)
+            } else {
+                Err(FrameFault::Corrupt)
+            };
+
+            match decoded {
+                Ok(frame) => {
+                    let record = ReadRecord {
+                        seq: frame.seq,
+                        appended_at_ms: frame.appended_at_ms,
+                        kind: frame.kind,
+                        payload: frame.payload.to_vec(),
+                        segment: self.segment,
+                        frame_len,
+                    };
+                    self.offset += frame_len;
+                    return Ok(Some(record));
+                }
+                Err(_) => {
+                    tracing::error!(
+                        path = %meta.path.display(), offset = self.offset,
+                        "record damaged after open, skipping the rest of the segment"
+                    );
+                    *damaged += 1;
+                    self.offset = meta.durable_len;
+                    if self.segment == active {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns `want` bytes at the reader's offset, loading a new chunk when needed. The caller
+    /// guarantees that `want` is at most `available`, the durable bytes left in the segment.
+    fn load(
+        &mut self,
+        meta: &SegmentMeta,
+        want: u64,
+        available: u64,
+    ) -> Result<&[u8], BufferError> {
+        let want = want.min(available);
+        let start_in_chunk = self.offset.checked_sub(self.chunk_start);
+        let loaded = matches!(&self.file, Some((key, _)) if *key == self.segment)
+            && start_in_chunk.is_some_and(|start| start + want <= self.chunk.len() as u64);
+
+        if !loaded {
+            if !matches!(&self.file, Some((key, _)) if *key == self.segment) {
+                let file = platform::open_read(&meta.path).map_err(|error| {
+                    BufferError::from_io("open segment", meta.path.clone(), error)
+                })?;
+                self.file = Some((self.segment, file));
+            }
+            let size = want.max(READ_CHUNK as u64).min(available);
+            let Some((_, file)) = self.file.as_mut() else {
+                return Ok(&[]);
+            };
+            // Bounded by the segment size, which the options keep far below `usize::MAX`.
+            let size = usize::try_from(size).unwrap_or(READ_CHUNK);
+            self.chunk.resize(size, 0);
+            file.seek(SeekFrom::Start(self.offset))
+                .and_then(|_| file.read_exact(&mut self.chunk))
+                .map_err(|error| BufferError::from_io("read segment", meta.path.clone(), error))?;
+            self.chunk_start = self.offset;
+        }
+
+        let start = usize::try_from(self.offset - self.chunk_start).unwrap_or(0);
+        let end = start + usize::try_from(want).unwrap_or(0);
+        Ok(self.chunk.get(start..end).unwrap_or(&[]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        let path = segment_path(Path::new("/x"), 42);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "00000000000000000042.seg");
+        assert_eq!(parse_segment_name(name), Some(42));
+        assert_eq!(parse_segment_name("42.seg"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.tmp"), None);
+    }
+}
