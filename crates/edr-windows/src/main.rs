@@ -2,11 +2,25 @@
 
 use clap::Parser;
 
+mod cli;
+
 #[derive(Debug, Parser)]
 #[command(version, about = "EDR sensor for Windows")]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Read recorded ETW traces (.etl files).
+    Etl(cli::etl::EtlArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Etl(args)) => cli::etl::run(args),
+        None => Ok(()),
+    }
 }
