@@ -368,22 +368,22 @@ pub(super) fn network_layout(
     let parsed = (|| -> Result<NetworkEvent> {
         let process_id = p.u32()?;
         let size = p.u32()?;
-        let (remote_address, local_address) = if ipv6 {
+        let (destination_address, source_address) = if ipv6 {
             (p.ipv6()?, p.ipv6()?)
         } else {
             (p.ipv4()?, p.ipv4()?)
         };
-        let remote_port = p.port()?;
-        let local_port = p.port()?;
+        let destination_port = p.port()?;
+        let source_port = p.port()?;
         let mut event = NetworkEvent {
             protocol,
             operation,
             process_id,
             size,
-            remote_address,
-            remote_port,
-            local_address,
-            local_port,
+            destination_address,
+            destination_port,
+            source_address,
+            source_port,
             connection_id: None,
             sequence_number: None,
             mss: None,

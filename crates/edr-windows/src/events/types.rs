@@ -309,9 +309,14 @@ pub enum NetworkOperation {
     Copy,
 }
 
-/// A TCP or UDP event. The layouts name the endpoints `daddr`/`dport` and `saddr`/`sport`;
-/// the NT kernel fills `d*` with the remote and `s*` with the local endpoint for every
-/// operation, including receives.
+/// A TCP or UDP event, with the endpoints as the layout names them (`daddr`/`dport`,
+/// `saddr`/`sport`).
+///
+/// In recorded traces the kernel fills the destination with the remote and the source with the
+/// local endpoint for TCP in both directions and for unicast UDP, but for UDP datagrams received
+/// on a multicast or broadcast address the destination is that group address and the source is
+/// the sender. [`NetworkEvent::remote`] applies this rule for IP multicast; a subnet-directed
+/// broadcast cannot be told from a unicast address without the interface's prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkEvent {
     /// TCP or UDP.
@@ -322,20 +327,48 @@ pub struct NetworkEvent {
     pub process_id: u32,
     /// Bytes transferred.
     pub size: u32,
-    /// Remote address (`daddr`).
-    pub remote_address: IpAddr,
-    /// Remote port (`dport`, host order).
-    pub remote_port: u16,
-    /// Local address (`saddr`).
-    pub local_address: IpAddr,
-    /// Local port (`sport`, host order).
-    pub local_port: u16,
+    /// `daddr`.
+    pub destination_address: IpAddr,
+    /// `dport`, converted to host order.
+    pub destination_port: u16,
+    /// `saddr`.
+    pub source_address: IpAddr,
+    /// `sport`, converted to host order.
+    pub source_port: u16,
     /// Connection id.
     pub connection_id: Option<u64>,
     /// Sequence number.
     pub sequence_number: Option<u32>,
     /// Maximum segment size (connect and accept).
     pub mss: Option<u16>,
+}
+
+impl NetworkEvent {
+    /// The remote endpoint: the source for datagrams sent to an IP multicast or limited
+    /// broadcast address, the destination otherwise.
+    pub fn remote(&self) -> (IpAddr, u16) {
+        if self.is_group_destination() {
+            (self.source_address, self.source_port)
+        } else {
+            (self.destination_address, self.destination_port)
+        }
+    }
+
+    /// The local endpoint, the counterpart of [`NetworkEvent::remote`].
+    pub fn local(&self) -> (IpAddr, u16) {
+        if self.is_group_destination() {
+            (self.destination_address, self.destination_port)
+        } else {
+            (self.source_address, self.source_port)
+        }
+    }
+
+    fn is_group_destination(&self) -> bool {
+        match self.destination_address {
+            IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+            IpAddr::V6(v6) => v6.is_multicast(),
+        }
+    }
 }
 
 /// A failed network operation.
