@@ -152,7 +152,7 @@ pub struct ExtendedData<'a> {
 impl<'a> ExtendedData<'a> {
     /// Walks the item chain at the start of `area`, returning the items and the byte count they
     /// use, or `None` when an item's sizes do not fit.
-    pub(crate) fn parse(area: &'a [u8]) -> Option<(Self, usize)> {
+    pub fn parse(area: &'a [u8]) -> Option<(Self, usize)> {
         let mut at = 0usize;
         loop {
             let mut cursor = ByteReader::new(area.get(at..)?);
