@@ -150,6 +150,10 @@ pub struct ReadStats {
     pub skips: Vec<Skip>,
     /// All skips, recorded or not.
     pub skip_count: u64,
+    /// `EventTrace/RTLostEvent` records (hook id 0x0020): markers the session writes where it
+    /// dropped events. The totals lost are in [`LogfileHeader::events_lost`] and
+    /// [`LogfileHeader::buffers_lost`].
+    pub lost_event_markers: u64,
 }
 
 /// Session facts needed to turn raw events into records.
@@ -408,6 +412,9 @@ impl<R: Read> EtlReader<R> {
     }
 }
 
+/// Hook id of `EventTrace/RTLostEvent`.
+const HOOK_LOST_EVENT: u16 = 0x0020;
+
 /// `EVENT_TRACE_COMPRESSED_MODE`: buffers may be compressed and vary in file size.
 const LOG_FILE_MODE_COMPRESSED: u32 = 0x0400_0000;
 
@@ -594,6 +601,9 @@ impl<'a> Iterator for Records<'_, 'a> {
         ) {
             Ok((record, size)) => {
                 self.position = (at + size).next_multiple_of(8);
+                if record.header_kind.is_kernel() && record.hook_id == HOOK_LOST_EVENT {
+                    self.buffer.stats.lost_event_markers += 1;
+                }
                 *self
                     .buffer
                     .stats

@@ -141,6 +141,12 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<()> {
         );
     }
     let header = reader.header();
+    if stats.lost_event_markers > 0 {
+        eprintln!(
+            "{} lost-event markers in the trace",
+            stats.lost_event_markers
+        );
+    }
     if header.events_lost > 0 || header.buffers_lost > 0 {
         eprintln!(
             "the session lost {} events and {} buffers",
