@@ -28,7 +28,7 @@ impl<'a> ByteReader<'a> {
         self.data.get(self.position..).unwrap_or(&[])
     }
 
-    /// Whether every byte has been read.
+    /// Returns `true` once every byte has been read.
     pub fn is_empty(&self) -> bool {
         self.position >= self.data.len()
     }

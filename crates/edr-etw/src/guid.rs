@@ -37,7 +37,7 @@ impl Guid {
         )
     }
 
-    /// Whether this is the all-zero GUID.
+    /// Returns `true` for the all-zero GUID.
     pub fn is_nil(self) -> bool {
         self.0 == 0
     }

@@ -191,3 +191,48 @@ impl LogfileHeader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utf16z(text: &str) -> Vec<u8> {
+        text.encode_utf16()
+            .chain([0])
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    }
+
+    /// Builds a `TRACE_LOGFILE_HEADER` with the pointer fields and alignment of `pointer`
+    /// bytes.
+    fn logfile_header(pointer: usize) -> Vec<u8> {
+        let names_at = 40 + 16 + 2 * pointer;
+        let after_timezone = (names_at + TIME_ZONE_INFORMATION_SIZE).next_multiple_of(8);
+        // BootTime, PerfFreq, StartTime, ReservedFlags, BuffersLost.
+        let mut p = vec![0u8; after_timezone + 32];
+        p[8..12].copy_from_slice(&7601u32.to_le_bytes());
+        p[44..48].copy_from_slice(&(pointer as u32).to_le_bytes());
+        p[names_at..names_at + 4].copy_from_slice(&(-60i32).to_le_bytes());
+        p[after_timezone + 8..after_timezone + 16].copy_from_slice(&3_579_545i64.to_le_bytes());
+        p[after_timezone + 24..after_timezone + 28].copy_from_slice(&1u32.to_le_bytes());
+        p[after_timezone + 28..after_timezone + 32].copy_from_slice(&2u32.to_le_bytes());
+        p.extend_from_slice(&utf16z("NT Kernel Logger"));
+        p.extend_from_slice(&utf16z("C:\\kernel.etl"));
+        p
+    }
+
+    #[test]
+    fn logfile_header_parses_both_pointer_sizes() {
+        for (pointer, size) in [(4, PointerSize::Bits32), (8, PointerSize::Bits64)] {
+            let header = LogfileHeader::parse(&logfile_header(pointer), size).unwrap();
+            assert_eq!(header.provider_version, 7601, "{size:?}");
+            assert_eq!(header.pointer_size, pointer as u32, "{size:?}");
+            assert_eq!(header.timezone_bias_minutes, -60, "{size:?}");
+            assert_eq!(header.perf_freq, 3_579_545, "{size:?}");
+            assert_eq!(header.reserved_flags, 1, "{size:?}");
+            assert_eq!(header.buffers_lost, 2, "{size:?}");
+            assert_eq!(header.logger_name, "NT Kernel Logger", "{size:?}");
+            assert_eq!(header.log_file_name, "C:\\kernel.etl", "{size:?}");
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! `EventTrace/Header` event whose payload is the [`LogfileHeader`].
 //!
 //! Every event starts with a 32-bit marker whose third byte is the header type and whose top
-//! byte holds `TRACE_HEADER_FLAG` (0x80). The header type selects one of the four families:
+//! byte contains `TRACE_HEADER_FLAG` (0x80). The header type selects one of the four families:
 //!
 //! | type | header | size | event size field |
 //! |---|---|---|---|
@@ -20,7 +20,7 @@
 //! | 11, 21 | `EVENT_INSTANCE_HEADER` | 56 | u16 at offset 0 |
 //! | 18, 19 | `EVENT_HEADER` (+ extended items) | 80 | u16 at offset 0 |
 //!
-//! A buffer whose `BufferFlag` has bit 0x40 set holds its events Xpress LZ77 compressed: the
+//! A buffer whose `BufferFlag` has bit 0x40 set stores its events Xpress LZ77 compressed: the
 //! bytes after the header decompress to exactly `filled - 72` bytes.
 //!
 //! ETW writes each event into a single buffer (an event larger than a buffer is dropped by the
@@ -51,7 +51,7 @@ use crate::record::{EventDescriptor, EventRecord, ExtendedData, HeaderKind, Poin
 use crate::time::{FileTime, SessionClock};
 use crate::xpress::{self, XpressError};
 
-/// Why an ETL file cannot be read further.
+/// Errors that stop reading an ETL file.
 #[derive(Debug, thiserror::Error)]
 pub enum EtlError {
     /// Reading the source failed.
@@ -73,7 +73,7 @@ pub enum EtlError {
         "file is not an ETL file: the first buffer does not start with the EventTrace/Header event ({reason})"
     )]
     MissingLogfileHeader {
-        /// What was found instead.
+        /// Description of the event found instead.
         reason: String,
     },
     /// A buffer header is impossible and the next buffer cannot be located.
@@ -83,7 +83,7 @@ pub enum EtlError {
     CorruptBuffer {
         /// File offset of the buffer.
         offset: u64,
-        /// What is wrong.
+        /// Description of the impossible value.
         reason: String,
     },
 }
@@ -107,7 +107,7 @@ impl Default for ReaderLimits {
     }
 }
 
-/// Why part of the file was skipped.
+/// Cause of a skipped part of the file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum SkipReason {
     /// The buffer header is impossible.
@@ -255,7 +255,7 @@ impl<R: Read> EtlReader<R> {
         &self.context.clock
     }
 
-    /// What has been read so far.
+    /// Counters of what has been read so far.
     pub fn stats(&self) -> &ReadStats {
         &self.stats
     }
@@ -588,8 +588,8 @@ impl<'a> Iterator for Records<'_, 'a> {
         let data = self.data;
         let at = self.position;
         let marker = read_u32_at(data, at)?;
-        // Unused space at the end of a buffer is filled with 0xFF (or left zero).
-        if marker == u32::MAX || marker == 0 {
+        // ETW fills the unused space at the end of a buffer with 0xFF bytes.
+        if marker == u32::MAX {
             self.position = data.len();
             return None;
         }

@@ -42,7 +42,7 @@ pub enum HeaderKind {
 }
 
 impl HeaderKind {
-    /// The name used by the ETW headers and by ETL inventories.
+    /// Returns the name used by the ETW headers and by ETL inventories.
     pub fn name(self) -> &'static str {
         match self {
             HeaderKind::System | HeaderKind::SystemCompact => "SYSTEM_TRACE_HEADER",
@@ -190,7 +190,7 @@ impl<'a> ExtendedData<'a> {
         })
     }
 
-    /// Whether the event has no extended data.
+    /// Returns `true` when the event has no extended data.
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()
     }

@@ -27,7 +27,7 @@ use crate::time::FileTime;
 /// Deepest struct nesting accepted.
 pub const MAX_DEPTH: usize = 8;
 
-/// Why TraceLogging metadata or payload could not be decoded.
+/// Errors decoding TraceLogging metadata or payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TraceLoggingError {
     /// The metadata ends inside a field definition.
@@ -102,7 +102,7 @@ pub mod in_type {
     pub const COUNTED_STRING: u8 = 22;
     /// `u16` byte count then 8-bit characters.
     pub const COUNTED_ANSI_STRING: u8 = 23;
-    /// Struct; `OutType` holds the member count.
+    /// Struct; `OutType` contains the member count.
     pub const STRUCT: u8 = 24;
     /// `u16` byte count then bytes.
     pub const COUNTED_BINARY: u8 = 25;

@@ -3,14 +3,14 @@
 //!
 //! Format: a stream of 32-bit little-endian flag words, each describing the next 32 items from
 //! the most significant bit down. A clear bit is one literal byte; a set bit is a match whose
-//! 16-bit token holds `offset - 1` in its upper 13 bits and a length code in its lower 3 bits,
+//! 16-bit token contains `offset - 1` in its upper 13 bits and a length code in its lower 3 bits,
 //! with longer lengths continued in a shared nibble, then a byte, then a 16-bit and a 32-bit word.
 //!
 //! Limits: the output never grows beyond the caller's `expected_len`, a match may not reach
 //! before the start of the output, and every loop step consumes input, so hostile input ends in
 //! an [`XpressError`] after at most `input.len()` steps.
 
-/// Why a compressed buffer could not be decompressed.
+/// Errors decompressing a buffer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XpressError {
     /// A match refers to bytes before the start of the output.

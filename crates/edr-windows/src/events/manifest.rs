@@ -385,7 +385,7 @@ fn empty_dns(operation: DnsOperation) -> DnsEvent {
     }
 }
 
-/// Splits `QueryResults` (`answer;answer;`) into answers.
+/// Splits `QueryResults` (`record;record;`) into its records.
 fn split_answers(results: &str) -> Vec<String> {
     results
         .split(';')

@@ -10,7 +10,7 @@
 //!
 //! # Versions
 //!
-//! Each decoder lists the versions whose layout it knows. A record with a known version is
+//! Each decoder lists the versions it has a layout for. A record with a known version is
 //! decoded with that layout. A record with a newer version is decoded with the newest known
 //! layout only when the payload proves that layout fits: every fixed field present and every
 //! string terminated inside the payload (later versions append fields). Otherwise, and for
@@ -156,7 +156,7 @@ pub struct EventKey {
     pub version: u8,
 }
 
-/// Why an event was not decoded.
+/// Cause of an undecodable event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum UndecodableReason {
     /// The version is older than every known layout, or newer and the payload does not prove
@@ -191,7 +191,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder with zeroed counters.
+    /// Creates a decoder with zeroed counters.
     pub fn new() -> Self {
         Decoder::default()
     }
@@ -289,7 +289,10 @@ fn dispatch(record: &EventRecord<'_>) -> Decoding {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod version_tests {
     use super::*;
 
     #[test]

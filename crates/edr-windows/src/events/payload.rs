@@ -62,12 +62,12 @@ impl<'a> Payload<'a> {
         self.i64().map(FileTime)
     }
 
-    /// A pointer-sized value.
+    /// Reads a pointer-sized value.
     pub(crate) fn pointer(&mut self) -> Field<u64> {
         self.reader.pointer(self.pointer).ok_or(LayoutMismatch)
     }
 
-    /// A port, stored in network byte order.
+    /// Reads a port stored in network byte order.
     pub(crate) fn port(&mut self) -> Field<u16> {
         self.u16().map(u16::from_be)
     }
@@ -94,7 +94,7 @@ impl<'a> Payload<'a> {
         self.reader.skip(len).ok_or(LayoutMismatch)
     }
 
-    /// A NUL-terminated UTF-16 string. An empty remainder reads as an empty string outside
+    /// Reads a NUL-terminated UTF-16 string. An empty remainder reads as an empty string outside
     /// strict mode, as writers omit trailing empty strings.
     pub(crate) fn utf16(&mut self) -> Field<String> {
         if self.strict && !self.has_terminator(2) {
@@ -106,7 +106,7 @@ impl<'a> Payload<'a> {
         self.reader.utf16z().ok_or(LayoutMismatch)
     }
 
-    /// A NUL-terminated 8-bit string.
+    /// Reads a NUL-terminated 8-bit string.
     pub(crate) fn ansi(&mut self) -> Field<String> {
         if self.strict && !self.has_terminator(1) {
             return Err(LayoutMismatch);
@@ -117,7 +117,7 @@ impl<'a> Payload<'a> {
         self.reader.ansiz().ok_or(LayoutMismatch)
     }
 
-    /// The kernel's `SID` field: a `TOKEN_USER` (two pointers) followed by the SID, or a
+    /// Reads the kernel's `SID` field: a `TOKEN_USER` (two pointers) followed by the SID, or a
     /// single zero `u32` when there is none.
     pub(crate) fn kernel_sid(&mut self) -> Field<Option<Vec<u8>>> {
         let rest = self.reader.remaining();

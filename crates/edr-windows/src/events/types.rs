@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use edr_etw::{FileTime, Guid};
 use serde::Serialize;
 
-/// Where an event came from and when, common to every raw event.
+/// Provenance and time of an event, common to every raw event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventHeader {
     /// Provider GUID (the kernel group GUID for NT Kernel Logger events).
@@ -66,7 +66,7 @@ pub enum RawEvent {
     AmsiScan(AmsiScanEvent),
 }
 
-/// What happened to a process, thread or image.
+/// Lifecycle step of a process, thread or image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Lifecycle {
     /// Created or loaded during the trace.
@@ -313,9 +313,9 @@ pub enum NetworkOperation {
 /// `saddr`/`sport`).
 ///
 /// In recorded traces the kernel fills the destination with the remote and the source with the
-/// local endpoint for TCP in both directions and for unicast UDP, but for UDP datagrams received
-/// on a multicast or broadcast address the destination is that group address and the source is
-/// the sender. [`NetworkEvent::remote`] applies this rule for IP multicast; a subnet-directed
+/// local endpoint for TCP in both directions and for unicast UDP. For UDP datagrams received on a
+/// multicast or broadcast address, the destination is that group address and the source is the
+/// sender. [`NetworkEvent::remote`] applies this rule for IP multicast; a subnet-directed
 /// broadcast cannot be told from a unicast address without the interface's prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkEvent {
@@ -344,7 +344,7 @@ pub struct NetworkEvent {
 }
 
 impl NetworkEvent {
-    /// The remote endpoint: the source for datagrams sent to an IP multicast or limited
+    /// Returns the remote endpoint: the source for datagrams sent to an IP multicast or limited
     /// broadcast address, the destination otherwise.
     pub fn remote(&self) -> (IpAddr, u16) {
         if self.is_group_destination() {
@@ -354,7 +354,7 @@ impl NetworkEvent {
         }
     }
 
-    /// The local endpoint, the counterpart of [`NetworkEvent::remote`].
+    /// Returns the local endpoint, the counterpart of [`NetworkEvent::remote`].
     pub fn local(&self) -> (IpAddr, u16) {
         if self.is_group_destination() {
             (self.destination_address, self.destination_port)
@@ -408,9 +408,9 @@ pub struct DnsEvent {
     pub query_options: Option<u64>,
     /// Status (0 success, 9003 name does not exist...).
     pub status: Option<u32>,
-    /// Results as recorded: answers separated by `;`.
+    /// Results as recorded: records separated by `;`.
     pub results: Option<String>,
-    /// `results` split into answers, `type:  5 name` prefixes kept as recorded.
+    /// `results` split at `;`, with `type:  5 name` prefixes kept as recorded.
     pub answers: Vec<String>,
     /// Servers queried, as recorded.
     pub server_list: Option<String>,
