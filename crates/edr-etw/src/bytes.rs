@@ -138,6 +138,14 @@ impl<'a> ByteReader<'a> {
 
 /// Decodes UTF-16LE bytes (an odd trailing byte is ignored).
 pub fn decode_utf16le(bytes: &[u8]) -> String {
+    // Fast path for ASCII, the common case of paths and command lines.
+    let pairs = bytes.chunks_exact(2);
+    if pairs.clone().all(|pair| pair[0] < 0x80 && pair[1] == 0) {
+        let ascii: Vec<u8> = pairs.map(|pair| pair[0]).collect();
+        if let Ok(text) = String::from_utf8(ascii) {
+            return text;
+        }
+    }
     let units = bytes
         .chunks_exact(2)
         .map(|pair| u16::from_le_bytes([pair[0], pair[1]]));

@@ -144,8 +144,8 @@ pub struct ReadStats {
     pub compressed_buffers: u64,
     /// Buffers skipped whole or in part because of corruption.
     pub unparsed_buffers: u64,
-    /// Records yielded, by header name.
-    pub records_by_header: BTreeMap<&'static str, u64>,
+    /// Records yielded, by header kind.
+    pub records_by_header: HeaderCounts,
     /// Every skip, up to [`ReaderLimits::max_recorded_skips`].
     pub skips: Vec<Skip>,
     /// All skips, recorded or not.
@@ -154,6 +154,54 @@ pub struct ReadStats {
     /// dropped events. The totals lost are in [`LogfileHeader::events_lost`] and
     /// [`LogfileHeader::buffers_lost`].
     pub lost_event_markers: u64,
+}
+
+/// Records per header kind; `SYSTEM_TRACE_HEADER` counts both its full and compact forms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HeaderCounts {
+    /// `SYSTEM_TRACE_HEADER` records.
+    pub system: u64,
+    /// `PERFINFO_TRACE_HEADER` records.
+    pub perfinfo: u64,
+    /// `EVENT_TRACE_HEADER` records.
+    pub classic: u64,
+    /// `EVENT_INSTANCE_HEADER` records.
+    pub instance: u64,
+    /// `EVENT_HEADER` records.
+    pub event: u64,
+}
+
+impl HeaderCounts {
+    fn add(&mut self, kind: HeaderKind) {
+        let counter = match kind {
+            HeaderKind::System | HeaderKind::SystemCompact => &mut self.system,
+            HeaderKind::Perfinfo => &mut self.perfinfo,
+            HeaderKind::Classic => &mut self.classic,
+            HeaderKind::Instance => &mut self.instance,
+            HeaderKind::Event => &mut self.event,
+        };
+        *counter += 1;
+    }
+
+    /// Returns the non-zero counts keyed by header name, as [`HeaderKind::name`] spells it.
+    pub fn by_name(&self) -> BTreeMap<&'static str, u64> {
+        let all = [
+            (HeaderKind::System, self.system),
+            (HeaderKind::Perfinfo, self.perfinfo),
+            (HeaderKind::Classic, self.classic),
+            (HeaderKind::Instance, self.instance),
+            (HeaderKind::Event, self.event),
+        ];
+        all.into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.name(), n))
+            .collect()
+    }
+
+    /// Total records.
+    pub fn total(&self) -> u64 {
+        self.system + self.perfinfo + self.classic + self.instance + self.event
+    }
 }
 
 /// Session facts needed to turn raw events into records.
@@ -604,12 +652,7 @@ impl<'a> Iterator for Records<'_, 'a> {
                 if record.header_kind.is_kernel() && record.hook_id == HOOK_LOST_EVENT {
                     self.buffer.stats.lost_event_markers += 1;
                 }
-                *self
-                    .buffer
-                    .stats
-                    .records_by_header
-                    .entry(record.header_kind.name())
-                    .or_default() += 1;
+                self.buffer.stats.records_by_header.add(record.header_kind);
                 Some(record)
             }
             Err(reason) => {

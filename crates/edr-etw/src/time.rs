@@ -109,6 +109,19 @@ impl SessionClock {
         if self.kind == ClockKind::SystemTime {
             return FileTime(raw);
         }
+        // Fast paths: a 10 MHz clock counts in FILETIME units already, and 64-bit arithmetic
+        // covers a day of ticks at any frequency; 128-bit division is several times slower.
+        let fast = raw.checked_sub(self.start_raw).and_then(|delta| {
+            let hundred_ns = if self.ticks_per_second == 10_000_000 {
+                delta
+            } else {
+                delta.checked_mul(10_000_000)? / self.ticks_per_second
+            };
+            self.start_utc.0.checked_add(hundred_ns)
+        });
+        if let Some(utc) = fast {
+            return FileTime(utc);
+        }
         let delta = i128::from(raw) - i128::from(self.start_raw);
         let hundred_ns = delta * 10_000_000 / i128::from(self.ticks_per_second);
         let utc = i128::from(self.start_utc.0) + hundred_ns;
@@ -145,5 +158,8 @@ mod tests {
         let clock = SessionClock::new(1, 1_000, FileTime(5_000_000), 1_000, 0);
         assert_eq!(clock.to_utc(2_000), FileTime(15_000_000));
         assert_eq!(clock.relative_ms(1_500), 500.0);
+        let ten_mhz = SessionClock::new(1, 1_000, FileTime(5_000_000), 10_000_000, 0);
+        assert_eq!(ten_mhz.to_utc(1_500), FileTime(5_000_500));
+        assert_eq!(clock.to_utc(i64::MAX), FileTime(i64::MAX));
     }
 }

@@ -220,7 +220,8 @@ fn every_file_matches_inventory() {
         );
         println!(
             "{relative}: {} buffers, {:?}",
-            stats.buffers, stats.records_by_header
+            stats.buffers,
+            stats.records_by_header.by_name()
         );
     }
 }

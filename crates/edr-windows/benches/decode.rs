@@ -10,7 +10,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use edr_etw::EtlReader;
+use edr_etw::{EtlReader, EventRecord, ExtendedData};
 use edr_windows::events::Decoder;
 
 fn traces() -> Vec<(String, Vec<u8>)> {
@@ -101,5 +101,92 @@ fn bench_decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode);
+/// A record copied out of its buffer, so decoding can be measured without reading.
+struct OwnedRecord {
+    template: EventRecord<'static>,
+    extended: Vec<u8>,
+    user_data: Vec<u8>,
+}
+
+/// Copies the records of the traces that the decoders turn into typed events.
+fn decodable_records(files: &[(String, Vec<u8>)]) -> Vec<OwnedRecord> {
+    let mut out = Vec::new();
+    for (_, bytes) in files {
+        let Ok(mut reader) = EtlReader::new(Cursor::new(bytes)) else {
+            continue;
+        };
+        let mut decoder = Decoder::new();
+        let _ = reader.for_each_record(|record| {
+            if decoder.decode(record).is_none() {
+                return;
+            }
+            let extended: Vec<u8> = record
+                .extended
+                .iter()
+                .flat_map(|item| {
+                    let size = (8 + item.data.len()).next_multiple_of(8);
+                    let mut raw = Vec::with_capacity(size);
+                    raw.extend_from_slice(&(size as u16).to_le_bytes());
+                    raw.extend_from_slice(&item.ext_type.to_le_bytes());
+                    raw.extend_from_slice(&1u16.to_le_bytes());
+                    raw.extend_from_slice(&(item.data.len() as u16).to_le_bytes());
+                    raw.extend_from_slice(item.data);
+                    raw.resize(size, 0);
+                    raw
+                })
+                .collect();
+            let mut extended = extended;
+            // Clear the linkage bit of the last item.
+            let mut at = 0;
+            let mut last = None;
+            while at + 8 <= extended.len() {
+                last = Some(at);
+                at += usize::from(u16::from_le_bytes([extended[at], extended[at + 1]]));
+            }
+            if let Some(last) = last {
+                extended[last + 4] = 0;
+            }
+            out.push(OwnedRecord {
+                template: EventRecord {
+                    extended: ExtendedData::default(),
+                    user_data: &[],
+                    ..*record
+                },
+                extended,
+                user_data: record.user_data.to_vec(),
+            });
+        });
+    }
+    out
+}
+
+fn bench_decode_only(c: &mut Criterion) {
+    let files = traces();
+    if files.is_empty() {
+        return;
+    }
+    let records = decodable_records(&files);
+    let mut group = c.benchmark_group("decode_only");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("decodable_records_of_all_traces", |b| {
+        b.iter(|| {
+            let mut decoder = Decoder::new();
+            for owned in &records {
+                let extended = ExtendedData::parse(&owned.extended)
+                    .map(|(e, _)| e)
+                    .unwrap_or_default();
+                let record = EventRecord {
+                    extended,
+                    user_data: &owned.user_data,
+                    ..owned.template
+                };
+                black_box(decoder.decode(&record));
+            }
+            decoder.stats().decoded
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_decode_only);
 criterion_main!(benches);

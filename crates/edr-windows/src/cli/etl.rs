@@ -122,7 +122,7 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<()> {
         stats.buffers,
         stats.compressed_buffers,
         stats.unparsed_buffers,
-        stats.records_by_header,
+        stats.records_by_header.by_name(),
         printed,
         decode.decoded,
         decode.not_covered,
