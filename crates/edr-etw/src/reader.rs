@@ -520,13 +520,9 @@ fn fill_event_data(
     let filled = (header.filled as usize).max(BUFFER_HEADER_SIZE);
     data.clear();
     if header.is_compressed() {
-        let mut body = std::mem::take(data);
-        let compressed = raw.get(BUFFER_HEADER_SIZE..).unwrap_or(&[]);
-        let result =
-            xpress::decompress_plain_lz77(compressed, &mut body, filled - BUFFER_HEADER_SIZE);
         data.extend_from_slice(raw.get(..BUFFER_HEADER_SIZE).unwrap_or(&[]));
-        data.extend_from_slice(&body);
-        result
+        let compressed = raw.get(BUFFER_HEADER_SIZE..).unwrap_or(&[]);
+        xpress::decompress_plain_lz77(compressed, data, filled - BUFFER_HEADER_SIZE)
     } else {
         data.extend_from_slice(raw.get(..filled).unwrap_or(raw));
         Ok(())

@@ -49,14 +49,14 @@ pub enum XpressError {
     },
 }
 
-/// Decompresses `input` into `output` (cleared first), which must come to exactly `expected_len`
-/// bytes.
+/// Decompresses `input`, appending exactly `expected_len` bytes to `output`. Matches cannot
+/// reach into bytes that were in `output` before the call.
 pub fn decompress_plain_lz77(
     input: &[u8],
     output: &mut Vec<u8>,
     expected_len: usize,
 ) -> Result<(), XpressError> {
-    output.clear();
+    let base = output.len();
     output.reserve(expected_len);
 
     let mut position = 0usize;
@@ -80,7 +80,7 @@ pub fn decompress_plain_lz77(
             let Some(&byte) = input.get(position) else {
                 break;
             };
-            if output.len() >= expected_len {
+            if output.len() - base >= expected_len {
                 return Err(XpressError::OutputOverflow {
                     expected_len,
                     input_offset: position,
@@ -144,14 +144,15 @@ pub fn decompress_plain_lz77(
         }
         length += 3;
 
-        if match_offset > output.len() {
+        let produced = output.len() - base;
+        if match_offset > produced {
             return Err(XpressError::OffsetBeforeStart {
                 input_offset: token_offset,
                 match_offset,
-                output_len: output.len(),
+                output_len: produced,
             });
         }
-        if output.len().saturating_add(length) > expected_len {
+        if produced.saturating_add(length) > expected_len {
             return Err(XpressError::OutputOverflow {
                 expected_len,
                 input_offset: token_offset,
@@ -169,9 +170,9 @@ pub fn decompress_plain_lz77(
         }
     }
 
-    if output.len() != expected_len {
+    if output.len() - base != expected_len {
         return Err(XpressError::ShortOutput {
-            output_len: output.len(),
+            output_len: output.len() - base,
             expected_len,
         });
     }

@@ -133,8 +133,8 @@ pub(super) fn amsi_tracelogging(record: &EventRecord<'_>) -> Decoding {
 }
 
 /// Microsoft-Antimalware-Scan-Interface event 1101.
-// NOTE: this layout comes from public write-ups of the provider's manifest; no recorded trace of
-// it was available to test against.
+// NOTE: this layout was not checked against the provider's manifest file or a recorded trace;
+// only a payload built from the description above tests it.
 pub(super) fn amsi_manifest(id: u16, version: u8, data: &[u8], ps: PointerSize) -> Decoding {
     if id != 1101 {
         return Decoding::NotCovered;
