@@ -1,5 +1,5 @@
-//! Arbitrary payloads for every decoder: the first bytes choose the provider, event id or
-//! opcode, version, pointer size and extended data; the rest is the payload.
+//! Arbitrary payloads for every decoder. The first bytes choose the provider, event id or
+//! opcode, version, pointer size and extended data, and the rest is the payload.
 #![no_main]
 
 use edr_etw::{EventDescriptor, EventRecord, ExtendedData, FileTime, Guid, HeaderKind, PointerSize};

@@ -19,6 +19,7 @@
 //! | 10, 20 | `EVENT_TRACE_HEADER` (classic) | 48 | u16 at offset 0 |
 //! | 11, 21 | `EVENT_INSTANCE_HEADER` | 56 | u16 at offset 0 |
 //! | 18, 19 | `EVENT_HEADER` (+ extended items) | 80 | u16 at offset 0 |
+//! | none | `MESSAGE_TRACE_HEADER` (WPP, top byte 0x10 without 0x40) | 8 + options | u16 at offset 0 |
 //!
 //! A buffer whose `BufferFlag` has bit 0x40 set stores its events Xpress LZ77 compressed: the
 //! bytes after the header decompress to exactly `filled - 72` bytes.
@@ -169,6 +170,8 @@ pub struct HeaderCounts {
     pub instance: u64,
     /// `EVENT_HEADER` records.
     pub event: u64,
+    /// `MESSAGE_TRACE_HEADER` (WPP) records.
+    pub message: u64,
 }
 
 impl HeaderCounts {
@@ -179,6 +182,7 @@ impl HeaderCounts {
             HeaderKind::Classic => &mut self.classic,
             HeaderKind::Instance => &mut self.instance,
             HeaderKind::Event => &mut self.event,
+            HeaderKind::Message => &mut self.message,
         };
         *counter += 1;
     }
@@ -191,6 +195,7 @@ impl HeaderCounts {
             (HeaderKind::Classic, self.classic),
             (HeaderKind::Instance, self.instance),
             (HeaderKind::Event, self.event),
+            (HeaderKind::Message, self.message),
         ];
         all.into_iter()
             .filter(|(_, n)| *n > 0)
@@ -200,7 +205,7 @@ impl HeaderCounts {
 
     /// Total records.
     pub fn total(&self) -> u64 {
-        self.system + self.perfinfo + self.classic + self.instance + self.event
+        self.system + self.perfinfo + self.classic + self.instance + self.event + self.message
     }
 }
 
@@ -584,6 +589,54 @@ fn parse_logfile_header_event(data: &[u8]) -> Result<(LogfileHeader, i64), EtlEr
     Ok((header, start_raw))
 }
 
+/// `TRACE_MESSAGE_*` option bits of a WPP message, in the order their fields follow the header.
+const MESSAGE_SEQUENCE: u16 = 0x0001;
+const MESSAGE_GUID: u16 = 0x0002;
+const MESSAGE_COMPONENT_ID: u16 = 0x0004;
+const MESSAGE_TIMESTAMP: u16 = 0x0008;
+const MESSAGE_SYSTEM_INFO: u16 = 0x0020;
+
+/// Parses a `MESSAGE_TRACE_HEADER` event: `u16` size, marker bytes, `u16` message number,
+/// `u16` option flags, then the optional sequence number, GUID (or component id), timestamp
+/// and thread and process ids.
+// NOTE: no recorded trace contains WPP messages; this layout is tested on built input only.
+fn parse_message<'a>(
+    event: &'a [u8],
+    size: u16,
+    mut record: EventRecord<'a>,
+    clock: &SessionClock,
+) -> Result<(EventRecord<'a>, usize), SkipReason> {
+    let size = usize::from(size);
+    if size < 8 || size > event.len() {
+        return Err(SkipReason::ImpossibleEventSize(size as u32));
+    }
+    let mut r = ByteReader::new(&event[..size]);
+    let short = || SkipReason::ImpossibleEventSize(size as u32);
+    r.skip(4).ok_or_else(short)?;
+    record.header_kind = HeaderKind::Message;
+    record.flags = flags::TRACE_MESSAGE;
+    record.descriptor.id = r.u16().ok_or_else(short)?;
+    let options = r.u16().ok_or_else(short)?;
+    if options & MESSAGE_SEQUENCE != 0 {
+        r.skip(4).ok_or_else(short)?;
+    }
+    if options & MESSAGE_GUID != 0 {
+        record.provider_id = r.guid().ok_or_else(short)?;
+    } else if options & MESSAGE_COMPONENT_ID != 0 {
+        r.skip(4).ok_or_else(short)?;
+    }
+    if options & MESSAGE_TIMESTAMP != 0 {
+        record.timestamp_raw = r.i64().ok_or_else(short)?;
+        record.timestamp = clock.to_utc(record.timestamp_raw);
+    }
+    if options & MESSAGE_SYSTEM_INFO != 0 {
+        record.thread_id = r.u32().ok_or_else(short)?;
+        record.process_id = r.u32().ok_or_else(short)?;
+    }
+    record.user_data = r.remaining();
+    Ok((record, size))
+}
+
 /// One buffer of events.
 #[derive(Debug)]
 pub struct Buffer<'a> {
@@ -698,7 +751,7 @@ fn parse_event<'a>(
     let short = || SkipReason::ImpossibleEventSize(event.len() as u32);
     let first = r.u16().ok_or_else(short)?;
     let header_type = r.u8().ok_or_else(short)?;
-    let _marker_flags = r.u8().ok_or_else(short)?;
+    let marker_flags = r.u8().ok_or_else(short)?;
 
     let mut record = EventRecord {
         header_kind: HeaderKind::System,
@@ -719,6 +772,12 @@ fn parse_event<'a>(
         extended: ExtendedData::default(),
         user_data: &[],
     };
+
+    // WPP messages: TRACE_MESSAGE (0x10) without TRACE_HEADER_EVENT_TRACE (0x40) in the marker's
+    // top byte, and no header type.
+    if marker_flags & 0x50 == 0x10 {
+        return parse_message(event, first, record, clock);
+    }
 
     let (size, header_len) = match header_type {
         // SYSTEM_TRACE_HEADER, compact SYSTEM_TRACE_HEADER, PERFINFO_TRACE_HEADER.

@@ -39,6 +39,9 @@ pub enum HeaderKind {
     Instance,
     /// `EVENT_HEADER`, 80 bytes plus extended data: manifest or TraceLogging event.
     Event,
+    /// `MESSAGE_TRACE_HEADER`, 8 bytes plus optional fields: WPP trace message, identified by
+    /// message number (`descriptor.id`) and, when recorded, a message GUID.
+    Message,
 }
 
 impl HeaderKind {
@@ -50,6 +53,7 @@ impl HeaderKind {
             HeaderKind::Classic => "EVENT_TRACE_HEADER",
             HeaderKind::Instance => "EVENT_INSTANCE_HEADER",
             HeaderKind::Event => "EVENT_HEADER",
+            HeaderKind::Message => "MESSAGE_TRACE_HEADER",
         }
     }
 

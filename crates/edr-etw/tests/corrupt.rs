@@ -46,7 +46,7 @@ fn utf16z(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The `EventTrace/Header` event with a 64-bit `TRACE_LOGFILE_HEADER`.
+/// Builds the `EventTrace/Header` event with a 64-bit `TRACE_LOGFILE_HEADER`.
 fn logfile_header_event() -> Vec<u8> {
     let mut p = vec![0u8; 280];
     p[0..4].copy_from_slice(&(BUFFER_SIZE as u32).to_le_bytes());
@@ -73,7 +73,7 @@ fn logfile_header_event() -> Vec<u8> {
     e
 }
 
-/// An `EVENT_HEADER` event of `PROVIDER` with one related-activity extended item.
+/// Builds an `EVENT_HEADER` event of `PROVIDER` with one related-activity extended item.
 fn manifest_event(id: u16, pid: u32, qpc: i64, payload: &[u8]) -> Vec<u8> {
     let mut ext = Vec::new();
     ext.extend_from_slice(&24u16.to_le_bytes());
@@ -254,6 +254,60 @@ fn bad_compression_is_counted() {
         SkipReason::BadCompression(_)
     ));
     assert_eq!(stats.skips[0].buffer_offset, BUFFER_SIZE as u64);
+}
+
+/// Builds a WPP message with a sequence number, message GUID, timestamp and system info.
+fn wpp_message(number: u16, payload: &[u8]) -> Vec<u8> {
+    let size = 8 + 4 + 16 + 8 + 8 + payload.len();
+    let mut e = Vec::new();
+    e.extend_from_slice(&(size as u16).to_le_bytes());
+    e.push(0);
+    e.push(0x90); // TRACE_HEADER_FLAG | TRACE_MESSAGE
+    e.extend_from_slice(&number.to_le_bytes());
+    e.extend_from_slice(&(0x0001u16 | 0x0002 | 0x0008 | 0x0020).to_le_bytes());
+    e.extend_from_slice(&9u32.to_le_bytes());
+    e.extend_from_slice(&[0x5a; 16]);
+    e.extend_from_slice(&(START_QPC + FREQUENCY).to_le_bytes());
+    e.extend_from_slice(&77u32.to_le_bytes());
+    e.extend_from_slice(&88u32.to_le_bytes());
+    e.extend_from_slice(payload);
+    e
+}
+
+#[test]
+fn wpp_message_is_read() {
+    let bytes = file(&[
+        buffer(&[logfile_header_event()]),
+        buffer(&[
+            wpp_message(12, b"args"),
+            manifest_event(1, 100, START_QPC, b"abc"),
+        ]),
+    ]);
+    let mut reader = EtlReader::new(Cursor::new(bytes)).unwrap();
+    let mut seen = Vec::new();
+    reader
+        .for_each_record(|r| {
+            seen.push((
+                r.header_kind,
+                r.descriptor.id,
+                r.process_id,
+                r.thread_id,
+                r.provider_id,
+                r.user_data.to_vec(),
+                r.timestamp,
+            ))
+        })
+        .unwrap();
+    assert_eq!(reader.stats().skip_count, 0);
+    let message = &seen[1];
+    assert_eq!(message.0, HeaderKind::Message);
+    assert_eq!(message.1, 12);
+    assert_eq!(message.2, 88);
+    assert_eq!(message.3, 77);
+    assert_eq!(message.4, Guid::from_le_bytes([0x5a; 16]));
+    assert_eq!(message.5, b"args");
+    assert_eq!(message.6.0, START_UTC + 10_000_000);
+    assert_eq!(seen[2].0, HeaderKind::Event);
 }
 
 #[test]

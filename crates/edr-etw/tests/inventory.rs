@@ -60,6 +60,7 @@ fn count_file(path: &std::path::Path) -> (Counts, EtlReader<std::io::BufReader<s
                         .entry(format!("{} type={}", r.provider_id, r.descriptor.opcode))
                         .or_default() += 1;
                 }
+                HeaderKind::Instance | HeaderKind::Message => {}
                 _ => {
                     let group = r.kernel_group().unwrap();
                     *c.kernel_groups

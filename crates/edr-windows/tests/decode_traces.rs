@@ -16,7 +16,7 @@ fn data_dir() -> PathBuf {
     }
 }
 
-/// A trace under `<data>/etl`, or `None` after printing why the test is skipped.
+/// Returns a trace under `<data>/etl`, or `None` after printing why the test is skipped.
 fn trace(relative: &str) -> Option<PathBuf> {
     let path = data_dir().join("etl").join(relative);
     if path.is_file() {
@@ -376,7 +376,8 @@ fn kernel_traces_reference_known_processes() {
                         "{relative}: image {} in unknown pid {pid}",
                         i.file_name
                     );
-                    assert!(i.image_size > 0 && i.image_base > 0, "{relative}: {i:?}");
+                    assert!(i.image_size > 0, "{relative}: {i:?}");
+                    assert!(i.image_base > 0, "{relative}: {i:?}");
                     assert!(i.file_name.contains('\\'), "{relative}: {i:?}");
                 }
                 RawEvent::Thread(th) => {
