@@ -7,6 +7,7 @@
 pub mod capabilities;
 pub mod config;
 pub mod enrollment;
+pub mod events;
 pub mod loader;
 pub mod logging;
 pub mod service;

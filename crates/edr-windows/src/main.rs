@@ -33,6 +33,8 @@ enum Command {
     Service,
     /// Convert EVTX files or folders to OCSF JSON lines
     Convert(cli::convert::ConvertArgs),
+    /// Read recorded ETW traces (.etl files)
+    Etl(cli::etl::EtlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => cli::service::run(&args),
         Command::Service => cli::service::service(),
         Command::Convert(args) => cli::convert::run(args),
+        Command::Etl(args) => cli::etl::run(args),
     }
 }
