@@ -49,7 +49,7 @@ pub fn manifest(buffer_capacity_bytes: u64) -> CapabilityManifest {
 pub fn os_build() -> String {
     #[cfg(windows)]
     {
-        match crate::sys::os_build() {
+        match crate::sys::security::os_build() {
             Ok(build) => build,
             Err(err) => {
                 tracing::warn!(error = %err, "failed to read the OS build");
