@@ -176,7 +176,7 @@ impl<'a> ExtendedData<'a> {
     }
 
     /// Iterates the items in order.
-    pub fn iter(&self) -> impl Iterator<Item = ExtendedItem<'a>> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = ExtendedItem<'a>> + use<'a> {
         let raw = self.raw;
         let mut at = 0usize;
         std::iter::from_fn(move || {
