@@ -9,9 +9,9 @@
 //! 64 MiB of durable records and acknowledges them.
 //!
 //! The `append_200B_by_segment_count` group times appends of 256 KiB of 200-byte records, without
-//! their `sync`, to a buffer of 16 KiB segments that already holds about 20, 1200 or 9700
-//! segments (the function name states the number of 256 KiB batches, and a line on stderr the
-//! segment count). The time per record must not grow with the segment count.
+//! their `sync`, to a buffer of 16 KiB segments that already contains about 18, 1190 or 9500
+//! segments. The function name states the number of 256 KiB batches, and a line on stderr the
+//! segment count. The time per record must not grow with the segment count.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
