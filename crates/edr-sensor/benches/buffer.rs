@@ -7,8 +7,14 @@
 //! Each append iteration writes 64 MiB of payload into a fresh 5 GiB buffer with a 1 s sync
 //! interval and ends with `sync`, so every measured byte is fsynced. Each drain iteration reads
 //! 64 MiB of durable records and acknowledges them.
+//!
+//! The `append_200B_by_segment_count` group times appends of 256 KiB of 200-byte records, without
+//! their `sync`, to a buffer of 16 KiB segments that already contains about 18, 1190 or 9500
+//! segments. The function name states the number of 256 KiB batches, and a line on stderr the
+//! segment count. The time per record must not grow with the segment count.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -98,9 +104,93 @@ fn bench_size(c: &mut Criterion, size: usize, label: &str) {
     }
 }
 
+/// Segment size of the segment-count group: small, so that thousands of segments take little
+/// disk space.
+const SMALL_SEGMENT_BYTES: u64 = 16 << 10;
+/// Payload bytes appended per iteration of the segment-count group, about 19 segments.
+const SMALL_BATCH_BYTES: usize = 256 << 10;
+
+/// Appends `count` copies of `payload` without syncing and returns the last sequence number.
+fn append_unsynced(buffer: &mut Buffer, payload: &[u8], count: usize) -> u64 {
+    let mut last = 0;
+    for _ in 0..count {
+        last = buffer.append(Lane::Telemetry, payload).unwrap();
+    }
+    last
+}
+
+/// A buffer of small segments holding `batches` unacknowledged batches, with the last sequence
+/// number of each batch, oldest first.
+struct Prefilled {
+    _dir: tempfile::TempDir,
+    buffer: Buffer,
+    batch_ends: VecDeque<u64>,
+}
+
+fn prefill(payload: &[u8], count: usize, batches: usize) -> Prefilled {
+    let dir = tempfile::tempdir_in(bench_root()).unwrap();
+    let mut buffer = Buffer::open(BufferOptions {
+        segment_bytes: SMALL_SEGMENT_BYTES,
+        max_record_bytes: 1024,
+        ..options(dir.path().to_owned())
+    })
+    .unwrap();
+    let mut batch_ends = VecDeque::new();
+    for _ in 0..batches {
+        batch_ends.push_back(append_unsynced(&mut buffer, payload, count));
+    }
+    buffer.sync().unwrap();
+    eprintln!(
+        "{batches} batches prefilled: about {} segments",
+        buffer.metrics().disk_bytes / SMALL_SEGMENT_BYTES
+    );
+    Prefilled {
+        _dir: dir,
+        buffer,
+        batch_ends,
+    }
+}
+
+fn bench_segment_count(c: &mut Criterion) {
+    let payload = vec![0x5Au8; 200];
+    let count = SMALL_BATCH_BYTES / payload.len();
+
+    let mut group = c.benchmark_group("append_200B_by_segment_count");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(count as u64));
+    for batches in [1usize, 64, 512] {
+        // Filled on the first call only, so that a filter that skips this case skips the fill.
+        let mut state: Option<Prefilled> = None;
+        group.bench_function(format!("{batches}_batches_of_256KiB"), |b| {
+            let Prefilled {
+                buffer, batch_ends, ..
+            } = state.get_or_insert_with(|| prefill(&payload, count, batches));
+
+            // Only the appends are timed. Afterwards the oldest batch is acknowledged, which
+            // deletes its segments, so the segment count stays the same across iterations.
+            b.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let start = Instant::now();
+                    let last = append_unsynced(buffer, &payload, count);
+                    total += start.elapsed();
+                    buffer.sync().unwrap();
+                    batch_ends.push_back(last);
+                    buffer.ack(batch_ends.pop_front().unwrap()).unwrap();
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
 fn buffer_throughput(c: &mut Criterion) {
     bench_size(c, 200, "200B");
     bench_size(c, 2048, "2KiB");
+    bench_segment_count(c);
 }
 
 criterion_group!(benches, buffer_throughput);

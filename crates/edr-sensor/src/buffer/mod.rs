@@ -44,6 +44,9 @@
 //!   memory; acknowledge regularly.
 //! - Metric counters (evictions, gap records, damaged records, torn bytes) count since open; the
 //!   gap records are the durable account.
+//! - A record's append time is the wall clock read at the first append of its commit group plus
+//!   the monotonic time elapsed since then, so each append reads one clock. A step of the wall
+//!   clock shows in the append times from the next group on.
 //! - Measured on a 2-core VM with a virtio disk: see `docs/components/buffer.md`.
 //!
 //! # Invariants

@@ -33,12 +33,48 @@ pub struct Buffer {
     durable_seq: u64,
     /// Every sequence number at or below this one is stored by the Collector.
     acked_seq: u64,
-    /// When the oldest record not yet fsynced was appended.
-    unsynced_since: Option<Instant>,
+    /// When the oldest record not yet fsynced was appended, by both clocks.
+    unsynced_since: Option<GroupStart>,
     byte_bucket: Option<TokenBucket>,
     record_bucket: Option<TokenBucket>,
     counters: Counters,
     poisoned: bool,
+}
+
+/// The two clock readings taken at the first append of a commit group.
+///
+/// Later appends of the group read only the monotonic clock and stamp their records with
+/// `unix_ms` plus the monotonic time elapsed since `instant`. One clock read per append serves
+/// both the group commit deadline and the append time. A step of the wall clock reaches the
+/// stamps at the next group, at most one sync interval later when the owner calls `tick`.
+#[derive(Debug, Clone, Copy)]
+struct GroupStart {
+    instant: Instant,
+    unix_ms: u64,
+    /// When the sync interval has elapsed, compared on each append instead of a subtraction;
+    /// `None` when that lies beyond what `Instant` can represent.
+    sync_due: Option<Instant>,
+}
+
+impl GroupStart {
+    fn starting_at(instant: Instant, sync_interval: Duration) -> Self {
+        Self {
+            instant,
+            unix_ms: unix_millis(),
+            sync_due: instant.checked_add(sync_interval),
+        }
+    }
+
+    fn sync_due_at(self, now: Instant) -> bool {
+        self.sync_due.is_some_and(|due| now >= due)
+    }
+
+    /// Returns the append time in Unix milliseconds of a record appended at `now`.
+    fn unix_ms_at(self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.instant).as_millis();
+        self.unix_ms
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -55,7 +91,12 @@ struct Counters {
 struct LaneState {
     lane: Lane,
     dir: PathBuf,
+    /// Segments by key. Insert and remove only through `insert_segment` and `remove_segment`,
+    /// which keep `segments_len` equal to the sum of their `len`.
     segments: BTreeMap<u64, SegmentMeta>,
+    /// Sum of `len` over `segments`, kept up to date so that `make_room` need not add up every
+    /// segment on each append.
+    segments_len: u64,
     writer: SegmentWriter,
     /// Closed segments whose bytes are written but not yet fsynced.
     unsynced_closed: Vec<(u64, File)>,
@@ -227,6 +268,7 @@ impl Buffer {
             buffer.sync()?;
         }
 
+        buffer.debug_check_disk_bytes();
         tracing::info!(
             directory = %buffer.options.directory.display(),
             next_seq = buffer.next_seq, acked_seq = buffer.acked_seq,
@@ -254,18 +296,20 @@ impl Buffer {
 
         let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
         self.make_room(frame_len)?;
-        let seq = self.append_frame(lane, FrameKind::Event, payload)?;
+        let now = Instant::now();
+        let seq = self.append_frame(lane, FrameKind::Event, payload, now)?;
 
         // The record is accepted whatever the group commit does: a failed sync leaves it
         // pending, `durable_seq` stays below it, and the next sync or append reports the error.
         let interval_elapsed = self
             .unsynced_since
-            .is_some_and(|since| since.elapsed() >= self.options.sync_interval);
+            .is_some_and(|since| since.sync_due_at(now));
         if interval_elapsed {
             if let Err(error) = self.sync() {
                 tracing::warn!(%error, seq, "group commit after append failed, record stays pending");
             }
         }
+        self.debug_check_disk_bytes();
         Ok(seq)
     }
 
@@ -276,7 +320,7 @@ impl Buffer {
         self.check_poisoned()?;
         if self
             .unsynced_since
-            .is_some_and(|since| since.elapsed() >= self.options.sync_interval)
+            .is_some_and(|since| since.instant.elapsed() >= self.options.sync_interval)
         {
             self.sync()?;
         }
@@ -297,6 +341,7 @@ impl Buffer {
         self.write_cursor()?;
         self.durable_seq = self.next_seq - 1;
         self.unsynced_since = None;
+        self.debug_check_disk_bytes();
         Ok(self.durable_seq)
     }
 
@@ -430,15 +475,17 @@ impl Buffer {
 
         self.acked_seq = seq;
         self.write_cursor()?;
-        self.delete_acked_segments()
+        self.delete_acked_segments()?;
+        self.debug_check_disk_bytes();
+        Ok(())
     }
 
     /// Returns the current metrics. Reads the next record of each lane from disk when needed
     /// for the age of the oldest record.
     pub fn metrics(&mut self) -> BufferMetrics {
+        self.debug_check_disk_bytes();
         let mut buffered_records = 0;
         let mut buffered_bytes = 0;
-        let mut disk_bytes = 0;
         let mut oldest_ms: Option<u64> = None;
         let max_payload = self.options.max_record_bytes;
         let mut damaged = 0;
@@ -446,9 +493,7 @@ impl Buffer {
             for meta in state.segments.values() {
                 buffered_records += meta.unacked_records();
                 buffered_bytes += meta.unacked_bytes();
-                disk_bytes += meta.len;
             }
-            disk_bytes += state.writer.pending.len() as u64;
 
             let active = state.writer.key;
             let lane_oldest = match state.in_flight.front() {
@@ -475,7 +520,7 @@ impl Buffer {
         BufferMetrics {
             buffered_records,
             buffered_bytes,
-            disk_bytes,
+            disk_bytes: self.disk_bytes(),
             capacity_bytes: self.options.capacity_bytes,
             oldest_record_age: oldest_ms
                 .filter(|_| buffered_records > 0)
@@ -500,33 +545,52 @@ impl Buffer {
 
     // === appending ===
 
+    /// Encodes a frame into the pending bytes of `lane`, rotating its segment first when the
+    /// frame would take it past the segment size. `now` is the caller's monotonic clock reading
+    /// for this append.
     fn append_frame(
         &mut self,
         lane: Lane,
         kind: FrameKind,
         payload: &[u8],
+        now: Instant,
     ) -> Result<u64, BufferError> {
         let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
         let segment_bytes = self.options.segment_bytes;
         let seq = self.next_seq;
+        let group = self
+            .unsynced_since
+            .unwrap_or_else(|| GroupStart::starting_at(now, self.options.sync_interval));
         let state = &mut self.lanes[lane.index()];
 
         if state.writer.pending.len() >= WRITE_THRESHOLD {
             state.write_pending()?;
         }
-        let active_len =
-            state.active_meta().map_or(0, |meta| meta.len) + state.writer.pending.len() as u64;
-        if active_len + frame_len > segment_bytes
-            && state.active_meta().is_some_and(|meta| meta.records > 0)
-        {
+
+        // An empty segment takes the frame whatever its size, so that every frame finds a home.
+        let pending_len = state.writer.pending.len() as u64;
+        let segment_full =
+            active_meta_mut(&mut state.segments, state.writer.key).is_some_and(|meta| {
+                meta.records > 0 && meta.len + pending_len + frame_len > segment_bytes
+            });
+        if segment_full {
             state.rotate(seq)?;
         }
 
-        let now_ms = unix_millis();
-        format::encode_frame(&mut state.writer.pending, lane, kind, seq, now_ms, payload);
-        state.writer.pending_first_ms.get_or_insert(now_ms);
-        let key = state.writer.key;
-        if let Some(meta) = state.segments.get_mut(&key) {
+        let appended_at_ms = group.unix_ms_at(now);
+        let LaneState {
+            segments, writer, ..
+        } = state;
+        format::encode_frame(
+            &mut writer.pending,
+            lane,
+            kind,
+            seq,
+            appended_at_ms,
+            payload,
+        );
+        writer.pending_first_ms.get_or_insert(appended_at_ms);
+        if let Some(meta) = active_meta_mut(segments, writer.key) {
             if meta.records == 0 {
                 meta.first_seq = seq;
             }
@@ -536,24 +600,36 @@ impl Buffer {
         }
 
         self.next_seq += 1;
-        self.unsynced_since.get_or_insert_with(Instant::now);
+        self.unsynced_since = Some(group);
         Ok(seq)
     }
 
     fn append_gap(&mut self, gap: &Gap) -> Result<u64, BufferError> {
-        let seq = self.append_frame(Lane::Priority, FrameKind::Gap, &format::encode_gap(gap))?;
+        let payload = format::encode_gap(gap);
+        let seq = self.append_frame(Lane::Priority, FrameKind::Gap, &payload, Instant::now())?;
         self.counters.gap_records += 1;
         Ok(seq)
     }
 
+    /// Returns the bytes held to the capacity: every segment file plus the pending bytes.
     fn disk_bytes(&self) -> u64 {
-        self.lanes
-            .iter()
-            .map(|state| {
-                state.segments.values().map(|meta| meta.len).sum::<u64>()
-                    + state.writer.pending.len() as u64
-            })
-            .sum()
+        self.lanes.iter().map(LaneState::disk_bytes).sum()
+    }
+
+    /// Checks in debug builds that the running totals behind [`Buffer::disk_bytes`] equal the
+    /// sum over every segment. Release builds skip the check because it visits every segment.
+    fn debug_check_disk_bytes(&self) {
+        if cfg!(debug_assertions) {
+            for state in &self.lanes {
+                let summed: u64 = state.segments.values().map(|meta| meta.len).sum();
+                debug_assert_eq!(
+                    state.segments_len,
+                    summed,
+                    "running segment length of lane {} differs from the sum over its segments",
+                    state.lane.name()
+                );
+            }
+        }
     }
 
     /// Evicts segments until a frame of `frame_len` bytes, a possible new segment header and a
@@ -561,6 +637,10 @@ impl Buffer {
     fn make_room(&mut self, frame_len: u64) -> Result<(), BufferError> {
         // Both the record and its gap record may start a new segment.
         let needed = frame_len + 2 * SEGMENT_HEADER_LEN as u64 + GAP_FRAME_LEN;
+        if self.disk_bytes() + needed <= self.options.capacity_bytes {
+            return Ok(());
+        }
+
         // Every eviction removes one segment, so more rounds than segments mean no progress.
         let mut rounds_left = self
             .lanes
@@ -650,7 +730,7 @@ impl Buffer {
         }
 
         let state = &mut self.lanes[lane.index()];
-        state.segments.remove(&key);
+        state.remove_segment(key);
         if state.reader.segment() == key {
             let next = state.segments.range(key..).next().map(|(&next, _)| next);
             if let Some(next) = next {
@@ -711,7 +791,7 @@ impl Buffer {
                 .map(|(key, _)| *key)
                 .collect();
             for key in done {
-                if let Some(meta) = state.segments.remove(&key) {
+                if let Some(meta) = state.remove_segment(key) {
                     state.unsynced_closed.retain(|(closed, _)| *closed != key);
                     platform::remove_file(&meta.path).map_err(|error| {
                         BufferError::from_io("delete segment", meta.path.clone(), error)
@@ -824,10 +904,14 @@ impl LaneState {
                 (key, meta.resume_offset)
             });
 
+        // The only full sum over the segments outside debug checks; later changes are counted
+        // where they happen.
+        let segments_len = segments.values().map(|meta| meta.len).sum();
         Ok(Self {
             lane,
             dir,
             segments,
+            segments_len,
             writer,
             unsynced_closed: Vec::new(),
             dir_dirty,
@@ -836,8 +920,22 @@ impl LaneState {
         })
     }
 
-    fn active_meta(&self) -> Option<&SegmentMeta> {
-        self.segments.get(&self.writer.key)
+    /// Returns the bytes of this lane held to the capacity: segment files plus pending bytes.
+    fn disk_bytes(&self) -> u64 {
+        self.segments_len + self.writer.pending.len() as u64
+    }
+
+    fn insert_segment(&mut self, key: u64, meta: SegmentMeta) {
+        self.segments_len += meta.len;
+        if let Some(replaced) = self.segments.insert(key, meta) {
+            self.segments_len -= replaced.len;
+        }
+    }
+
+    fn remove_segment(&mut self, key: u64) -> Option<SegmentMeta> {
+        let meta = self.segments.remove(&key)?;
+        self.segments_len -= meta.len;
+        Some(meta)
     }
 
     fn mark_acked(&mut self, segment: u64, frame_len: u64) {
@@ -873,7 +971,9 @@ impl LaneState {
                 error,
             ));
         }
-        meta.len += self.writer.pending.len() as u64;
+        let written = self.writer.pending.len() as u64;
+        meta.len += written;
+        self.segments_len += written;
         self.writer.pending.clear();
         self.writer.dirty = true;
         Ok(())
@@ -912,7 +1012,7 @@ impl LaneState {
     fn rotate(&mut self, next_seq: u64) -> Result<(), BufferError> {
         self.write_pending()?;
         let (file, meta) = create_segment(&self.dir, self.lane, next_seq)?;
-        self.segments.insert(next_seq, meta);
+        self.insert_segment(next_seq, meta);
         let old = std::mem::replace(&mut self.writer, SegmentWriter::new(next_seq, file));
         if old.dirty {
             self.unsynced_closed.push((old.key, old.file));
@@ -944,6 +1044,26 @@ impl SegmentWriter {
             pending_first_ms: None,
             dirty: false,
         }
+    }
+}
+
+/// Returns the metadata of the active segment `key`.
+///
+/// The active segment is the last entry, because a segment's key is the next sequence number
+/// when it is created, which is above every existing key. Taking the last entry walks only the
+/// right edge of the tree and spares a key search among thousands of segments on every append.
+fn active_meta_mut(
+    segments: &mut BTreeMap<u64, SegmentMeta>,
+    key: u64,
+) -> Option<&mut SegmentMeta> {
+    let is_last = segments
+        .last_key_value()
+        .is_some_and(|(&last, _)| last == key);
+    debug_assert!(is_last, "active segment {key} is not the newest segment");
+    if is_last {
+        segments.values_mut().next_back()
+    } else {
+        segments.get_mut(&key)
     }
 }
 

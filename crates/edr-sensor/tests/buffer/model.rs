@@ -2,6 +2,7 @@
 //! and evictions, checked against an in-memory model of what the buffer promises.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use edr_sensor::buffer::{Buffer, Gap, GapReason, Lane, RecordKind};
 use proptest::prelude::*;
@@ -198,6 +199,7 @@ fn run(ops: Vec<Op>) {
                 buffer = Some(reopened);
             }
         }
+        check_disk_bytes(buffer.as_mut().unwrap(), dir.path(), options.capacity_bytes);
     }
 
     // Final check: everything durable and unacknowledged is delivered or covered by a gap of the
@@ -243,6 +245,39 @@ fn run(ops: Vec<Op>) {
     }
     let metrics = live.metrics();
     assert_eq!(metrics.damaged_records_skipped, 0);
+}
+
+/// Checks the capacity accounting after an operation. `metrics` compares, in debug builds, the
+/// running total behind `disk_bytes` with the sum over every segment. With nothing pending (every
+/// record durable), `disk_bytes` must also equal the length of the segment files on disk.
+fn check_disk_bytes(buffer: &mut Buffer, dir: &Path, capacity_bytes: u64) {
+    let metrics = buffer.metrics();
+    assert!(
+        metrics.disk_bytes <= capacity_bytes,
+        "disk bytes {} above the capacity {capacity_bytes}",
+        metrics.disk_bytes
+    );
+    if metrics.durable_seq + 1 == metrics.next_seq {
+        assert_eq!(
+            metrics.disk_bytes,
+            segment_files_len(dir),
+            "disk bytes differ from the segment files with nothing pending"
+        );
+    }
+}
+
+/// Returns the summed length of the segment files of both lanes.
+fn segment_files_len(dir: &Path) -> u64 {
+    let mut total = 0;
+    for lane in Lane::ALL {
+        for entry in std::fs::read_dir(dir.join(lane.name())).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().extension().is_some_and(|ext| ext == "seg") {
+                total += entry.metadata().unwrap().len();
+            }
+        }
+    }
+    total
 }
 
 proptest! {
