@@ -188,3 +188,55 @@ fn tcp_traffic_has_endpoints() {
         Some(&Value::from(2432))
     );
 }
+
+#[test]
+fn amsi_scan_keeps_content() {
+    let Some((events, _)) = convert("airbus-etl-parser_Apache-2.0/tests/example/AMSITrace.etl")
+    else {
+        return;
+    };
+    let scan = find(&events, |e| e["class_uid"] == 1009).expect("AMSI scan");
+    let content = str_at(scan, "/script/script_content/value").unwrap();
+    assert!(
+        content.starts_with("if ($this.Name.IndexOf('-') -lt 0)"),
+        "{content}"
+    );
+    assert_eq!(str_at(scan, "/script/type"), Some("PowerShell"));
+    assert_eq!(
+        str_at(scan, "/actor/app_name"),
+        Some(r"PowerShell_C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe_10.0.18362.1")
+    );
+    assert_eq!(
+        scan.pointer("/actor/process/pid"),
+        Some(&Value::from(29868))
+    );
+}
+
+#[test]
+fn powershell_pipeline_is_script_activity() {
+    let Some((events, counts)) = convert("krabsetw_MIT/examples/NativeExamples/powershell.etl")
+    else {
+        return;
+    };
+    let pipeline = find(&events, |e| {
+        e["class_uid"] == 1009 && str_at(e, "/metadata/event_code") == Some("7937")
+    })
+    .expect("pipeline event");
+    assert_eq!(
+        str_at(pipeline, "/script/script_content/value"),
+        Some("Script execution is Started.\r\n")
+    );
+    assert_eq!(
+        str_at(pipeline, "/unmapped/HostApplication"),
+        Some(r"C:\WINDOWS\System32\WindowsPowerShell\v1.0\powershell.exe")
+    );
+    assert_eq!(str_at(pipeline, "/actor/user/name"), Some("aaaaa"));
+    assert_eq!(counts.per_class.get("Script Activity"), Some(&101));
+    // Engine and console events have no mapper and stay as Base Event, counted.
+    assert_eq!(
+        counts
+            .unmapped
+            .get(&("Microsoft-Windows-PowerShell".to_owned(), 40961)),
+        Some(&1)
+    );
+}

@@ -646,13 +646,14 @@ impl EtwMapper {
         event
     }
 
-    /// Maps PowerShell command invocation (4103); other PowerShell events have no mapper.
+    /// Maps PowerShell command invocation (4103) and pipeline execution (7937, whose context
+    /// names the pipeline, command and host); other PowerShell events have no mapper.
     pub(super) fn powershell(
         &mut self,
         header: &EventHeader,
         raw: &PowerShellEvent,
     ) -> Option<Box<Event>> {
-        if raw.event_id != 4103 {
+        if raw.event_id != 4103 && raw.event_id != 7937 {
             return None;
         }
         let mut event = base_event(&self.context, header, Class::ScriptActivity, 1);

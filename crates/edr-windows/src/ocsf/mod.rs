@@ -19,7 +19,7 @@
 //! | reconnect | Network Activity: Other `Reconnect` |
 //! | failed TCP/UDP operation | Network Activity: Fail |
 //! | DNS query, query completed, response | DNS Activity: Query, Response |
-//! | PowerShell script block (4104), command invocation (4103) | Script Activity: Execute |
+//! | PowerShell script block (4104), command invocation (4103), pipeline execution (7937) | Script Activity: Execute |
 //! | AMSI scan | Script Activity: Execute |
 //!
 //! An AMSI scan is the text of a script (or other content) handed to the antimalware engine
@@ -47,8 +47,8 @@
 //! [`PENDING_MAX_AGE_MS`] of event time) for the process start; when the queue overflows, the
 //! wait expires or the stream ends, the event is emitted with the pid only.
 //!
-//! Anything decoded that no mapper takes (PowerShell engine and pipeline events other than
-//! 4103, DNS server configuration) becomes a Base Event with the decoded fields under
+//! Anything decoded that no mapper takes (PowerShell engine, runspace and console events other
+//! than 4103 and 7937, DNS server configuration) becomes a Base Event with the decoded fields under
 //! `unmapped`, counted per (provider, event id or opcode) in [`MapperStats::unmapped`].
 
 mod build;
