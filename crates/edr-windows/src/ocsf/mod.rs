@@ -398,7 +398,24 @@ pub fn provider_name(provider: edr_etw::Guid) -> String {
     };
     kernel
         .or_else(|| providers::name(provider))
+        .or_else(|| filtered_provider_name(provider))
         .map_or_else(|| provider.to_string(), str::to_owned)
+}
+
+/// Names of providers and kernel groups that recorded traces often carry and the sensor does
+/// not collect, so that the filtered counts read without a GUID table.
+fn filtered_provider_name(provider: edr_etw::Guid) -> Option<&'static str> {
+    Some(match provider.to_string().as_str() {
+        "ce1dbfb4-137e-4da6-87b0-3f59aa102cbc" => "NT Kernel Logger/PerfInfo",
+        "def2fe46-7bd6-4b80-bd94-f57fe20d0ce3" => "NT Kernel Logger/StackWalk",
+        "3d6fa8d4-fe05-11d0-9dda-00c04fd7ba7c" => "NT Kernel Logger/PageFault",
+        "01853a65-418f-4f36-aefc-dc0f1d2fd235" => "NT Kernel Logger/SystemConfig",
+        "68fdd900-4a3e-11d1-84f4-0000f80464e3" => "NT Kernel Logger/EventTrace",
+        "b3e675d7-2554-4f18-830b-2762732560de" => "KernelTraceControl/ImageID",
+        "e13c0d23-ccbc-4e12-931b-d9cc2eee27e4" => "Microsoft-Windows-DotNETRuntime",
+        "a669021c-c450-4609-a035-5af59af4df18" => "Microsoft-Windows-DotNETRuntimeRundown",
+        _ => return None,
+    })
 }
 
 /// Whether events of `provider` are collected live: the providers and kernel groups the
