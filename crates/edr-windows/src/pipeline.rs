@@ -66,7 +66,7 @@ pub struct Damage {
     pub reason: String,
 }
 
-/// What converting one file produced.
+/// Counts of one file's conversion.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileCounts {
     /// Records read (EVTX records, or ETW events of every header kind).
@@ -295,7 +295,8 @@ fn convert_etl(
     Ok(counts)
 }
 
-/// The header fields and a bounded hex copy of the payload of a record no decoder covers.
+/// Collects the header fields and a bounded hex copy of the payload of a record no decoder
+/// covers.
 fn undecoded_fields(
     record: &edr_etw::EventRecord<'_>,
 ) -> serde_json::Map<String, serde_json::Value> {

@@ -56,7 +56,7 @@ pub(super) fn base_event(
         metadata,
     ));
     // OCSF requires a device with a name or id. An ETL file does not record the host name.
-    // NOTE: the host key (`boot-<FILETIME of boot>`) then stands in as `device.uid`: it
+    // NOTE: the host key (`boot-<FILETIME of boot>`) then serves as `device.uid`: it
     // tells traces of one boot of one machine apart, but is not a stable machine id.
     let mut device = Device::windows(context.hostname.as_deref().unwrap_or(""));
     if context.hostname.is_none() {
@@ -68,12 +68,12 @@ pub(super) fn base_event(
     event
 }
 
-/// The pid that wrote the event, when the header carries one.
+/// Returns the pid that wrote the event, when the header carries one.
 fn writer_pid(header: &EventHeader) -> Option<u32> {
     (header.header_process_id != u32::MAX).then_some(header.header_process_id)
 }
 
-/// An actor naming only a pid (and thread), filled from the cache on emission.
+/// Builds an actor naming only a pid (and thread), filled from the cache on emission.
 fn pid_actor(pid: Option<u32>, tid: Option<u32>) -> Actor {
     Actor {
         process: Some(Process {

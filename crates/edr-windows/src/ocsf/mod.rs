@@ -23,8 +23,8 @@
 //! | AMSI scan | Script Activity: Execute |
 //!
 //! An AMSI scan is the text of a script (or other content) handed to the antimalware engine
-//! just before it runs, so it is a Script Activity with the content in `script.script_content`;
-//! the scan result stays under `unmapped`, and a detected result raises the severity to High.
+//! just before it runs, so it is a Script Activity with the content in `script.script_content`.
+//! The scan result stays under `unmapped`, and a detected result raises the severity to High.
 //! OCSF has no scan class for content and Detection Finding would claim a detection that most
 //! scans are not.
 //!
@@ -70,15 +70,16 @@ use crate::events::{DecodedEvent, EventHeader, RawEvent, providers};
 const PROCESS_CACHE_CAPACITY: usize = 65_536;
 /// Maximum events waiting for their process.
 pub const PENDING_MAX_EVENTS: usize = 4_096;
-/// Maximum event time, in ms, that an event waits for its process. ETW flushes per-CPU buffers
-/// at least once a second by default, so a start later than this is not reordering.
+/// Maximum event time, in ms, that an event waits for its process.
+// NOTE: an estimate. Per-CPU buffers of a session are flushed when full or at its flush
+// timer, so reordering across CPUs is usually well below this, but a quiet CPU can exceed it.
 pub const PENDING_MAX_AGE_MS: i64 = 2_000;
 /// Maximum file object or key control block names remembered.
 const NAME_CACHE_CAPACITY: usize = 65_536;
 /// Maximum PowerShell script blocks waiting for their remaining parts.
 const MAX_PENDING_SCRIPTS: usize = 256;
 
-/// What a stream produced, by outcome.
+/// Counts of a stream's events, by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MapperStats {
     /// Events emitted, per OCSF class name.
@@ -316,8 +317,8 @@ impl EtwMapper {
         out.push(event);
     }
 
-    /// Emits `event` with its actor process from the cache, or holds it until the process
-    /// starts. The actor's pid is the key; an event without one is emitted at once.
+    /// Emits `event` with its actor process from the cache, or keeps it waiting until the
+    /// process starts. The actor's pid is the key; an event without one is emitted at once.
     fn emit_with_process(&mut self, mut event: Box<Event>, out: &mut Vec<Box<Event>>) {
         let Some(pid) = actor_pid(&event) else {
             out.push(event);
@@ -356,7 +357,7 @@ impl EtwMapper {
     }
 }
 
-/// The pid of the event's actor process.
+/// Returns the pid of the event's actor process.
 fn actor_pid(event: &Event) -> Option<u32> {
     event.actor.as_ref()?.process.as_ref()?.pid
 }
@@ -371,7 +372,7 @@ fn set_actor_process(event: &mut Event, mut process: Process) {
     }
 }
 
-/// The counter key of an event: its provider name and its event id, or its opcode for NT
+/// Returns the counter key of an event: its provider name and its event id, or its opcode for NT
 /// Kernel Logger events.
 pub fn source_key(header: &EventHeader) -> (String, u16) {
     let name = provider_name(header.provider);
@@ -383,7 +384,7 @@ pub fn source_key(header: &EventHeader) -> (String, u16) {
     (name, id)
 }
 
-/// The name of a provider or NT Kernel Logger group, or its GUID.
+/// Returns the name of a provider or NT Kernel Logger group, or its GUID.
 pub fn provider_name(provider: edr_etw::Guid) -> String {
     use providers::*;
     let kernel = match provider {
@@ -418,7 +419,7 @@ fn filtered_provider_name(provider: edr_etw::Guid) -> Option<&'static str> {
     })
 }
 
-/// Whether events of `provider` are collected live: the providers and kernel groups the
+/// Returns whether events of `provider` are collected live: the providers and kernel groups the
 /// decoders cover. Other providers in an ETL file (CLR runtime, sampled profile, stack walk,
 /// perf-info, disk I/O and so on) are filtered.
 pub fn is_collected(provider: edr_etw::Guid) -> bool {
