@@ -10,6 +10,8 @@ pub mod enrollment;
 pub mod events;
 pub mod loader;
 pub mod logging;
+pub mod ocsf;
+pub mod pipeline;
 pub mod service;
 pub mod sys;
 

@@ -1,5 +1,5 @@
 //! `edr-windows convert` on recorded telemetry: every output line validates against OCSF 1.8.0
-//! and the summary reports classes, unmapped events, damaged chunks and unsupported ETL files.
+//! and the summary reports classes, unmapped and filtered events, and damaged chunks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -56,12 +56,13 @@ fn convert_data_dir_validates() {
     );
     assert!(summary.contains("events per OCSF class:"), "{summary}");
     assert!(summary.contains("Process Activity"), "{summary}");
-    assert!(summary.contains("damaged chunks skipped in"), "{summary}");
+    assert!(summary.contains("damaged parts skipped in"), "{summary}");
     if etl.exists() {
-        assert!(
-            summary.contains("ETL files found but not yet supported"),
-            "{summary}"
-        );
+        assert!(summary.contains(" ETL files: "), "{summary}");
+        assert!(!summary.contains("and 0 ETL files"), "{summary}");
+        assert!(summary.contains("records filtered"), "{summary}");
+        assert!(summary.contains("Network Activity"), "{summary}");
+        assert!(summary.contains("Module Activity"), "{summary}");
     }
 
     // No record of an event id with a mapper is listed among the unmapped ones.

@@ -4,10 +4,12 @@
 //! record order; the order of files in the output is not fixed. Each task writes whole lines
 //! to the shared output in blocks of about 1 MiB. A progress bar (by bytes) is drawn on
 //! stderr only when stderr is a terminal. The summary at the end goes to stderr: events per
-//! OCSF class, records without a mapper per (channel or provider, event id), damaged chunks
-//! per file, and files that could not be converted.
+//! OCSF class, records without a mapper per (channel or provider, event id), records filtered
+//! per (provider, event id or opcode), undecodable records, damaged parts per file, and files
+//! that could not be converted.
 //!
-//! ETL files are found and counted but not yet converted.
+//! Each file goes through [`edr_windows::pipeline::convert_file`], which tells EVTX from ETL by
+//! the file's first bytes; files under a folder whose content is neither are counted as ignored.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,6 +19,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use edr_windows::pipeline::{self, Damage, FileCounts, InputFormat};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 
@@ -47,19 +50,16 @@ pub(crate) struct ConvertArgs {
 /// The inputs found under the given paths.
 #[derive(Debug, Default)]
 struct Inputs {
-    evtx: Vec<PathBuf>,
-    etl: Vec<PathBuf>,
+    files: Vec<(PathBuf, InputFormat)>,
     other: u64,
 }
 
 /// Totals over all files.
 #[derive(Debug, Default)]
 struct Summary {
-    files: u64,
-    stats: edr_evtx::Stats,
-    events: u64,
-    bad_records: u64,
-    skipped_chunks: BTreeMap<PathBuf, Vec<edr_evtx::SkippedChunk>>,
+    files: BTreeMap<InputFormat, u64>,
+    counts: FileCounts,
+    damaged: BTreeMap<PathBuf, Vec<Damage>>,
     failed: Vec<(PathBuf, String)>,
 }
 
@@ -71,8 +71,7 @@ pub(crate) fn run(args: ConvertArgs) -> anyhow::Result<()> {
         collect(path, &mut inputs)
             .with_context(|| format!("cannot read input {}", path.display()))?;
     }
-    inputs.evtx.sort();
-    inputs.etl.sort();
+    inputs.files.sort();
 
     let sink: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(
@@ -84,16 +83,16 @@ pub(crate) fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let output = Mutex::new(BufWriter::with_capacity(FLUSH_BYTES, sink));
 
     let total_bytes: u64 = inputs
-        .evtx
+        .files
         .iter()
-        .filter_map(|path| std::fs::metadata(path).ok())
+        .filter_map(|(path, _)| std::fs::metadata(path).ok())
         .map(|metadata| metadata.len())
         .sum();
     let progress = progress_bar(total_bytes);
 
     let summary = Mutex::new(Summary::default());
     let write_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
-    inputs.evtx.par_iter().for_each(|path| {
+    inputs.files.par_iter().for_each(|(path, format)| {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         progress.set_message(short_name(path));
         let outcome = convert_one(path, &output);
@@ -101,19 +100,11 @@ pub(crate) fn run(args: ConvertArgs) -> anyhow::Result<()> {
 
         let mut summary = lock(&summary);
         match outcome {
-            Ok(FileOutcome {
-                report,
-                stats,
-                events,
-            }) => {
-                summary.files += 1;
-                summary.events += events;
-                summary.bad_records += report.bad_records;
-                summary.stats.merge(&stats);
-                if !report.skipped_chunks.is_empty() {
-                    summary
-                        .skipped_chunks
-                        .insert(path.clone(), report.skipped_chunks);
+            Ok(counts) => {
+                *summary.files.entry(*format).or_default() += 1;
+                summary.counts.merge(&counts);
+                if !counts.damaged.is_empty() {
+                    summary.damaged.insert(path.clone(), counts.damaged);
                 }
             }
             Err(ConvertFailure::Read(error)) => summary.failed.push((path.clone(), error)),
@@ -143,19 +134,12 @@ pub(crate) fn run(args: ConvertArgs) -> anyhow::Result<()> {
     print_summary(&summary, &inputs);
     if !summary.failed.is_empty() {
         anyhow::bail!(
-            "{} of {} EVTX files could not be converted",
+            "{} of {} files could not be converted",
             summary.failed.len(),
-            inputs.evtx.len()
+            inputs.files.len()
         );
     }
     Ok(())
-}
-
-/// The result of converting one file.
-struct FileOutcome {
-    report: edr_evtx::ReadReport,
-    stats: edr_evtx::Stats,
-    events: u64,
 }
 
 enum ConvertFailure {
@@ -168,9 +152,8 @@ enum ConvertFailure {
 fn convert_one(
     path: &Path,
     output: &Mutex<BufWriter<Box<dyn Write + Send>>>,
-) -> Result<FileOutcome, ConvertFailure> {
+) -> Result<FileCounts, ConvertFailure> {
     let mut buffer = Vec::with_capacity(FLUSH_BYTES + 64 * 1024);
-    let mut events = 0u64;
     let mut write_error = None;
     let flush = |buffer: &mut Vec<u8>, write_error: &mut Option<std::io::Error>| {
         if write_error.is_none()
@@ -181,8 +164,7 @@ fn convert_one(
         buffer.clear();
     };
 
-    let result = edr_evtx::convert_file(path, |event| {
-        events += 1;
+    let result = pipeline::convert_file(path, |event| {
         // Serialising into a Vec fails only on a map with non-string keys, and events have none.
         if serde_json::to_writer(&mut buffer, &event).is_ok() {
             buffer.push(b'\n');
@@ -197,11 +179,7 @@ fn convert_one(
         return Err(ConvertFailure::Write(error));
     }
     match result {
-        Ok((report, stats)) => Ok(FileOutcome {
-            report,
-            stats,
-            events,
-        }),
+        Ok(counts) => Ok(counts),
         Err(error) => Err(ConvertFailure::Read(error.to_string())),
     }
 }
@@ -223,14 +201,12 @@ fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
             "no such file or folder",
         ));
     }
-    let extension = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    match extension.as_str() {
-        "evtx" => inputs.evtx.push(path.to_owned()),
-        "etl" => inputs.etl.push(path.to_owned()),
-        _ => inputs.other += 1,
+    // The content decides, not the extension; a file that cannot be read is passed on so that
+    // its error shows in the summary.
+    match pipeline::detect_format(path) {
+        Ok(Some(format)) => inputs.files.push((path.to_owned(), format)),
+        Ok(None) => inputs.other += 1,
+        Err(_) => inputs.files.push((path.to_owned(), InputFormat::Evtx)),
     }
     Ok(())
 }
@@ -249,56 +225,82 @@ fn progress_bar(total_bytes: u64) -> ProgressBar {
 }
 
 fn print_summary(summary: &Summary, inputs: &Inputs) {
-    let stats = &summary.stats;
+    let counts = &summary.counts;
     let mut err = std::io::stderr().lock();
+    let files = |format| summary.files.get(&format).copied().unwrap_or(0);
     let mut lines = vec![format!(
-        "converted {} EVTX files: {} records, {} OCSF events, {} unreadable records",
-        summary.files, stats.records, summary.events, summary.bad_records
+        "converted {} EVTX and {} ETL files: {} records, {} OCSF events, {} unreadable records",
+        files(InputFormat::Evtx),
+        files(InputFormat::Etl),
+        counts.records,
+        counts.events,
+        counts.unreadable
     )];
     lines.push("events per OCSF class:".to_owned());
-    for (class, count) in &stats.per_class {
+    for (class, count) in &counts.per_class {
         lines.push(format!("  {count:>8}  {class}"));
     }
-    let mut unmapped: Vec<(&(String, u32), &u64)> = stats.unmapped.iter().collect();
-    unmapped.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
-    lines.push(format!(
-        "records without a mapper, kept as Base Event with their fields under unmapped: {}",
-        unmapped.iter().map(|(_, count)| **count).sum::<u64>()
-    ));
-    for ((source, event_id), count) in unmapped {
-        lines.push(format!("  {count:>8}  {source} {event_id}"));
-    }
-    if stats.truncated_script_blocks > 0 {
+    push_table(
+        &mut lines,
+        "records without a mapper, kept as Base Event with their fields under unmapped",
+        &counts.unmapped,
+    );
+    push_table(
+        &mut lines,
+        "records filtered (not collected live, or state only), not emitted",
+        &counts.filtered,
+    );
+    push_table(
+        &mut lines,
+        "records undecodable (payload does not fit a known layout), not emitted",
+        &counts.undecodable,
+    );
+    if counts.with_process + counts.without_process > 0 {
         lines.push(format!(
-            "script blocks emitted with parts missing: {}",
-            stats.truncated_script_blocks
+            "ETW events with their process from the cache: {} of {}",
+            counts.with_process,
+            counts.with_process + counts.without_process
         ));
     }
-    for (path, chunks) in &summary.skipped_chunks {
-        let mut numbers: Vec<u64> = chunks.iter().map(|c| c.chunk_number).collect();
-        numbers.sort_unstable();
-        let numbers: Vec<String> = numbers.iter().map(u64::to_string).collect();
+    if counts.truncated_script_blocks > 0 {
         lines.push(format!(
-            "damaged chunks skipped in {}: {}",
+            "script blocks emitted with parts missing: {}",
+            counts.truncated_script_blocks
+        ));
+    }
+    for (path, damaged) in &summary.damaged {
+        let locations: Vec<&str> = damaged.iter().map(|d| d.location.as_str()).collect();
+        lines.push(format!(
+            "damaged parts skipped in {}: {}",
             path.display(),
-            numbers.join(", ")
+            locations.join(", ")
         ));
     }
     for (path, error) in &summary.failed {
         lines.push(format!("not converted: {}: {error}", path.display()));
     }
-    if !inputs.etl.is_empty() {
-        lines.push(format!(
-            "ETL files found but not yet supported, not converted: {}",
-            inputs.etl.len()
-        ));
-    }
     if inputs.other > 0 {
-        lines.push(format!("other files ignored: {}", inputs.other));
+        lines.push(format!(
+            "other files ignored (neither EVTX nor ETL): {}",
+            inputs.other
+        ));
     }
     for line in lines {
         // A closed stderr leaves nothing to report to.
         let _ = writeln!(err, "{line}");
+    }
+}
+
+/// Appends a heading with the total and one line per (source, event id), largest first.
+fn push_table(lines: &mut Vec<String>, heading: &str, table: &BTreeMap<(String, u32), u64>) {
+    let mut rows: Vec<(&(String, u32), &u64)> = table.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    lines.push(format!(
+        "{heading}: {}",
+        rows.iter().map(|(_, count)| **count).sum::<u64>()
+    ));
+    for ((source, event_id), count) in rows {
+        lines.push(format!("  {count:>8}  {source} {event_id}"));
     }
 }
 

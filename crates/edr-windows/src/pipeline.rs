@@ -1,0 +1,322 @@
+//! Conversion of one recorded telemetry file (EVTX or ETL) to OCSF events, with counts.
+//!
+//! [`convert_file`] detects the format from the file's first bytes ([`detect_format`]), reads
+//! the file in record order and hands each OCSF event to a sink, then returns a
+//! [`FileCounts`] that accounts for every record: emitted per class, emitted as Base Event per
+//! source event without a mapper, filtered, undecodable, and the damaged parts skipped.
+//!
+//! Recovery: a damaged EVTX chunk or ETL buffer is skipped and listed in
+//! [`FileCounts::damaged`], and the rest of the file is converted. Only a file that cannot be
+//! opened, or whose header is not EVTX or ETL, fails as a whole, before any event is emitted.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use edr_etw::{EtlReader, HeaderKind};
+use edr_ocsf::Event;
+
+use crate::events::{Decoder, EventHeader};
+use crate::ocsf::{EtwMapper, TraceContext, is_collected, provider_name};
+
+/// First bytes of an EVTX file header.
+const EVTX_MAGIC: &[u8; 8] = b"ElfFile\0";
+/// Largest payload copied, as hex, into the Base Event of an undecoded record.
+const MAX_UNMAPPED_PAYLOAD: usize = 4096;
+
+/// Errors that stop the conversion of a file before any event is emitted.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The file cannot be opened or read.
+    #[error("cannot read {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is neither EVTX (no `ElfFile` magic) nor ETL (no trace header).
+    #[error("{path:?} is neither an EVTX file nor an ETL file; pass EVTX or ETL files only")]
+    UnknownFormat { path: PathBuf },
+    /// The EVTX file header is invalid.
+    #[error(transparent)]
+    Evtx(#[from] edr_evtx::SourceError),
+    /// The ETL file has no valid first buffer.
+    #[error("cannot open ETL file {path:?}: {source}")]
+    Etl {
+        path: PathBuf,
+        source: edr_etw::EtlError,
+    },
+}
+
+/// Formats of recorded telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InputFormat {
+    /// Windows Event Log file.
+    Evtx,
+    /// Event Trace Log file.
+    Etl,
+}
+
+/// A skipped damaged part of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// `chunk 3` for EVTX, `buffer at byte 65536` for ETL.
+    pub location: String,
+    /// The parser's reason.
+    pub reason: String,
+}
+
+/// Counts of one file's conversion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileCounts {
+    /// Records read (EVTX records, or ETW events of every header kind).
+    pub records: u64,
+    /// Events emitted.
+    pub events: u64,
+    /// Events emitted, per OCSF class name.
+    pub per_class: BTreeMap<&'static str, u64>,
+    /// Records without a mapper, emitted as Base Event with their fields under `unmapped`, per
+    /// (channel or provider, event id; the opcode for NT Kernel Logger events).
+    pub unmapped: BTreeMap<(String, u32), u64>,
+    /// Records not emitted because the sensor would not collect them live, or because they
+    /// only build state, per (provider, event id or opcode).
+    pub filtered: BTreeMap<(String, u32), u64>,
+    /// Records of collected events whose payload does not fit a known layout, per (provider,
+    /// event id or opcode).
+    pub undecodable: BTreeMap<(String, u32), u64>,
+    /// Records that could not be read at all (EVTX records that do not render).
+    pub unreadable: u64,
+    /// Damaged parts skipped.
+    pub damaged: Vec<Damage>,
+    /// File, network, registry, module, DNS and script events emitted with their process from
+    /// the cache (ETL only).
+    pub with_process: u64,
+    /// Those events emitted with a pid only (ETL only).
+    pub without_process: u64,
+    /// Script blocks emitted with parts missing.
+    pub truncated_script_blocks: u64,
+}
+
+impl FileCounts {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &FileCounts) {
+        self.records += other.records;
+        self.events += other.events;
+        for (class, count) in &other.per_class {
+            *self.per_class.entry(class).or_default() += count;
+        }
+        for (map, from) in [
+            (&mut self.unmapped, &other.unmapped),
+            (&mut self.filtered, &other.filtered),
+            (&mut self.undecodable, &other.undecodable),
+        ] {
+            for (key, count) in from {
+                *map.entry(key.clone()).or_default() += count;
+            }
+        }
+        self.unreadable += other.unreadable;
+        self.damaged.extend(other.damaged.iter().cloned());
+        self.with_process += other.with_process;
+        self.without_process += other.without_process;
+        self.truncated_script_blocks += other.truncated_script_blocks;
+    }
+}
+
+/// Detects the format of the file at `path` from its first bytes: the `ElfFile` magic for
+/// EVTX, else a valid ETL first buffer (its `EventTrace/Header` event). Returns `None` for
+/// anything else.
+pub fn detect_format(path: &Path) -> Result<Option<InputFormat>, PipelineError> {
+    let io_error = |source| PipelineError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut magic = [0u8; 8];
+    let mut file = File::open(path).map_err(io_error)?;
+    let mut filled = 0;
+    while filled < magic.len() {
+        let read = file.read(&mut magic[filled..]).map_err(io_error)?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    if filled == magic.len() && &magic == EVTX_MAGIC {
+        return Ok(Some(InputFormat::Evtx));
+    }
+    Ok(EtlReader::open(path).ok().map(|_| InputFormat::Etl))
+}
+
+/// Converts the file at `path`, handing each OCSF event to `sink` in record order (ETL events
+/// whose process starts later wait for it, within the bounds stated in [`crate::ocsf`]).
+pub fn convert_file(
+    path: &Path,
+    mut sink: impl FnMut(Box<Event>),
+) -> Result<FileCounts, PipelineError> {
+    match detect_format(path)? {
+        Some(InputFormat::Evtx) => convert_evtx(path, &mut sink),
+        Some(InputFormat::Etl) => convert_etl(path, &mut sink),
+        None => Err(PipelineError::UnknownFormat {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn convert_evtx(
+    path: &Path,
+    sink: &mut impl FnMut(Box<Event>),
+) -> Result<FileCounts, PipelineError> {
+    let mut events = 0u64;
+    let (report, stats) = edr_evtx::convert_file(path, |event| {
+        events += 1;
+        sink(event);
+    })?;
+    Ok(FileCounts {
+        records: stats.records,
+        events,
+        per_class: stats.per_class,
+        unmapped: stats.unmapped,
+        unreadable: report.bad_records,
+        damaged: report
+            .skipped_chunks
+            .into_iter()
+            .map(|chunk| Damage {
+                location: format!("chunk {}", chunk.chunk_number),
+                reason: chunk.reason,
+            })
+            .collect(),
+        truncated_script_blocks: stats.truncated_script_blocks,
+        ..FileCounts::default()
+    })
+}
+
+fn convert_etl(
+    path: &Path,
+    sink: &mut impl FnMut(Box<Event>),
+) -> Result<FileCounts, PipelineError> {
+    let mut reader = EtlReader::open(path).map_err(|source| PipelineError::Etl {
+        path: path.to_owned(),
+        source,
+    })?;
+    let header = reader.header();
+    let trace_start_ms = crate::ocsf::time_ms(header.start_time);
+    let context = TraceContext {
+        // The boot time changes at every boot, so pids and start times of two boots never
+        // collide; a trace without one falls back to its logger name and start.
+        host_key: if header.boot_time.0 != 0 {
+            format!("boot-{}", header.boot_time.0)
+        } else {
+            format!("trace-{}-{}", header.logger_name, header.start_time.0)
+        },
+        trace_start_ms,
+        hostname: None,
+    };
+    let mut mapper = EtwMapper::new(context);
+    let mut decoder = Decoder::new();
+    let mut counts = FileCounts::default();
+    let mut out = Vec::new();
+
+    let result = reader.for_each_record(|record| {
+        counts.records += 1;
+        let undecodable_before = decoder.stats().undecodable_total();
+        if let Some(decoded) = decoder.decode(record) {
+            mapper.map(decoded, &mut out);
+        } else if decoder.stats().undecodable_total() == undecodable_before {
+            let id = if record.header_kind == HeaderKind::Event {
+                record.descriptor.id
+            } else {
+                u16::from(record.descriptor.opcode)
+            };
+            let provider = provider_name(record.provider_id);
+            let collected = is_collected(record.provider_id)
+                && (record.header_kind.is_kernel() || record.header_kind == HeaderKind::Event);
+            if collected {
+                let header = EventHeader {
+                    provider: record.provider_id,
+                    event_id: record.descriptor.id,
+                    opcode: record.descriptor.opcode,
+                    version: record.descriptor.version,
+                    timestamp: record.timestamp,
+                    header_process_id: record.process_id,
+                    header_thread_id: record.thread_id,
+                    processor: record.processor,
+                };
+                let fields = undecoded_fields(record);
+                mapper.map_undecoded(&header, provider, id, fields, &mut out);
+            } else {
+                mapper.count_filtered(provider, id);
+            }
+        }
+        counts.events += out.len() as u64;
+        for event in out.drain(..) {
+            sink(event);
+        }
+    });
+    if let Err(error) = result {
+        // The reader stops at a buffer it cannot locate past; what was read stays converted.
+        counts.damaged.push(Damage {
+            location: "rest of file".to_owned(),
+            reason: error.to_string(),
+        });
+    }
+    mapper.finish(&mut out);
+    counts.events += out.len() as u64;
+    for event in out.drain(..) {
+        sink(event);
+    }
+
+    for skip in &reader.stats().skips {
+        counts.damaged.push(Damage {
+            location: match skip.event_offset {
+                Some(event) => format!("buffer at byte {}, event at {event}", skip.buffer_offset),
+                None => format!("buffer at byte {}", skip.buffer_offset),
+            },
+            reason: format!("{:?}", skip.reason),
+        });
+    }
+    for ((key, _reason), count) in &decoder.stats().undecodable {
+        *counts
+            .undecodable
+            .entry((provider_name(key.provider), u32::from(key.id_or_opcode)))
+            .or_default() += count;
+    }
+    let stats = mapper.stats();
+    counts.per_class = stats.per_class.clone();
+    for (map, from) in [
+        (&mut counts.unmapped, &stats.unmapped),
+        (&mut counts.filtered, &stats.filtered),
+    ] {
+        for ((provider, id), count) in from {
+            *map.entry((provider.clone(), u32::from(*id))).or_default() += count;
+        }
+    }
+    counts.with_process = stats.with_process;
+    counts.without_process = stats.without_process;
+    counts.truncated_script_blocks = stats.truncated_script_blocks;
+    Ok(counts)
+}
+
+/// Collects the header fields and a bounded hex copy of the payload of a record no decoder
+/// covers.
+fn undecoded_fields(
+    record: &edr_etw::EventRecord<'_>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    fields.insert(
+        "provider_guid".into(),
+        record.provider_id.to_string().into(),
+    );
+    fields.insert("event_id".into(), record.descriptor.id.into());
+    fields.insert("opcode".into(), record.descriptor.opcode.into());
+    fields.insert("version".into(), record.descriptor.version.into());
+    if record.process_id != u32::MAX {
+        fields.insert("process_id".into(), record.process_id.into());
+    }
+    if record.thread_id != u32::MAX {
+        fields.insert("thread_id".into(), record.thread_id.into());
+    }
+    let payload = &record.user_data[..record.user_data.len().min(MAX_UNMAPPED_PAYLOAD)];
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    fields.insert("payload_hex".into(), hex.into());
+    fields.insert("payload_size".into(), record.user_data.len().into());
+    fields
+}
