@@ -42,6 +42,9 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    /// The `[buffer]` section is invalid; the message names the field and its allowed range.
+    #[error(transparent)]
+    Buffer(#[from] edr_sensor::buffer::ConfigError),
     /// The configuration could not be written back as TOML.
     #[error("cannot serialize the configuration: {0}")]
     Serialize(#[from] toml::ser::Error),
@@ -55,6 +58,8 @@ pub struct SensorConfig {
     pub sessions: SessionsConfig,
     pub queue: QueueConfig,
     pub logging: LoggingConfig,
+    /// The offline ring buffer: directory, capacity, group commit and drain rate.
+    pub buffer: edr_sensor::buffer::BufferConfig,
 }
 
 /// Where the sensor enrolls and sends telemetry.
@@ -217,6 +222,7 @@ impl SensorConfig {
             sessions,
             queue,
             logging,
+            buffer,
         } = self;
 
         if let Some(url) = &collector.url {
@@ -275,6 +281,7 @@ impl SensorConfig {
             365,
             "expected 1 to 365 files",
         )?;
+        buffer.validate()?;
         Ok(())
     }
 }

@@ -16,4 +16,4 @@ pub mod service;
 pub mod sys;
 
 /// Default capacity of the on-disk ring buffer reported in the capability manifest.
-pub const DEFAULT_BUFFER_CAPACITY_BYTES: u64 = 1 << 30;
+pub const DEFAULT_BUFFER_CAPACITY_BYTES: u64 = edr_sensor::buffer::DEFAULT_CAPACITY_BYTES;

@@ -14,11 +14,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use edr_etw::{EtlReader, HeaderKind};
+use edr_etw::{EtlReader, EventRecord, HeaderKind};
 use edr_ocsf::Event;
 
 use crate::events::{Decoder, EventHeader};
-use crate::ocsf::{EtwMapper, TraceContext, is_collected, provider_name};
+use crate::ocsf::{EtwMapper, MapperStats, TraceContext, is_collected, provider_name};
 
 /// First bytes of an EVTX file header.
 const EVTX_MAGIC: &[u8; 8] = b"ElfFile\0";
@@ -210,42 +210,13 @@ fn convert_etl(
         trace_start_ms,
         hostname: None,
     };
-    let mut mapper = EtwMapper::new(context);
-    let mut decoder = Decoder::new();
+    let mut converter = RecordConverter::new(context);
     let mut counts = FileCounts::default();
     let mut out = Vec::new();
 
     let result = reader.for_each_record(|record| {
         counts.records += 1;
-        let undecodable_before = decoder.stats().undecodable_total();
-        if let Some(decoded) = decoder.decode(record) {
-            mapper.map(decoded, &mut out);
-        } else if decoder.stats().undecodable_total() == undecodable_before {
-            let id = if record.header_kind == HeaderKind::Event {
-                record.descriptor.id
-            } else {
-                u16::from(record.descriptor.opcode)
-            };
-            let provider = provider_name(record.provider_id);
-            let collected = is_collected(record.provider_id)
-                && (record.header_kind.is_kernel() || record.header_kind == HeaderKind::Event);
-            if collected {
-                let header = EventHeader {
-                    provider: record.provider_id,
-                    event_id: record.descriptor.id,
-                    opcode: record.descriptor.opcode,
-                    version: record.descriptor.version,
-                    timestamp: record.timestamp,
-                    header_process_id: record.process_id,
-                    header_thread_id: record.thread_id,
-                    processor: record.processor,
-                };
-                let fields = undecoded_fields(record);
-                mapper.map_undecoded(&header, provider, id, fields, &mut out);
-            } else {
-                mapper.count_filtered(provider, id);
-            }
-        }
+        converter.push(record, &mut out);
         counts.events += out.len() as u64;
         for event in out.drain(..) {
             sink(event);
@@ -258,11 +229,12 @@ fn convert_etl(
             reason: error.to_string(),
         });
     }
-    mapper.finish(&mut out);
+    converter.finish(&mut out);
     counts.events += out.len() as u64;
     for event in out.drain(..) {
         sink(event);
     }
+    let RecordConverter { decoder, mapper } = converter;
 
     for skip in &reader.stats().skips {
         counts.damaged.push(Damage {
@@ -293,6 +265,77 @@ fn convert_etl(
     counts.without_process = stats.without_process;
     counts.truncated_script_blocks = stats.truncated_script_blocks;
     Ok(counts)
+}
+
+/// Turns ETW event records into OCSF events: decode, enrich from the process cache, map.
+///
+/// The same steps serve ETL files and live sessions, so a recorded trace and a live sensor emit
+/// the same events. A record no decoder covers becomes a Base Event when its provider is one the
+/// sensor collects, and is counted as filtered otherwise.
+#[derive(Debug)]
+pub struct RecordConverter {
+    decoder: Decoder,
+    mapper: EtwMapper,
+}
+
+impl RecordConverter {
+    /// Creates a converter with an empty process cache.
+    pub fn new(context: TraceContext) -> Self {
+        Self {
+            decoder: Decoder::new(),
+            mapper: EtwMapper::new(context),
+        }
+    }
+
+    /// Converts one record, appending the OCSF events it completes to `out`. A record may
+    /// complete none (it only updates the process cache, or waits for its process) or several.
+    pub fn push(&mut self, record: &EventRecord<'_>, out: &mut Vec<Box<Event>>) {
+        let undecodable_before = self.decoder.stats().undecodable_total();
+        if let Some(decoded) = self.decoder.decode(record) {
+            self.mapper.map(decoded, out);
+            return;
+        }
+        if self.decoder.stats().undecodable_total() != undecodable_before {
+            return;
+        }
+
+        let id = if record.header_kind == HeaderKind::Event {
+            record.descriptor.id
+        } else {
+            u16::from(record.descriptor.opcode)
+        };
+        let provider = provider_name(record.provider_id);
+        let collected = is_collected(record.provider_id)
+            && (record.header_kind.is_kernel() || record.header_kind == HeaderKind::Event);
+        if collected {
+            let header = EventHeader {
+                provider: record.provider_id,
+                event_id: record.descriptor.id,
+                opcode: record.descriptor.opcode,
+                version: record.descriptor.version,
+                timestamp: record.timestamp,
+                header_process_id: record.process_id,
+                header_thread_id: record.thread_id,
+                processor: record.processor,
+            };
+            let fields = undecoded_fields(record);
+            self.mapper
+                .map_undecoded(&header, provider, id, fields, out);
+        } else {
+            self.mapper.count_filtered(provider, id);
+        }
+    }
+
+    /// Emits every event still held (events waiting for their process, unfinished script
+    /// blocks) into `out`; call it at the end of a file or when a live sensor stops.
+    pub fn finish(&mut self, out: &mut Vec<Box<Event>>) {
+        self.mapper.finish(out);
+    }
+
+    /// Mapping counts so far.
+    pub fn mapper_stats(&self) -> &MapperStats {
+        self.mapper.stats()
+    }
 }
 
 /// Collects the header fields and a bounded hex copy of the payload of a record no decoder

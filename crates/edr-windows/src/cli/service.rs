@@ -136,10 +136,10 @@ mod platform {
     use anyhow::Context;
     use edr_windows::config::{SensorConfig, default_config_path, default_data_dir};
     use edr_windows::loader::backoff::SystemClock;
-    use edr_windows::loader::{CopiedRecord, LoaderSettings, LossAlert, LossSink, RecordQueue};
+    use edr_windows::loader::{LoaderSettings, LossAlert, LossSink, RecordQueue};
     use edr_windows::service::{
-        EVENT_SOURCE, Enrollment, EnrollmentFailed, RecordSink, SERVICE_NAME, ServiceDefinition,
-        SinkError, StopSignal, run_sensor,
+        EVENT_SOURCE, Enrollment, EnrollmentFailed, SERVICE_NAME, ServiceDefinition, StopSignal,
+        run_sensor,
     };
     use edr_windows::sys::etw::WindowsEtw;
     use edr_windows::sys::privilege::ProcessPrivileges;
@@ -234,13 +234,28 @@ mod platform {
             config.queue.max_records as usize,
             config.queue.max_memory_mb as usize * 1024 * 1024,
         ));
+        let buffer_options = config.buffer.validate()?;
+        let buffer_dir = buffer_options.directory.clone();
+        let buffer = edr_sensor::buffer::Buffer::open(buffer_options)
+            .with_context(|| format!("cannot open the ring buffer in {}", buffer_dir.display()))?;
+        let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+        let context = edr_windows::ocsf::TraceContext {
+            // Process uids combine this key with the pid and the process start time, so they
+            // stay distinct across reboots without a boot id.
+            host_key: format!("host-{hostname}"),
+            trace_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64),
+            hostname: Some(hostname),
+        };
+        let mut sink = edr_windows::service::BufferSink::new(context, buffer);
         let result = run_sensor(
             Arc::new(WindowsEtw),
             settings,
             queue,
             &ProcessPrivileges,
             &mut PendingEnrollment,
-            &mut DiscardingSink::default(),
+            &mut sink,
             Arc::new(LogLossSink),
             Arc::new(SystemClock),
             stop,
@@ -250,6 +265,7 @@ mod platform {
                 info!(
                     pumped = outcome.pumped,
                     drained = outcome.drained,
+                    events_buffered = sink.events_appended(),
                     reason = "stop requested",
                     "sensor stopped"
                 );
@@ -270,24 +286,6 @@ mod platform {
             // TODO: call the enrollment component (Collector URL and token from the
             // configuration folder) once it is part of this crate.
             warn!("enrollment is not wired into the run sequence yet; running without a Collector");
-            Ok(())
-        }
-    }
-
-    /// Stands in for the ring buffer until it is wired here: counts and discards records.
-    #[derive(Default)]
-    struct DiscardingSink {
-        records: u64,
-    }
-
-    impl RecordSink for DiscardingSink {
-        fn append(&mut self, _record: CopiedRecord) -> Result<(), SinkError> {
-            // TODO: append to the edr-sensor ring buffer once it is part of the workspace.
-            self.records += 1;
-            Ok(())
-        }
-
-        fn sync(&mut self) -> Result<(), SinkError> {
             Ok(())
         }
     }

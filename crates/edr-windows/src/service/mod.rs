@@ -11,11 +11,13 @@
 //! failed one left behind.
 
 mod run;
+mod sink;
 
 pub use run::{
     Enrollment, EnrollmentFailed, Privileges, RecordSink, RunOutcome, SinkError, StopSignal,
     run_sensor,
 };
+pub use sink::BufferSink;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -36,6 +36,11 @@ pub trait RecordSink {
     fn append(&mut self, record: CopiedRecord) -> Result<(), SinkError>;
     /// Makes every appended record durable.
     fn sync(&mut self) -> Result<(), SinkError>;
+    /// Called when no record arrived for a while, so that a sink with a group commit can make
+    /// the last records of a burst durable on time.
+    fn idle(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// A record sink failure, as reported by the sink.
@@ -112,6 +117,10 @@ pub fn run_sensor<C: EtwController>(
     let mut sink_error = None;
     while !stop.is_requested() {
         let Some(record) = queue.pop_timeout(POP_WAIT) else {
+            if let Err(idle_error) = sink.idle() {
+                sink_error = Some(idle_error);
+                break;
+            }
             continue;
         };
         if let Err(append_error) = sink.append(record) {
