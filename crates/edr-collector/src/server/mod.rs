@@ -19,6 +19,7 @@ mod command;
 mod enrollment;
 mod idle;
 mod telemetry;
+mod writer;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -101,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) revocations: Arc<RevocationList>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
+    /// Queue of the ingest writer thread.
+    pub(crate) writer: tokio::sync::mpsc::Sender<writer::IngestRequest>,
 }
 
 pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
@@ -162,6 +165,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         "edr-collector serving"
     );
 
+    let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(writer::QUEUE_CAPACITY);
     let shared = Arc::new(Shared {
         ca,
         store: Mutex::new(store),
@@ -169,7 +173,10 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         revocations,
         metrics,
         limits: limits.clone(),
+        writer: writer_tx,
     });
+    writer::spawn(Arc::clone(&shared), writer_rx)
+        .context("failed to start the ingest writer thread")?;
     tokio::spawn(reload_revocations(
         data_dir.to_path_buf(),
         Arc::clone(&shared),

@@ -1,8 +1,8 @@
 //! The Telemetry service: stores event batches and records heartbeats.
 //!
-//! Each stream runs in its own task. A batch is validated (see [`crate::ingest`]) and stored
-//! (see [`crate::store::ingest`]) on the blocking pool; the ack carries the sensor's
-//! high-water mark after the commit. A batch is never acked before its transaction commits.
+//! Each stream runs in its own task. A batch is validated (see [`crate::ingest`]) on the
+//! blocking pool and stored by the ingest writer (see [`super::writer`]); the ack carries the
+//! sensor's high-water mark after the commit. A batch is never acked before its transaction commits.
 //!
 //! A stream ends, with one log line naming the sensor and the reason, when the sensor closes
 //! it, when it sends nothing for the idle timeout, when a batch is invalid
@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use edr_proto::v1::telemetry_server::Telemetry;
 use edr_proto::v1::{
@@ -22,6 +21,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::writer::IngestRequest;
 use super::{Shared, auth, timestamp};
 use crate::ingest::{BatchError, validate};
 use crate::store::ingest::IngestOutcome;
@@ -179,13 +179,7 @@ async fn handle_batch(
     batch: EventBatch,
 ) -> Result<CollectorMessage, Status> {
     let (first_seq, last_seq) = (batch.first_seq, batch.last_seq);
-    let task_shared = Arc::clone(shared);
-    let task_sensor = sensor_id.to_string();
-    let result =
-        tokio::task::spawn_blocking(move || store_batch(&task_shared, &task_sensor, &batch))
-            .await
-            .map_err(|err| StoreBatchError::Store(format!("ingest task failed: {err}")))
-            .and_then(|result| result);
+    let result = store_batch(shared, sensor_id, batch).await;
 
     match result {
         Ok(outcome) => {
@@ -219,26 +213,36 @@ async fn handle_batch(
     }
 }
 
-/// Validates and stores one batch; runs on the blocking pool.
-fn store_batch(
+/// Validates one batch on the blocking pool, then queues it for the writer and waits for the
+/// commit.
+async fn store_batch(
     shared: &Shared,
     sensor_id: &str,
-    batch: &EventBatch,
+    batch: EventBatch,
 ) -> Result<IngestOutcome, StoreBatchError> {
-    let valid = validate(batch, shared.limits.max_records_per_batch)?;
-    let now = time::OffsetDateTime::now_utc();
-    let mut store = shared
-        .ingest
-        .lock()
-        .map_err(|_| StoreBatchError::Store("database lock poisoned".to_string()))?;
-    let started = Instant::now();
-    let outcome = store
-        .ingest_batch(sensor_id, &valid, now)
-        .map_err(|err| StoreBatchError::Store(err.to_string()))?;
-    drop(store);
+    let max_records = shared.limits.max_records_per_batch;
+    let valid = tokio::task::spawn_blocking(move || validate(batch, max_records))
+        .await
+        .map_err(|err| StoreBatchError::Store(format!("validation task failed: {err}")))??;
+    let event_bytes = valid.event_bytes as u64;
+
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let request = IngestRequest {
+        sensor_id: sensor_id.to_string(),
+        batch: valid,
+        reply,
+    };
+    shared
+        .writer
+        .send(request)
+        .await
+        .map_err(|_| StoreBatchError::Store("the ingest writer stopped".to_string()))?;
+    let outcome = outcome
+        .await
+        .map_err(|_| StoreBatchError::Store("the ingest writer stopped".to_string()))?
+        .map_err(StoreBatchError::Store)?;
 
     let metrics = &shared.metrics;
-    metrics.observe_store_latency(started.elapsed());
     metrics.batches_stored.fetch_add(1, Ordering::Relaxed);
     metrics
         .events_ingested
@@ -251,6 +255,6 @@ fn store_batch(
         .fetch_add(outcome.duplicates, Ordering::Relaxed);
     metrics
         .event_bytes
-        .fetch_add(valid.event_bytes as u64, Ordering::Relaxed);
+        .fetch_add(event_bytes, Ordering::Relaxed);
     Ok(outcome)
 }
