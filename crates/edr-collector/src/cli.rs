@@ -61,14 +61,14 @@ pub(crate) enum Command {
         /// localhost, 127.0.0.1, ::1 and a specific listen IP are always included.
         #[arg(long = "server-name")]
         server_names: Vec<String>,
-        /// How commits are synced: `full` makes every acked batch survive a power loss;
+        /// Commit durability: `full` makes every acked batch survive a power loss;
         /// `normal` survives a Collector crash only and is faster.
         #[arg(long, value_enum, default_value = "full")]
         sync: SyncMode,
         /// Largest gRPC message accepted, after decompression, in bytes.
         #[arg(long, default_value_t = 16 * 1024 * 1024)]
         max_message_bytes: usize,
-        /// Most records accepted in one event batch.
+        /// Maximum number of records accepted in one event batch.
         #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
         max_records_per_batch: u64,
         /// A telemetry stream that sends nothing for this long is closed, for example 2m.
@@ -78,7 +78,7 @@ pub(crate) enum Command {
         /// sends a request; HTTP/2 pings every 20 s keep healthy idle connections alive.
         #[arg(long, default_value = "60s")]
         connection_idle_timeout: humantime::Duration,
-        /// Most concurrent RPCs on one connection.
+        /// Maximum number of concurrent RPCs on one connection.
         #[arg(long, default_value_t = 16)]
         max_streams_per_connection: u32,
         /// Address for the Prometheus metrics listener (plain HTTP), for example
@@ -177,7 +177,7 @@ pub(crate) struct EventsArgs {
     pub(crate) conditions: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub(crate) format: EventsFormat,
-    /// Most events to print.
+    /// Maximum number of events to print.
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: u64,
 }
@@ -192,7 +192,7 @@ pub(crate) enum EventsFormat {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueCommand {
-    /// Queue a ping; the sensor answers with a pong when it receives it before the TTL ends.
+    /// Queue a ping; the sensor replies with a pong when it receives it before the TTL ends.
     Ping {
         #[arg(long)]
         data_dir: PathBuf,

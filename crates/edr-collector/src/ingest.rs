@@ -13,15 +13,15 @@
 use edr_proto::v1::{BufferedRecord, CommandResult, EventBatch, Gap, buffered_record};
 use serde::Deserialize;
 
-/// Why a batch was rejected. Every variant is a fault of the sending sensor; resending the
+/// Validation failure of a batch. Every variant is a fault of the sending sensor; resending the
 /// same batch fails the same way.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum BatchError {
-    /// The batch holds no records.
-    #[error("batch [{first_seq}, {last_seq}] holds no records: send at least one record")]
+    /// The batch contains no records.
+    #[error("batch [{first_seq}, {last_seq}] contains no records: send at least one record")]
     Empty { first_seq: u64, last_seq: u64 },
-    /// The batch holds more records than the Collector accepts.
-    #[error("batch holds {count} records, more than the maximum of {max}: send smaller batches")]
+    /// The batch contains more records than the configured maximum.
+    #[error("batch has {count} records, more than the maximum of {max}: send smaller batches")]
     TooManyRecords { count: usize, max: usize },
     /// `first_seq` differs from the first record's number.
     #[error("batch first_seq {first_seq} differs from its first record's seq {record_seq}")]
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn sequence_rules_are_enforced() {
         let cases = [
-            (batch(vec![]), "holds no records"),
+            (batch(vec![]), "contains no records"),
             (
                 batch(vec![event(2, OK), event(2, OK)]),
                 "seq 2 follows seq 2",

@@ -23,7 +23,7 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
-/// A batch with events whose process name and class vary with the sequence number.
+/// Builds a batch with events whose process name and class vary with the sequence number.
 fn mixed_batch(seqs: std::ops::RangeInclusive<u64>) -> EventBatch {
     let records: Vec<_> = seqs
         .map(|seq| {

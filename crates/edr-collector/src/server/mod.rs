@@ -57,14 +57,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Limits {
     /// Largest gRPC message accepted, after decompression, in bytes.
     pub(crate) max_message_bytes: usize,
-    /// Most records in one batch.
+    /// Maximum number of records in one batch.
     pub(crate) max_records_per_batch: usize,
     /// A telemetry stream that sends no message for this long is closed.
     pub(crate) stream_idle_timeout: Duration,
     /// A connection that reads no bytes for this long is closed, including one that finished
     /// the TLS handshake and never sent a request.
     pub(crate) connection_idle_timeout: Duration,
-    /// Most concurrent HTTP/2 streams (RPCs) per connection.
+    /// Maximum number of concurrent HTTP/2 streams (RPCs) per connection.
     pub(crate) max_streams_per_connection: u32,
 }
 
@@ -87,8 +87,9 @@ pub(crate) struct Retention {
     pub(crate) interval: Duration,
 }
 
-/// HTTP/2 pings on idle connections; a peer that does not answer within the timeout is
-/// dropped, and the answers keep a healthy idle connection under the connection idle timeout.
+/// Interval of HTTP/2 pings on idle connections. A peer that does not acknowledge a ping
+/// within the timeout is dropped, and the ping acks keep a healthy idle connection under the
+/// connection idle timeout.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -313,7 +314,7 @@ async fn apply_retention(retention: Retention, shared: Arc<Shared>) {
     }
 }
 
-/// One retention pass. Each delete takes the ingest lock for one statement, so batches are
+/// Runs one retention pass. Each delete takes the ingest lock for one statement, so batches are
 /// stored in between.
 fn retention_pass(retention: &Retention, shared: &Shared) -> Result<RetentionOutcome, String> {
     let lock = || {

@@ -129,7 +129,7 @@ async fn run_stream(
             }
             Ok(Some(Err(status))) => {
                 // For example a message above the size limit; pass the reason on, because the
-                // sensor sees only the response stream.
+                // sensor reads only the response stream.
                 let reason = format!("stream error: {:?}: {}", status.code(), status.message());
                 let _ = tx.send(Err(status)).await;
                 return reason;

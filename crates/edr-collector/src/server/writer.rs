@@ -2,9 +2,10 @@
 //!
 //! Streams validate their batches in parallel and queue them here. The thread takes every
 //! queued batch (up to [`MAX_GROUP_BATCHES`] batches or [`MAX_GROUP_RECORDS`] records),
-//! stores them in one transaction and answers each stream after the commit. With `--sync
+//! stores them in one transaction and replies to each stream after the commit. With `--sync
 //! full` one fsync then covers every stream that was waiting, instead of one per batch. If
-//! the transaction fails, every batch of the group gets the error and none is acked.
+//! the group's transaction fails, the writer stores each batch of the group in a transaction
+//! of its own, so a batch that cannot be stored fails only its own stream.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,26 +65,40 @@ fn store_group(shared: &Shared, group: Vec<IngestRequest>) {
         .map(|request| ((request.sensor_id, request.batch), request.reply))
         .unzip();
     let started = Instant::now();
-    let result = match shared.ingest.lock() {
-        Ok(mut store) => store
-            .ingest_group(&items, time::OffsetDateTime::now_utc())
-            .map_err(|err| err.to_string()),
-        Err(_) => Err("database lock poisoned".to_string()),
+    let result: Vec<Result<IngestOutcome, String>> = match shared.ingest.lock() {
+        Ok(mut store) => {
+            let now = time::OffsetDateTime::now_utc();
+            match store.ingest_group(&items, now) {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                // Store each batch alone, so that a batch that cannot be stored fails only
+                // its own stream.
+                Err(err) if items.len() > 1 => {
+                    tracing::warn!(batches = items.len(), error = %err, "failed to store a group of batches; storing them one by one");
+                    items
+                        .iter()
+                        .map(|item| {
+                            store
+                                .ingest_group(std::slice::from_ref(item), now)
+                                .map_err(|err| err.to_string())
+                                .and_then(|mut outcomes| {
+                                    outcomes.pop().ok_or_else(|| "no outcome".to_string())
+                                })
+                        })
+                        .collect()
+                }
+                Err(err) => vec![Err(err.to_string())],
+            }
+        }
+        Err(_) => vec![Err("database lock poisoned".to_string()); items.len()],
     };
     shared.metrics.observe_store_latency(started.elapsed());
 
-    match result {
-        Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                // A stream that ended meanwhile no longer needs its ack.
-                let _ = reply.send(Ok(outcome));
-            }
+    for ((sensor_id, batch), (reply, outcome)) in items.iter().zip(replies.into_iter().zip(result))
+    {
+        if let Err(err) = &outcome {
+            tracing::error!(%sensor_id, last_seq = batch.last_seq, error = %err, "failed to store a batch; the sensor resends it");
         }
-        Err(err) => {
-            tracing::error!(batches = items.len(), error = %err, "failed to store a group of batches; the sensors resend them");
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
-        }
+        // A stream that ended meanwhile no longer needs its ack.
+        let _ = reply.send(outcome);
     }
 }

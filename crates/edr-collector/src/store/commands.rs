@@ -1,7 +1,7 @@
 //! Commands queued for sensors and their results.
 //!
-//! `commands` holds one row per queued command; `delivered_at` is set when the Command stream
-//! sends it. `command_results` holds the first result received per command id, from either
+//! `commands` contains one row per queued command; `delivered_at` is set when the Command stream
+//! sends it. `command_results` contains the first result received per command id, from either
 //! the telemetry stream (the sensor's priority lane) or the Command stream; a second copy of
 //! the same result is ignored, so both paths may deliver it.
 

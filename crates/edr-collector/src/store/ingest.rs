@@ -1,6 +1,6 @@
 //! Idempotent event ingest.
 //!
-//! Tables: `events` holds one row per OCSF event (the JSON text plus indexed columns),
+//! Tables: `events` contains one row per OCSF event (the JSON text plus indexed columns),
 //! `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
 //! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
 //!
@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use super::{Store, StoreError};
 use crate::ingest::{Record, ValidBatch};
 
-/// What storing one batch did.
+/// Counts from storing one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IngestOutcome {
     /// The sensor's HWM after the commit; the value to acknowledge.
@@ -37,7 +37,7 @@ pub(crate) struct IngestOutcome {
 impl Store {
     /// Stores a group of batches, possibly of several sensors, in one transaction: for each
     /// batch, the records above its sensor's HWM are inserted and the HWM advanced. Batches
-    /// of the same sensor are applied in order, so the second sees the HWM the first left.
+    /// of the same sensor are applied in order, so the second reads the HWM the first wrote.
     /// Either every batch of the group is stored or none is.
     pub(crate) fn ingest_group(
         &mut self,

@@ -15,7 +15,7 @@ use super::{Store, StoreError};
 /// Events deleted per transaction, so ingest waits at most one chunk.
 pub(crate) const DELETE_CHUNK: i64 = 10_000;
 
-/// What one retention pass deleted.
+/// Events deleted by one retention pass.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RetentionOutcome {
     pub(crate) by_age: u64,

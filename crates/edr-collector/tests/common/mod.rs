@@ -284,7 +284,7 @@ pub fn forged_identity(collector: &Collector, ca: &CollectorCa, validity: Validi
     }
 }
 
-/// An OCSF process activity event with sequence-dependent fields.
+/// Builds an OCSF process activity event with sequence-dependent fields.
 pub fn ocsf_event(seq: u64) -> Vec<u8> {
     format!(
         r#"{{"class_uid":1007,"activity_id":1,"severity_id":1,"time":{},"category_uid":1,"type_uid":100701,"metadata":{{"version":"1.8.0","product":{{"name":"test"}}}},"process":{{"uid":"proc-{seq}","pid":{seq},"file":{{"name":"cmd.exe"}}}},"actor":{{"user":{{"name":"alice"}}}}}}"#,
@@ -293,7 +293,7 @@ pub fn ocsf_event(seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A batch of OCSF events numbered `seqs`.
+/// Builds a batch of OCSF events numbered `seqs`.
 pub fn event_batch(seqs: impl IntoIterator<Item = u64>) -> edr_proto::v1::EventBatch {
     let records: Vec<_> = seqs
         .into_iter()
