@@ -3,6 +3,10 @@
 
 mod cli;
 mod commands;
+mod export;
+mod ingest;
+mod inspect;
+mod metrics;
 mod server;
 mod store;
 

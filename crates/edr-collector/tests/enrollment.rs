@@ -4,222 +4,19 @@
 //! binary calls.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edr_pki::{CollectorCa, EnrollmentToken, ParsedCsr, Validity};
+use edr_pki::{CollectorCa, EnrollmentToken, Validity};
 use edr_proto::v1::command_client::CommandClient;
 use edr_proto::v1::enrollment_client::EnrollmentClient;
 use edr_proto::v1::telemetry_client::TelemetryClient;
-use edr_proto::v1::{
-    CapabilityManifest, EnrollRequest, Heartbeat, HostFacts, RenewRequest, SensorMessage,
-    collector_message, command_envelope, sensor_message,
-};
-use edr_sensor::connect::{CollectorUrl, connect, describe_error};
-use edr_sensor::enrollment::{EnrollmentError, connect_mtls, enroll, renew};
-use edr_sensor::identity::{FilePermissions, Identity, IdentityStore};
+use edr_proto::v1::{EnrollRequest, RenewRequest, command_envelope};
+use edr_sensor::connect::{CollectorUrl, connect};
+use edr_sensor::enrollment::{EnrollmentError, connect_mtls, renew};
 use x509_parser::extensions::GeneralName;
 
-const BIN: &str = env!("CARGO_BIN_EXE_edr-collector");
-
-/// A running `edr-collector serve` with its own data directory; killed on drop.
-struct Collector {
-    root: tempfile::TempDir,
-    child: Child,
-    url: String,
-}
-
-impl Collector {
-    fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        let data_dir = root.path().join("data");
-        let init = run(&["init", "--data-dir", data_dir.to_str().unwrap()]);
-        assert!(init.status.success(), "init failed: {init:?}");
-
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(pos) = line.find("listen_addr=") {
-                    let addr: String = line[pos + "listen_addr=".len()..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-                eprintln!("[collector] {line}");
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("collector did not log its listen address");
-        Self {
-            root,
-            child,
-            url: format!("https://{addr}"),
-        }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut full: Vec<&str> = args.to_vec();
-        let data_dir = self.data_dir();
-        full.extend(["--data-dir", data_dir.to_str().unwrap()]);
-        run(&full)
-    }
-
-    fn token(&self, extra: &[&str]) -> String {
-        let mut args = vec!["token", "create"];
-        args.extend_from_slice(extra);
-        let out = self.cli(&args);
-        assert!(out.status.success(), "token create failed: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn token_uses(&self, token_text: &str) -> String {
-        let id = EnrollmentToken::parse(token_text).unwrap().id();
-        let out = String::from_utf8(self.cli(&["token", "list"]).stdout).unwrap();
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&id))
-            .unwrap()
-            .to_string();
-        line.split_whitespace().nth(3).unwrap().to_string()
-    }
-
-    fn sensor_count(&self) -> usize {
-        let out = String::from_utf8(self.cli(&["sensors", "list"]).stdout).unwrap();
-        out.lines().skip(1).count()
-    }
-
-    fn ca(&self) -> CollectorCa {
-        CollectorCa::load(&self.data_dir().join("ca")).unwrap()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn store(dir: &Path) -> IdentityStore {
-    IdentityStore::new(dir, Arc::new(FilePermissions))
-}
-
-fn host() -> HostFacts {
-    HostFacts {
-        hostname: "test-host".into(),
-        os_family: "linux".into(),
-        os_build: "non-windows".into(),
-        architecture: std::env::consts::ARCH.into(),
-    }
-}
-
-async fn enroll_at(
-    collector: &Collector,
-    token: &str,
-    dir: &Path,
-) -> Result<Identity, EnrollmentError> {
-    enroll(
-        &store(dir),
-        &collector.url,
-        token,
-        host(),
-        CapabilityManifest::default(),
-    )
-    .await
-}
-
-fn assert_no_state(dir: &Path) {
-    assert!(
-        !dir.exists(),
-        "state directory {} must not exist",
-        dir.display()
-    );
-}
-
-/// Sends one heartbeat with `identity` and returns the sensor id in the ack, or the error text.
-async fn heartbeat(identity: &Identity) -> Result<String, String> {
-    let channel = connect_mtls(identity)
-        .await
-        .map_err(|err| err.to_string())?;
-    let outbound = tokio_stream::iter(vec![SensorMessage {
-        kind: Some(sensor_message::Kind::Heartbeat(Heartbeat::default())),
-    }]);
-    let mut inbound = TelemetryClient::new(channel)
-        .stream(outbound)
-        .await
-        .map_err(|status| status_text(&status))?
-        .into_inner();
-    match inbound
-        .message()
-        .await
-        .map_err(|status| status_text(&status))?
-    {
-        Some(message) => match message.kind {
-            Some(collector_message::Kind::HeartbeatAck(ack)) => Ok(ack.sensor_id),
-            other => Err(format!("unexpected reply {other:?}")),
-        },
-        None => Err("stream ended without an ack".into()),
-    }
-}
-
-fn status_text(status: &tonic::Status) -> String {
-    match std::error::Error::source(status) {
-        Some(source) => format!("{}: {}", status.message(), describe_error(source)),
-        None => status.message().to_string(),
-    }
-}
-
-/// Builds an identity for a fresh key whose certificate `ca` signs with `validity`.
-fn forged_identity(collector: &Collector, ca: &CollectorCa, validity: Validity) -> Identity {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr_pem = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let csr = ParsedCsr::from_pem(&csr_pem).unwrap();
-    let issued =
-        edr_pki::csr::sign_client_certificate(ca, &csr, uuid::Uuid::new_v4(), validity).unwrap();
-    let collector_ca = collector.ca();
-    Identity {
-        sensor_id: issued.sensor_id.to_string(),
-        collector_url: collector.url.clone(),
-        ca_sha256: collector_ca.fingerprint().to_hex(),
-        ca_certificate_pem: collector_ca.certificate_pem().to_string(),
-        certificate_chain_pem: issued.chain_pem(ca),
-        private_key_der: zeroize::Zeroizing::new(key.serialize_der()),
-        not_after: validity.not_after(),
-        enrolled_at: time::OffsetDateTime::now_utc(),
-        renewed_at: None,
-    }
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enroll_issues_client_certificate_once() {
@@ -403,6 +200,8 @@ async fn mtls_gates_every_rpc_but_enroll() {
 
     // The enrolled identity works, and the Collector names it from the certificate.
     assert_eq!(heartbeat(&identity).await.unwrap(), identity.sensor_id);
+    let queued = collector.cli(&["command", "ping", &identity.sensor_id]);
+    assert!(queued.status.success(), "command ping failed: {queued:?}");
     let channel = connect_mtls(&identity).await.unwrap();
     let mut commands = CommandClient::new(channel)
         .stream(tokio_stream::pending())

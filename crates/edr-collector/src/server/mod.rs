@@ -17,7 +17,9 @@
 mod auth;
 mod command;
 mod enrollment;
+mod idle;
 mod telemetry;
+mod writer;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,8 +35,13 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+
 use crate::commands::ca_dir;
-use crate::store::Store;
+use crate::metrics::Metrics;
+use crate::store::retention::RetentionOutcome;
+use crate::store::{Store, SyncMode};
 
 /// How often `serve` reloads the revocation list from the database.
 pub(crate) const REVOCATION_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -45,21 +52,74 @@ const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Limits applied to every sensor connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Largest gRPC message accepted, after decompression, in bytes.
+    pub(crate) max_message_bytes: usize,
+    /// Maximum number of records in one batch.
+    pub(crate) max_records_per_batch: usize,
+    /// A telemetry stream that sends no message for this long is closed.
+    pub(crate) stream_idle_timeout: Duration,
+    /// A connection that reads no bytes for this long is closed, including one that finished
+    /// the TLS handshake and never sent a request.
+    pub(crate) connection_idle_timeout: Duration,
+    /// Maximum number of concurrent HTTP/2 streams (RPCs) per connection.
+    pub(crate) max_streams_per_connection: u32,
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeOptions {
+    pub(crate) listen: SocketAddr,
+    pub(crate) server_names: Vec<String>,
+    pub(crate) sync_mode: SyncMode,
+    pub(crate) limits: Limits,
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    pub(crate) retention: Retention,
+}
+
+/// Retention settings; see [`crate::store::retention`].
+#[derive(Debug, Clone)]
+pub(crate) struct Retention {
+    pub(crate) max_age: Option<time::Duration>,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) interval: Duration,
+}
+
+/// Interval of HTTP/2 pings on idle connections. A peer that does not acknowledge a ping
+/// within the timeout is dropped, and the ping acks keep a healthy idle connection under the
+/// connection idle timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// State shared by the RPC services.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) ca: CollectorCa,
     pub(crate) store: Mutex<Store>,
+    /// Connection used by telemetry ingest, so that enrollment does not wait behind batches.
+    pub(crate) ingest: Mutex<Store>,
     pub(crate) revocations: Arc<RevocationList>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    /// Queue of the ingest writer thread.
+    pub(crate) writer: tokio::sync::mpsc::Sender<writer::IngestRequest>,
 }
 
-pub(crate) async fn serve(
-    data_dir: &Path,
-    listen: SocketAddr,
-    mut server_names: Vec<String>,
-) -> anyhow::Result<()> {
+pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions {
+        listen,
+        mut server_names,
+        sync_mode,
+        limits,
+        metrics_listen,
+        retention,
+    } = options;
     let ca = CollectorCa::load(&ca_dir(data_dir))?;
     let store = Store::open(data_dir)?;
+    let ingest = Store::open(data_dir)?;
+    ingest.set_sync_mode(sync_mode)?;
     let revocations = RevocationList::new(store.revocation_set()?);
 
     for default in ["localhost", "127.0.0.1", "::1"] {
@@ -82,38 +142,80 @@ pub(crate) async fn serve(
         format!("failed to listen on {listen}: choose a free address with --listen")
     })?;
     let local_addr = listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut metrics_addr = "none".to_string();
+    if let Some(metrics_listen) = metrics_listen {
+        let listener = TcpListener::bind(metrics_listen).await.with_context(|| {
+            format!("failed to listen on {metrics_listen} for metrics: choose a free address with --metrics-listen")
+        })?;
+        metrics_addr = listener.local_addr()?.to_string();
+        tokio::spawn(crate::metrics::serve_metrics(
+            listener,
+            Arc::clone(&metrics),
+        ));
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %data_dir.display(),
         listen_addr = %local_addr,
+        metrics_addr = %metrics_addr,
+        sync = ?sync_mode,
         ca_sha256 = %ca.fingerprint(),
         server_names = ?server_names,
         "edr-collector serving"
     );
 
+    let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(writer::QUEUE_CAPACITY);
     let shared = Arc::new(Shared {
         ca,
         store: Mutex::new(store),
+        ingest: Mutex::new(ingest),
         revocations,
+        metrics,
+        limits: limits.clone(),
+        writer: writer_tx,
     });
+    writer::spawn(Arc::clone(&shared), writer_rx)
+        .context("failed to start the ingest writer thread")?;
     tokio::spawn(reload_revocations(
         data_dir.to_path_buf(),
         Arc::clone(&shared),
     ));
 
+    if retention.max_age.is_some() || retention.max_bytes.is_some() {
+        tokio::spawn(apply_retention(retention, Arc::clone(&shared)));
+    }
+
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, acceptor, tx));
+    tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        limits.connection_idle_timeout,
+        tx,
+    ));
 
     let enrollment = EnrollmentServer::new(enrollment::EnrollmentService::new(Arc::clone(&shared)));
-    let telemetry = TelemetryServer::with_interceptor(
-        telemetry::TelemetryService,
+    let telemetry = TelemetryServer::new(telemetry::TelemetryService::new(Arc::clone(&shared)))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd);
+    let telemetry = InterceptedService::new(
+        telemetry,
         auth::require_sensor(Arc::clone(&shared.revocations)),
     );
-    let command = CommandServer::with_interceptor(
-        command::CommandService,
+    let command = CommandServer::new(command::CommandService::new(Arc::clone(&shared)))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd);
+    let command = InterceptedService::new(
+        command,
         auth::require_sensor(Arc::clone(&shared.revocations)),
     );
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(enrollment)
         .add_service(telemetry)
         .add_service(command)
@@ -127,12 +229,13 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+type TlsConnection = idle::IdleTimeout<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// Accepts TCP connections and runs each TLS handshake in its own task.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    idle_timeout: Duration,
     tx: tokio::sync::mpsc::Sender<Result<TlsConnection, std::io::Error>>,
 ) {
     loop {
@@ -149,7 +252,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
+                    let _ = tx.send(Ok(idle::IdleTimeout::new(tls, idle_timeout))).await;
                 }
                 Ok(Err(err)) => tracing::warn!(%peer, error = %err, "TLS handshake failed"),
                 Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
@@ -185,6 +288,61 @@ async fn reload_revocations(data_dir: std::path::PathBuf, shared: Arc<Shared>) {
             Err(err) => tracing::error!(error = %err, "revocation reload task failed"),
         }
     }
+}
+
+/// Applies retention every `retention.interval`, forever.
+async fn apply_retention(retention: Retention, shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(retention.interval);
+    loop {
+        interval.tick().await;
+        let settings = retention.clone();
+        let task_shared = Arc::clone(&shared);
+        let result =
+            tokio::task::spawn_blocking(move || retention_pass(&settings, &task_shared)).await;
+        match result {
+            Ok(Ok(outcome)) if outcome != RetentionOutcome::default() => tracing::info!(
+                deleted_by_age = outcome.by_age,
+                deleted_by_size = outcome.by_size,
+                "retention deleted events"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "retention failed; retrying at the next interval")
+            }
+            Err(err) => tracing::error!(error = %err, "retention task failed"),
+        }
+    }
+}
+
+/// Runs one retention pass. Each delete takes the ingest lock for one statement, so batches are
+/// stored in between.
+fn retention_pass(retention: &Retention, shared: &Shared) -> Result<RetentionOutcome, String> {
+    let lock = || {
+        shared
+            .ingest
+            .lock()
+            .map_err(|_| "database lock poisoned".to_string())
+    };
+    let mut outcome = RetentionOutcome::default();
+    if let Some(max_age) = retention.max_age {
+        outcome.by_age = lock()?
+            .delete_older_than(max_age, time::OffsetDateTime::now_utc())
+            .map_err(|err| err.to_string())?;
+    }
+    if let Some(max_bytes) = retention.max_bytes {
+        loop {
+            let store = lock()?;
+            if store.used_bytes().map_err(|err| err.to_string())? <= max_bytes {
+                break;
+            }
+            let deleted = store.delete_oldest_chunk().map_err(|err| err.to_string())?;
+            if deleted == 0 {
+                break;
+            }
+            outcome.by_size += deleted;
+        }
+    }
+    Ok(outcome)
 }
 
 /// Converts a time to a protobuf timestamp.
