@@ -33,6 +33,8 @@ enum Command {
     Service,
     /// Convert EVTX files or folders to OCSF JSON lines
     Convert(cli::convert::ConvertArgs),
+    /// Send EVTX files or folders to the Collector through the live sensor pipeline
+    Replay(cli::replay::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +55,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => cli::service::run(&args),
         Command::Service => cli::service::service(),
         Command::Convert(args) => cli::convert::run(args),
+        Command::Replay(args) => cli::replay::run(args),
     }
 }

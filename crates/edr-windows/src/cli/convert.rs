@@ -46,10 +46,10 @@ pub(crate) struct ConvertArgs {
 
 /// The inputs found under the given paths.
 #[derive(Debug, Default)]
-struct Inputs {
-    evtx: Vec<PathBuf>,
-    etl: Vec<PathBuf>,
-    other: u64,
+pub(crate) struct Inputs {
+    pub(crate) evtx: Vec<PathBuf>,
+    pub(crate) etl: Vec<PathBuf>,
+    pub(crate) other: u64,
 }
 
 /// Totals over all files.
@@ -206,7 +206,7 @@ fn convert_one(
     }
 }
 
-fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
+pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))

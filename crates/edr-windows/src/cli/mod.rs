@@ -2,4 +2,5 @@
 
 pub(crate) mod convert;
 pub(crate) mod enroll;
+pub(crate) mod replay;
 pub(crate) mod service;
