@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::store::SyncMode;
+
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -44,6 +46,30 @@ pub(crate) enum Command {
         /// localhost, 127.0.0.1, ::1 and a specific listen IP are always included.
         #[arg(long = "server-name")]
         server_names: Vec<String>,
+        /// How commits are synced: `full` makes every acked batch survive a power loss;
+        /// `normal` survives a Collector crash only and is faster.
+        #[arg(long, value_enum, default_value = "full")]
+        sync: SyncMode,
+        /// Largest gRPC message accepted, after decompression, in bytes.
+        #[arg(long, default_value_t = 16 * 1024 * 1024)]
+        max_message_bytes: usize,
+        /// Most records accepted in one event batch.
+        #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+        max_records_per_batch: u64,
+        /// A telemetry stream that sends nothing for this long is closed, for example 2m.
+        #[arg(long, default_value = "2m")]
+        stream_idle_timeout: humantime::Duration,
+        /// A connection that sends no bytes for this long is closed, including one that never
+        /// sends a request; HTTP/2 pings every 20 s keep healthy idle connections alive.
+        #[arg(long, default_value = "60s")]
+        connection_idle_timeout: humantime::Duration,
+        /// Most concurrent RPCs on one connection.
+        #[arg(long, default_value_t = 16)]
+        max_streams_per_connection: u32,
+        /// Address for the Prometheus metrics listener (plain HTTP), for example
+        /// 127.0.0.1:9464; no listener when absent.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
 }
 

@@ -52,10 +52,31 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             server_names,
+            sync,
+            max_message_bytes,
+            max_records_per_batch,
+            stream_idle_timeout,
+            connection_idle_timeout,
+            max_streams_per_connection,
+            metrics_listen,
         } => {
+            let options = crate::server::ServeOptions {
+                listen,
+                server_names,
+                sync_mode: sync,
+                limits: crate::server::Limits {
+                    max_message_bytes,
+                    max_records_per_batch: usize::try_from(max_records_per_batch)
+                        .unwrap_or(usize::MAX),
+                    stream_idle_timeout: stream_idle_timeout.into(),
+                    connection_idle_timeout: connection_idle_timeout.into(),
+                    max_streams_per_connection,
+                },
+                metrics_listen,
+            };
             let runtime =
                 tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
-            runtime.block_on(crate::server::serve(&data_dir, listen, server_names))
+            runtime.block_on(crate::server::serve(&data_dir, options))
         }
     }
 }

@@ -3,6 +3,8 @@
 
 mod cli;
 mod commands;
+mod ingest;
+mod metrics;
 mod server;
 mod store;
 

@@ -1,7 +1,9 @@
 //! The Collector database: enrollment tokens, sensors, issued certificates and revocations.
 //!
 //! SQLite in `DATA_DIR/collector.db`, WAL journal, schema version in `PRAGMA user_version`.
-//! Times are Unix seconds (UTC). Token secrets are stored only as SHA-256.
+//! Times are Unix seconds (UTC) except event times, which are Unix milliseconds as in OCSF.
+//! Token secrets are stored only as SHA-256. Telemetry tables (events, gaps, sensor state,
+//! commands) are described in [`ingest`] and [`commands`].
 //!
 //! Enrollment runs in one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before
 //! reading the token, so two enrolments racing for the last use of a token (in this process
@@ -21,7 +23,10 @@ use time::OffsetDateTime;
 /// Database file name inside the data directory.
 pub(crate) const DB_FILE: &str = "collector.db";
 
-const SCHEMA_VERSION: i64 = 1;
+pub(crate) mod commands;
+pub(crate) mod ingest;
+
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -52,6 +57,80 @@ CREATE TABLE IF NOT EXISTS certificates (
     revoked_at  INTEGER
 );
 ";
+
+/// Tables added in schema version 2: telemetry, sensor state and commands.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS sensor_state (
+    sensor_id             TEXT PRIMARY KEY,
+    hwm                   INTEGER NOT NULL DEFAULT 0,
+    duplicates            INTEGER NOT NULL DEFAULT 0,
+    last_seen             INTEGER,
+    health                TEXT,
+    sensor_version        TEXT,
+    os_build              TEXT,
+    ocsf_version          TEXT,
+    certificate_not_after INTEGER
+);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    sensor_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    time        INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    class_uid   INTEGER NOT NULL,
+    activity_id INTEGER,
+    severity_id INTEGER,
+    process_uid TEXT,
+    user_name   TEXT,
+    json        TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_sensor_seq ON events (sensor_id, seq);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+CREATE INDEX IF NOT EXISTS events_class ON events (class_uid, activity_id);
+CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id);
+CREATE INDEX IF NOT EXISTS events_process ON events (process_uid) WHERE process_uid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_user ON events (user_name) WHERE user_name IS NOT NULL;
+CREATE TABLE IF NOT EXISTS gaps (
+    sensor_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    records     INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    detected_at INTEGER,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (sensor_id, seq)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id           TEXT PRIMARY KEY,
+    sensor_id    TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    issued_at    INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    delivered_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands (sensor_id) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS command_results (
+    command_id   TEXT PRIMARY KEY,
+    sensor_id    TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    completed_at INTEGER,
+    detail       TEXT NOT NULL,
+    received_at  INTEGER NOT NULL,
+    received_via TEXT NOT NULL
+);
+";
+
+/// How SQLite syncs the write-ahead log, which decides what an ack promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SyncMode {
+    /// fsync at every commit: an acked batch survives a power loss or OS crash.
+    Full,
+    /// fsync only at checkpoints: an acked batch survives a crash of the Collector process,
+    /// but the last commits can be lost on power loss or OS crash.
+    Normal,
+}
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -162,12 +241,20 @@ impl Store {
             .map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sqlite)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(sqlite)?;
         match version {
             0 => {
                 conn.execute_batch(SCHEMA).map_err(sqlite)?;
+                conn.execute_batch(SCHEMA_V2).map_err(sqlite)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sqlite)?;
+            }
+            1 => {
+                conn.execute_batch(SCHEMA_V2).map_err(sqlite)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sqlite)?;
             }
@@ -175,6 +262,17 @@ impl Store {
             found => return Err(StoreError::SchemaVersion { path, found }),
         }
         Ok(Self { conn, path })
+    }
+
+    /// Sets how commits are synced; see [`SyncMode`]. New connections start with `Full`.
+    pub(crate) fn set_sync_mode(&self, mode: SyncMode) -> Result<(), StoreError> {
+        let value = match mode {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        };
+        self.conn
+            .pragma_update(None, "synchronous", value)
+            .map_err(self.sqlite())
     }
 
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {

@@ -17,6 +17,7 @@
 mod auth;
 mod command;
 mod enrollment;
+mod idle;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -33,8 +34,12 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+
 use crate::commands::ca_dir;
-use crate::store::Store;
+use crate::metrics::Metrics;
+use crate::store::{Store, SyncMode};
 
 /// How often `serve` reloads the revocation list from the database.
 pub(crate) const REVOCATION_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -45,21 +50,61 @@ const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Limits applied to every sensor connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// Largest gRPC message accepted, after decompression, in bytes.
+    pub(crate) max_message_bytes: usize,
+    /// Most records in one batch.
+    pub(crate) max_records_per_batch: usize,
+    /// A telemetry stream that sends no message for this long is closed.
+    pub(crate) stream_idle_timeout: Duration,
+    /// A connection that reads no bytes for this long is closed, including one that finished
+    /// the TLS handshake and never sent a request.
+    pub(crate) connection_idle_timeout: Duration,
+    /// Most concurrent HTTP/2 streams (RPCs) per connection.
+    pub(crate) max_streams_per_connection: u32,
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeOptions {
+    pub(crate) listen: SocketAddr,
+    pub(crate) server_names: Vec<String>,
+    pub(crate) sync_mode: SyncMode,
+    pub(crate) limits: Limits,
+    pub(crate) metrics_listen: Option<SocketAddr>,
+}
+
+/// HTTP/2 pings on idle connections; a peer that does not answer within the timeout is
+/// dropped, and the answers keep a healthy idle connection under the connection idle timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// State shared by the RPC services.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) ca: CollectorCa,
     pub(crate) store: Mutex<Store>,
+    /// Connection used by telemetry ingest, so that enrollment does not wait behind batches.
+    pub(crate) ingest: Mutex<Store>,
     pub(crate) revocations: Arc<RevocationList>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
 }
 
-pub(crate) async fn serve(
-    data_dir: &Path,
-    listen: SocketAddr,
-    mut server_names: Vec<String>,
-) -> anyhow::Result<()> {
+pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions {
+        listen,
+        mut server_names,
+        sync_mode,
+        limits,
+        metrics_listen,
+    } = options;
     let ca = CollectorCa::load(&ca_dir(data_dir))?;
     let store = Store::open(data_dir)?;
+    let ingest = Store::open(data_dir)?;
+    ingest.set_sync_mode(sync_mode)?;
     let revocations = RevocationList::new(store.revocation_set()?);
 
     for default in ["localhost", "127.0.0.1", "::1"] {
@@ -82,10 +127,25 @@ pub(crate) async fn serve(
         format!("failed to listen on {listen}: choose a free address with --listen")
     })?;
     let local_addr = listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut metrics_addr = "none".to_string();
+    if let Some(metrics_listen) = metrics_listen {
+        let listener = TcpListener::bind(metrics_listen).await.with_context(|| {
+            format!("failed to listen on {metrics_listen} for metrics: choose a free address with --metrics-listen")
+        })?;
+        metrics_addr = listener.local_addr()?.to_string();
+        tokio::spawn(crate::metrics::serve_metrics(
+            listener,
+            Arc::clone(&metrics),
+        ));
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %data_dir.display(),
         listen_addr = %local_addr,
+        metrics_addr = %metrics_addr,
+        sync = ?sync_mode,
         ca_sha256 = %ca.fingerprint(),
         server_names = ?server_names,
         "edr-collector serving"
@@ -94,7 +154,10 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared {
         ca,
         store: Mutex::new(store),
+        ingest: Mutex::new(ingest),
         revocations,
+        metrics,
+        limits: limits.clone(),
     });
     tokio::spawn(reload_revocations(
         data_dir.to_path_buf(),
@@ -102,18 +165,34 @@ pub(crate) async fn serve(
     ));
 
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, acceptor, tx));
+    tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        limits.connection_idle_timeout,
+        tx,
+    ));
 
     let enrollment = EnrollmentServer::new(enrollment::EnrollmentService::new(Arc::clone(&shared)));
-    let telemetry = TelemetryServer::with_interceptor(
-        telemetry::TelemetryService,
+    let telemetry = TelemetryServer::new(telemetry::TelemetryService::new(Arc::clone(&shared)))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd);
+    let telemetry = InterceptedService::new(
+        telemetry,
         auth::require_sensor(Arc::clone(&shared.revocations)),
     );
-    let command = CommandServer::with_interceptor(
-        command::CommandService,
+    let command = CommandServer::new(command::CommandService)
+        .max_decoding_message_size(limits.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Zstd);
+    let command = InterceptedService::new(
+        command,
         auth::require_sensor(Arc::clone(&shared.revocations)),
     );
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(enrollment)
         .add_service(telemetry)
         .add_service(command)
@@ -127,12 +206,13 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+type TlsConnection = idle::IdleTimeout<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// Accepts TCP connections and runs each TLS handshake in its own task.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    idle_timeout: Duration,
     tx: tokio::sync::mpsc::Sender<Result<TlsConnection, std::io::Error>>,
 ) {
     loop {
@@ -149,7 +229,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
+                    let _ = tx.send(Ok(idle::IdleTimeout::new(tls, idle_timeout))).await;
                 }
                 Ok(Err(err)) => tracing::warn!(%peer, error = %err, "TLS handshake failed"),
                 Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),

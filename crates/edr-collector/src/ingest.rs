@@ -1,0 +1,346 @@
+//! Validation of event batches before they reach the store.
+//!
+//! A batch is accepted whole or rejected whole. It must hold at least one record and at most
+//! the configured maximum; `first_seq` and `last_seq` must equal the numbers of its first and
+//! last record; numbers start at 1 and strictly increase (gaps in the numbering are allowed,
+//! because a sensor that crashed loses the numbers of records it had not made durable). Every
+//! OCSF record must be a UTF-8 JSON object with an integer `class_uid`. The fields that the
+//! store indexes are extracted here, so the database transaction only inserts.
+//!
+//! Validation does not know the high-water mark: records that turn out to be duplicates are
+//! validated as well, so a resent batch is rejected for the same reason as the first time.
+
+use edr_proto::v1::{BufferedRecord, CommandResult, EventBatch, Gap, buffered_record};
+use serde::Deserialize;
+
+/// Why a batch was rejected. Every variant is a fault of the sending sensor; resending the
+/// same batch fails the same way.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum BatchError {
+    /// The batch holds no records.
+    #[error("batch [{first_seq}, {last_seq}] holds no records: send at least one record")]
+    Empty { first_seq: u64, last_seq: u64 },
+    /// The batch holds more records than the Collector accepts.
+    #[error("batch holds {count} records, more than the maximum of {max}: send smaller batches")]
+    TooManyRecords { count: usize, max: usize },
+    /// `first_seq` differs from the first record's number.
+    #[error("batch first_seq {first_seq} differs from its first record's seq {record_seq}")]
+    FirstSeqMismatch { first_seq: u64, record_seq: u64 },
+    /// `last_seq` differs from the last record's number.
+    #[error("batch last_seq {last_seq} differs from its last record's seq {record_seq}")]
+    LastSeqMismatch { last_seq: u64, record_seq: u64 },
+    /// A record has sequence number 0, which is never assigned.
+    #[error("record at index {index} has seq 0: sequence numbers start at 1")]
+    ZeroSeq { index: usize },
+    /// A record's number is not greater than the previous record's.
+    #[error("record seq {seq} follows seq {previous}: sequence numbers must strictly increase")]
+    NotIncreasing { seq: u64, previous: u64 },
+    /// A record has no payload.
+    #[error("record seq {seq} has no kind: set ocsf_event_json, command_result or gap")]
+    MissingKind { seq: u64 },
+    /// An OCSF record is not a JSON object with an integer `class_uid`.
+    #[error("record seq {seq} is not a valid OCSF event: {reason}")]
+    InvalidEvent { seq: u64, reason: String },
+}
+
+/// Fields of an OCSF event that the store keeps in indexed columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IndexedFields {
+    /// Event time in Unix milliseconds; `None` when the event has no `time`.
+    pub(crate) time: Option<i64>,
+    pub(crate) class_uid: i64,
+    pub(crate) activity_id: Option<i64>,
+    pub(crate) severity_id: Option<i64>,
+    /// `process.uid`, else `actor.process.uid`.
+    pub(crate) process_uid: Option<String>,
+    /// `actor.user.name`, else `user.name`.
+    pub(crate) user_name: Option<String>,
+}
+
+/// One validated record.
+#[derive(Debug)]
+pub(crate) enum Record<'a> {
+    Event {
+        seq: u64,
+        fields: IndexedFields,
+        json: &'a str,
+    },
+    CommandResult {
+        seq: u64,
+        result: &'a CommandResult,
+    },
+    Gap {
+        seq: u64,
+        gap: &'a Gap,
+    },
+}
+
+impl Record<'_> {
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            Record::Event { seq, .. }
+            | Record::CommandResult { seq, .. }
+            | Record::Gap { seq, .. } => *seq,
+        }
+    }
+}
+
+/// A batch that passed [`validate`]; borrows the payloads of the decoded message.
+#[derive(Debug)]
+pub(crate) struct ValidBatch<'a> {
+    pub(crate) last_seq: u64,
+    pub(crate) records: Vec<Record<'a>>,
+    /// Total payload bytes of OCSF records, for metrics.
+    pub(crate) event_bytes: usize,
+}
+
+/// Checks `batch` against the rules in the module documentation.
+pub(crate) fn validate(
+    batch: &EventBatch,
+    max_records: usize,
+) -> Result<ValidBatch<'_>, BatchError> {
+    let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
+        return Err(BatchError::Empty {
+            first_seq: batch.first_seq,
+            last_seq: batch.last_seq,
+        });
+    };
+    if batch.records.len() > max_records {
+        return Err(BatchError::TooManyRecords {
+            count: batch.records.len(),
+            max: max_records,
+        });
+    }
+    if first.seq != batch.first_seq {
+        return Err(BatchError::FirstSeqMismatch {
+            first_seq: batch.first_seq,
+            record_seq: first.seq,
+        });
+    }
+    if last.seq != batch.last_seq {
+        return Err(BatchError::LastSeqMismatch {
+            last_seq: batch.last_seq,
+            record_seq: last.seq,
+        });
+    }
+
+    let mut records = Vec::with_capacity(batch.records.len());
+    let mut previous = 0;
+    let mut event_bytes = 0;
+    for (index, record) in batch.records.iter().enumerate() {
+        if record.seq == 0 {
+            return Err(BatchError::ZeroSeq { index });
+        }
+        if record.seq <= previous {
+            return Err(BatchError::NotIncreasing {
+                seq: record.seq,
+                previous,
+            });
+        }
+        previous = record.seq;
+        records.push(validate_record(record, &mut event_bytes)?);
+    }
+    Ok(ValidBatch {
+        last_seq: batch.last_seq,
+        records,
+        event_bytes,
+    })
+}
+
+fn validate_record<'a>(
+    record: &'a BufferedRecord,
+    event_bytes: &mut usize,
+) -> Result<Record<'a>, BatchError> {
+    let seq = record.seq;
+    match &record.kind {
+        None => Err(BatchError::MissingKind { seq }),
+        Some(buffered_record::Kind::OcsfEventJson(bytes)) => {
+            *event_bytes += bytes.len();
+            let (fields, json) =
+                parse_event(bytes).map_err(|reason| BatchError::InvalidEvent { seq, reason })?;
+            Ok(Record::Event { seq, fields, json })
+        }
+        Some(buffered_record::Kind::CommandResult(result)) => {
+            Ok(Record::CommandResult { seq, result })
+        }
+        Some(buffered_record::Kind::Gap(gap)) => Ok(Record::Gap { seq, gap }),
+    }
+}
+
+/// The subset of an OCSF event that is indexed. Unknown fields are skipped but still parsed,
+/// so the whole document must be valid JSON.
+#[derive(Deserialize)]
+struct EventHead {
+    class_uid: i64,
+    time: Option<i64>,
+    activity_id: Option<i64>,
+    severity_id: Option<i64>,
+    process: Option<ProcessHead>,
+    actor: Option<ActorHead>,
+    user: Option<UserHead>,
+}
+
+#[derive(Deserialize)]
+struct ProcessHead {
+    uid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ActorHead {
+    process: Option<ProcessHead>,
+    user: Option<UserHead>,
+}
+
+#[derive(Deserialize)]
+struct UserHead {
+    name: Option<String>,
+}
+
+/// Parses one OCSF event and returns its indexed fields and its text.
+pub(crate) fn parse_event(bytes: &[u8]) -> Result<(IndexedFields, &str), String> {
+    let json = std::str::from_utf8(bytes)
+        .map_err(|err| format!("not UTF-8 at byte {}", err.valid_up_to()))?;
+    // serde would also read a struct from a JSON array; OCSF events are objects.
+    if !json.trim_start().starts_with('{') {
+        return Err("not a JSON object".to_string());
+    }
+    let head: EventHead = serde_json::from_str(json).map_err(|err| err.to_string())?;
+    let EventHead {
+        class_uid,
+        time,
+        activity_id,
+        severity_id,
+        process,
+        actor,
+        user,
+    } = head;
+    let (actor_process, actor_user) = match actor {
+        Some(ActorHead { process, user }) => (process, user),
+        None => (None, None),
+    };
+    let fields = IndexedFields {
+        time,
+        class_uid,
+        activity_id,
+        severity_id,
+        process_uid: process
+            .and_then(|p| p.uid)
+            .or_else(|| actor_process.and_then(|p| p.uid)),
+        user_name: actor_user
+            .and_then(|u| u.name)
+            .or_else(|| user.and_then(|u| u.name)),
+    };
+    Ok((fields, json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, json: &str) -> BufferedRecord {
+        BufferedRecord {
+            seq,
+            kind: Some(buffered_record::Kind::OcsfEventJson(
+                json.as_bytes().to_vec(),
+            )),
+        }
+    }
+
+    fn batch(records: Vec<BufferedRecord>) -> EventBatch {
+        EventBatch {
+            first_seq: records.first().map_or(0, |r| r.seq),
+            last_seq: records.last().map_or(0, |r| r.seq),
+            records,
+        }
+    }
+
+    const OK: &str = r#"{"class_uid":1007,"activity_id":1,"time":1700000000000,"severity_id":1,
+        "process":{"uid":"p-1","file":{"name":"cmd.exe"}},"actor":{"user":{"name":"alice"}}}"#;
+
+    #[test]
+    fn valid_batch_extracts_fields() {
+        let input = batch(vec![event(1, OK), event(5, r#"{"class_uid":4001}"#)]);
+        let valid = validate(&input, 10).unwrap();
+        assert_eq!(valid.records.len(), 2);
+        let Record::Event { fields, .. } = &valid.records[0] else {
+            panic!("not an event")
+        };
+        assert_eq!(fields.class_uid, 1007);
+        assert_eq!(fields.time, Some(1_700_000_000_000));
+        assert_eq!(fields.process_uid.as_deref(), Some("p-1"));
+        assert_eq!(fields.user_name.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn sequence_rules_are_enforced() {
+        let cases = [
+            (batch(vec![]), "holds no records"),
+            (
+                batch(vec![event(2, OK), event(2, OK)]),
+                "seq 2 follows seq 2",
+            ),
+            (
+                batch(vec![event(3, OK), event(1, OK)]),
+                "seq 1 follows seq 3",
+            ),
+            (batch(vec![event(0, OK)]), "seq 0"),
+            (
+                EventBatch {
+                    first_seq: 1,
+                    last_seq: 9,
+                    records: vec![event(1, OK)],
+                },
+                "last_seq 9",
+            ),
+            (
+                EventBatch {
+                    first_seq: 0,
+                    last_seq: 1,
+                    records: vec![event(1, OK)],
+                },
+                "first_seq 0",
+            ),
+            (
+                batch(vec![BufferedRecord { seq: 4, kind: None }]),
+                "seq 4 has no kind",
+            ),
+        ];
+        for (input, expected) in cases {
+            let err = validate(&input, 10).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_records_rejected() {
+        let input = batch(vec![event(1, OK), event(2, OK), event(3, OK)]);
+        let err = validate(&input, 2).unwrap_err();
+        assert_eq!(err, BatchError::TooManyRecords { count: 3, max: 2 });
+    }
+
+    #[test]
+    fn invalid_events_name_seq_and_reason() {
+        let cases = [
+            ("[1,2]", "not a JSON object"),
+            ("{\"class_uid\":1007", "EOF"),
+            ("{\"activity_id\":1}", "missing field `class_uid`"),
+            ("{\"class_uid\":\"x\"}", "invalid type"),
+            ("{\"class_uid\":1} trailing", "trailing"),
+        ];
+        for (json, expected) in cases {
+            let err = validate(&batch(vec![event(7, json)]), 10)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("seq 7"), "{err}");
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+        let not_utf8 = BufferedRecord {
+            seq: 8,
+            kind: Some(buffered_record::Kind::OcsfEventJson(vec![b'{', 0xff, b'}'])),
+        };
+        let err = validate(&batch(vec![not_utf8]), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
+}

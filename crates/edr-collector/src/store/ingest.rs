@@ -1,0 +1,229 @@
+//! Idempotent event ingest.
+//!
+//! Tables: `events` holds one row per OCSF event (the JSON text plus indexed columns),
+//! `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
+//! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
+//!
+//! Idempotency: a batch is stored in one `BEGIN IMMEDIATE` transaction that reads the
+//! sensor's HWM, inserts only the records with `seq > HWM`, and writes the new HWM (the
+//! batch's `last_seq` if greater). Because the HWM and the records commit together, a batch
+//! resent after a lost ack, a Collector crash or a sensor restart finds its records at or
+//! below the HWM and inserts nothing. The unique index on `events (sensor_id, seq)` rejects
+//! a duplicate that would slip past the HWM, failing the transaction rather than storing it
+//! twice. The ack carries the HWM only after the commit returns; the durability of that commit
+//! is set by [`super::SyncMode`].
+
+use edr_proto::v1::{CommandResult, SensorHealth};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+
+use super::{Store, StoreError};
+use crate::ingest::{Record, ValidBatch};
+
+/// What storing one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IngestOutcome {
+    /// The sensor's HWM after the commit; the value to acknowledge.
+    pub(crate) durable_seq: u64,
+    /// OCSF events inserted.
+    pub(crate) events: u64,
+    /// Gap and command-result records inserted.
+    pub(crate) other: u64,
+    /// Records at or below the previous HWM, dropped as duplicates.
+    pub(crate) duplicates: u64,
+}
+
+impl Store {
+    /// Stores the records of `batch` above the sensor's HWM and advances the HWM, in one
+    /// transaction.
+    pub(crate) fn ingest_batch(
+        &mut self,
+        sensor_id: &str,
+        batch: &ValidBatch<'_>,
+        now: OffsetDateTime,
+    ) -> Result<IngestOutcome, StoreError> {
+        let path = self.path.clone();
+        let sqlite = move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let received_at = now.unix_timestamp();
+        let received_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&sqlite)?;
+
+        let hwm: u64 = tx
+            .query_row(
+                "SELECT hwm FROM sensor_state WHERE sensor_id = ?1",
+                params![sensor_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(&sqlite)?
+            .map_or(0, |hwm| u64::try_from(hwm).unwrap_or(0));
+
+        let mut outcome = IngestOutcome {
+            durable_seq: hwm.max(batch.last_seq),
+            events: 0,
+            other: 0,
+            duplicates: 0,
+        };
+        {
+            let mut insert_event = tx
+                .prepare_cached(
+                    "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, activity_id,
+                                         severity_id, process_uid, user_name, json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(&sqlite)?;
+            let mut insert_gap = tx
+                .prepare_cached(
+                    "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes, reason,
+                                       detected_at, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(&sqlite)?;
+            for record in &batch.records {
+                if record.seq() <= hwm {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                match record {
+                    Record::Event { seq, fields, json } => {
+                        insert_event
+                            .execute(params![
+                                sensor_id,
+                                to_sql_int(*seq),
+                                fields.time.unwrap_or(received_ms),
+                                received_at,
+                                fields.class_uid,
+                                fields.activity_id,
+                                fields.severity_id,
+                                fields.process_uid,
+                                fields.user_name,
+                                json
+                            ])
+                            .map_err(&sqlite)?;
+                        outcome.events += 1;
+                    }
+                    Record::Gap { seq, gap } => {
+                        insert_gap
+                            .execute(params![
+                                sensor_id,
+                                to_sql_int(*seq),
+                                to_sql_int(gap.first_seq),
+                                to_sql_int(gap.last_seq),
+                                to_sql_int(gap.records),
+                                to_sql_int(gap.bytes),
+                                gap.reason,
+                                gap.detected_at.as_ref().map(|t| t.seconds),
+                                received_at
+                            ])
+                            .map_err(&sqlite)?;
+                        outcome.other += 1;
+                    }
+                    Record::CommandResult { result, .. } => {
+                        super::commands::insert_result(&tx, sensor_id, result, "telemetry", now)
+                            .map_err(&sqlite)?;
+                        outcome.other += 1;
+                    }
+                }
+            }
+        }
+
+        tx.execute(
+            "INSERT INTO sensor_state (sensor_id, hwm, duplicates, last_seen)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (sensor_id) DO UPDATE SET
+                 hwm = MAX(hwm, excluded.hwm),
+                 duplicates = duplicates + excluded.duplicates,
+                 last_seen = excluded.last_seen",
+            params![
+                sensor_id,
+                to_sql_int(outcome.durable_seq),
+                to_sql_int(outcome.duplicates),
+                received_at
+            ],
+        )
+        .map_err(&sqlite)?;
+        tx.commit().map_err(&sqlite)?;
+        Ok(outcome)
+    }
+
+    /// Records a heartbeat: last seen time, health as JSON, versions and certificate expiry.
+    pub(crate) fn record_heartbeat(
+        &self,
+        sensor_id: &str,
+        health: Option<&SensorHealth>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let versions = health.and_then(|h| h.versions.as_ref());
+        self.conn
+            .execute(
+                "INSERT INTO sensor_state (sensor_id, last_seen, health, sensor_version, os_build,
+                                           ocsf_version, certificate_not_after)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (sensor_id) DO UPDATE SET
+                     last_seen = excluded.last_seen,
+                     health = COALESCE(excluded.health, health),
+                     sensor_version = COALESCE(excluded.sensor_version, sensor_version),
+                     os_build = COALESCE(excluded.os_build, os_build),
+                     ocsf_version = COALESCE(excluded.ocsf_version, ocsf_version),
+                     certificate_not_after =
+                         COALESCE(excluded.certificate_not_after, certificate_not_after)",
+                params![
+                    sensor_id,
+                    now.unix_timestamp(),
+                    health.map(|h| health_json(h).to_string()),
+                    versions.map(|v| v.sensor_version.clone()),
+                    versions.map(|v| v.os_build.clone()),
+                    versions.map(|v| v.ocsf_version.clone()),
+                    health
+                        .and_then(|h| h.certificate_not_after.as_ref())
+                        .map(|t| t.seconds)
+                ],
+            )
+            .map_err(self.sqlite())?;
+        Ok(())
+    }
+}
+
+/// Converts a protobuf `uint64` to SQLite's signed 64-bit integer; values above `i64::MAX`
+/// (never produced by a sensor, whose counters start at 1) saturate.
+pub(crate) fn to_sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Renders a heartbeat's health as JSON for the `sensor_state.health` column.
+fn health_json(health: &SensorHealth) -> serde_json::Value {
+    let lost: Vec<_> = health
+        .events_lost
+        .iter()
+        .map(|loss| {
+            serde_json::json!({"source": loss.source, "reason": loss.reason, "count": loss.count})
+        })
+        .collect();
+    let buffer = health.buffer.as_ref().map(|b| {
+        let gaps: Vec<_> = b
+            .gaps
+            .iter()
+            .map(|g| serde_json::json!([g.first_seq, g.last_seq]))
+            .collect();
+        serde_json::json!({"used_bytes": b.used_bytes, "capacity_bytes": b.capacity_bytes, "gaps": gaps})
+    });
+    serde_json::json!({"events_lost": lost, "buffer": buffer})
+}
+
+/// Returns the status name stored for a command result.
+pub(crate) fn status_name(result: &CommandResult) -> &'static str {
+    use edr_proto::v1::CommandStatus;
+    match result.status() {
+        CommandStatus::Unspecified => "unspecified",
+        CommandStatus::Succeeded => "succeeded",
+        CommandStatus::Failed => "failed",
+        CommandStatus::Expired => "expired",
+        CommandStatus::Unsupported => "unsupported",
+    }
+}

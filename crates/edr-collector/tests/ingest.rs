@@ -1,0 +1,179 @@
+//! Telemetry ingest against the real `edr-collector serve` on loopback: idempotent storage,
+//! acks, rejection of invalid batches, heartbeats and metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use edr_proto::v1::{
+    BufferedRecord, CommandResult, CommandStatus, EventBatch, Gap, Heartbeat, SensorHealth,
+    Versions, buffered_record, collector_message, sensor_message,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resent_batches_store_each_event_once() {
+    let collector = Collector::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+
+    assert_eq!(session.send(event_batch(1..=100)).await.unwrap(), 100);
+    // The same batch again, then one overlapping the high-water mark, then one with a hole.
+    assert_eq!(session.send(event_batch(1..=100)).await.unwrap(), 100);
+    assert_eq!(session.send(event_batch(51..=150)).await.unwrap(), 150);
+    assert_eq!(session.send(event_batch([160, 170])).await.unwrap(), 170);
+
+    let seqs = stored_seqs(&collector, &identity.sensor_id);
+    let expected: Vec<u64> = (1..=150).chain([160, 170]).collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(
+        collector.metric("edr_collector_duplicates_dropped_total"),
+        150.0
+    );
+    assert_eq!(
+        collector.metric("edr_collector_events_ingested_total"),
+        152.0
+    );
+    assert_eq!(collector.metric("edr_collector_batches_stored_total"), 4.0);
+    assert_eq!(collector.metric("edr_collector_active_streams"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn high_water_mark_survives_restart() {
+    let mut collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
+    drop(session);
+
+    collector.restart();
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=20)).await.unwrap(), 20);
+    let seqs = stored_seqs(&collector, &identity.sensor_id);
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_batch_rejected_others_unaffected() {
+    let collector = Collector::start_with(&["--max-records-per-batch", "50"]);
+    let good = direct_identity(&collector);
+    let bad = direct_identity(&collector);
+    let mut good_session = TelemetrySession::open(&good).await;
+    assert_eq!(good_session.send(event_batch(1..=5)).await.unwrap(), 5);
+
+    let mut batch = event_batch(1..=3);
+    batch.records[1].kind = Some(buffered_record::Kind::OcsfEventJson(
+        br#"{"activity_id":1}"#.to_vec(),
+    ));
+    let cases = [
+        (
+            batch,
+            "record seq 2 is not a valid OCSF event: missing field `class_uid`",
+        ),
+        (
+            EventBatch {
+                first_seq: 2,
+                last_seq: 1,
+                records: event_batch([2, 1]).records,
+            },
+            "seq 1 follows seq 2",
+        ),
+        (
+            event_batch(1..=51),
+            "51 records, more than the maximum of 50",
+        ),
+    ];
+    for (batch, expected) in cases {
+        let mut session = TelemetrySession::open(&bad).await;
+        let status = session.send(batch).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+    assert!(stored_seqs(&collector, &bad.sensor_id).is_empty());
+
+    // The good stream is still open and storing.
+    assert_eq!(good_session.send(event_batch(6..=9)).await.unwrap(), 9);
+    assert_eq!(stored_seqs(&collector, &good.sensor_id).len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gaps_results_and_heartbeats_stored() {
+    let collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+
+    let records = vec![
+        BufferedRecord {
+            seq: 1,
+            kind: Some(buffered_record::Kind::Gap(Gap {
+                first_seq: 100,
+                last_seq: 199,
+                records: 100,
+                bytes: 4096,
+                reason: "evicted_buffer_full".into(),
+                detected_at: None,
+            })),
+        },
+        BufferedRecord {
+            seq: 2,
+            kind: Some(buffered_record::Kind::CommandResult(CommandResult {
+                command_id: "cmd-1".into(),
+                status: CommandStatus::Succeeded.into(),
+                completed_at: None,
+                detail: String::new(),
+                output: None,
+            })),
+        },
+    ];
+    let batch = EventBatch {
+        first_seq: 1,
+        last_seq: 2,
+        records,
+    };
+    assert_eq!(session.send(batch.clone()).await.unwrap(), 2);
+    assert_eq!(session.send(batch).await.unwrap(), 2);
+
+    let heartbeat = Heartbeat {
+        sent_at: None,
+        health: Some(SensorHealth {
+            versions: Some(Versions {
+                sensor_version: "9.9.9".into(),
+                os_build: "26100".into(),
+                ocsf_version: "1.8.0".into(),
+            }),
+            ..Default::default()
+        }),
+    };
+    let reply = session
+        .send_message(sensor_message::Kind::Heartbeat(heartbeat))
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, collector_message::Kind::HeartbeatAck(ack) if ack.sensor_id == identity.sensor_id)
+    );
+
+    let db = database(&collector);
+    let gaps: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM gaps WHERE sensor_id = ?1 AND records = 100",
+            [&identity.sensor_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(gaps, 1);
+    let status: String = db
+        .query_row(
+            "SELECT status FROM command_results WHERE command_id = 'cmd-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "succeeded");
+    let version: String = db
+        .query_row(
+            "SELECT sensor_version FROM sensor_state WHERE sensor_id = ?1",
+            [&identity.sensor_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "9.9.9");
+}
