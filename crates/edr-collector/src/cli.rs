@@ -35,6 +35,21 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: SensorsCommand,
     },
+    /// Query stored OCSF events.
+    Events(EventsArgs),
+    /// Queue a command for a sensor.
+    #[command(name = "command")]
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// List queued commands and their results.
+    Commands {
+        #[command(subcommand)]
+        command: CommandsCommand,
+    },
+    /// Write stored OCSF events to files.
+    Export(ExportArgs),
     /// Serve enrollment, telemetry and command RPCs over TLS.
     Serve {
         #[arg(long)]
@@ -70,6 +85,17 @@ pub(crate) enum Command {
         /// 127.0.0.1:9464; no listener when absent.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Delete events whose OCSF time is older than this, for example 30d; kept forever
+        /// when absent.
+        #[arg(long)]
+        retention_max_age: Option<humantime::Duration>,
+        /// Delete the oldest events while the database uses more than this many bytes; no
+        /// size limit when absent.
+        #[arg(long)]
+        retention_max_bytes: Option<u64>,
+        /// How often retention runs, for example 5m.
+        #[arg(long, default_value = "5m")]
+        retention_interval: humantime::Duration,
     },
 }
 
@@ -118,4 +144,99 @@ pub(crate) enum SensorsCommand {
         /// Sensor id, as shown by `sensors list`.
         id: String,
     },
+}
+
+/// Filters shared by `events` and `export`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TimeRange {
+    /// Only events at or after this time: a duration before now (30m, 1h, 7d) or an RFC 3339
+    /// time (2026-12-04T10:00:00Z).
+    #[arg(long)]
+    pub(crate) since: Option<String>,
+    /// Only events before this time, in the same forms as --since.
+    #[arg(long)]
+    pub(crate) until: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EventsArgs {
+    #[arg(long)]
+    pub(crate) data_dir: PathBuf,
+    /// Only events of this sensor id.
+    #[arg(long)]
+    pub(crate) sensor: Option<String>,
+    /// Only events of this OCSF class: its class_uid (1007) or name ("Process Activity",
+    /// process_activity).
+    #[arg(long)]
+    pub(crate) class: Option<String>,
+    #[command(flatten)]
+    pub(crate) range: TimeRange,
+    /// Only events whose JSON attribute at FIELD equals VALUE, for example
+    /// process.file.name=cmd.exe; repeatable, all must match.
+    #[arg(long = "where", value_name = "FIELD=VALUE")]
+    pub(crate) conditions: Vec<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub(crate) format: EventsFormat,
+    /// Most events to print.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum EventsFormat {
+    /// One line per event with the indexed columns.
+    Table,
+    /// One OCSF JSON object per line, as stored.
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Queue a ping; the sensor answers with a pong when it receives it before the TTL ends.
+    Ping {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Sensor id, as shown by `sensors list`.
+        sensor: String,
+        /// How long the command stays valid, for example 30s, 5m.
+        #[arg(long, default_value = "5m")]
+        ttl: humantime::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CommandsCommand {
+    /// List commands, newest first, with their results.
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    #[arg(long)]
+    pub(crate) data_dir: PathBuf,
+    #[arg(long, value_enum)]
+    pub(crate) format: ExportFormat,
+    /// Directory to write into; created when missing.
+    #[arg(long)]
+    pub(crate) output: PathBuf,
+    #[command(flatten)]
+    pub(crate) range: TimeRange,
+    /// AWS Region written into the partition path (region=...); set it to the Region of the
+    /// target Security Lake.
+    #[arg(long, default_value = "local")]
+    pub(crate) region: String,
+    /// AWS account id written into the partition path (accountId=...).
+    #[arg(long, default_value = "000000000000")]
+    pub(crate) account_id: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ExportFormat {
+    /// JSON lines, one OCSF event per line.
+    Jsonl,
+    /// Apache Parquet with zstd compression.
+    Parquet,
 }

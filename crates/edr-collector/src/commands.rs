@@ -48,6 +48,20 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Events(args) => crate::inspect::events(&args),
+        Command::Queue { command } => match command {
+            crate::cli::QueueCommand::Ping {
+                data_dir,
+                sensor,
+                ttl,
+            } => crate::inspect::queue_ping(&data_dir, &sensor, ttl.into()),
+        },
+        Command::Commands { command } => match command {
+            crate::cli::CommandsCommand::List { data_dir } => {
+                crate::inspect::commands_list(&data_dir)
+            }
+        },
+        Command::Export(args) => crate::export::export(&args),
         Command::Serve {
             data_dir,
             listen,
@@ -59,6 +73,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             connection_idle_timeout,
             max_streams_per_connection,
             metrics_listen,
+            retention_max_age,
+            retention_max_bytes,
+            retention_interval,
         } => {
             let options = crate::server::ServeOptions {
                 listen,
@@ -73,6 +90,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                     max_streams_per_connection,
                 },
                 metrics_listen,
+                retention: crate::server::Retention {
+                    max_age: retention_max_age
+                        .map(|age| time::Duration::try_from(std::time::Duration::from(age)))
+                        .transpose()
+                        .context("--retention-max-age is too long: use at most a few years")?,
+                    max_bytes: retention_max_bytes,
+                    interval: retention_interval.into(),
+                },
             };
             let runtime =
                 tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
@@ -159,13 +184,26 @@ fn token_list(data_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn sensors_list(data_dir: &Path) -> anyhow::Result<()> {
+    let store = Store::open(data_dir)?;
     println!(
-        "{:<36}  {:<20}  {:<20}  {:<20}  {:<16}  {:<8}",
-        "ID", "HOSTNAME", "ENROLLED", "CERT EXPIRES", "TOKEN", "STATUS"
+        "{:<36}  {:<16}  {:<20}  {:<20}  {:<16}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>14}  {:<10}  HEALTH",
+        "ID",
+        "HOSTNAME",
+        "ENROLLED",
+        "CERT EXPIRES",
+        "TOKEN",
+        "STATUS",
+        "LAST SEEN",
+        "EVENTS",
+        "HWM",
+        "DUPLICATES",
+        "GAPS (LOST)",
+        "VERSION"
     );
-    for sensor in Store::open(data_dir)?.list_sensors()? {
+    for sensor in store.list_sensors()? {
+        let status = store.sensor_status(&sensor.id)?;
         println!(
-            "{:<36}  {:<20}  {:<20}  {:<20}  {:<16}  {:<8}",
+            "{:<36}  {:<16}  {:<20}  {:<20}  {:<16}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>14}  {:<10}  {}",
             sensor.id,
             sensor.hostname,
             format_time(sensor.enrolled_at),
@@ -177,7 +215,16 @@ fn sensors_list(data_dir: &Path) -> anyhow::Result<()> {
                 "revoked"
             } else {
                 "active"
-            }
+            },
+            status
+                .last_seen
+                .map_or_else(|| "never".to_string(), format_time),
+            status.events,
+            status.hwm,
+            status.duplicates,
+            format!("{} ({})", status.gaps, status.gap_records),
+            status.sensor_version.as_deref().unwrap_or("-"),
+            status.health_json.as_deref().unwrap_or("-"),
         );
     }
     Ok(())

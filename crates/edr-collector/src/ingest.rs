@@ -59,23 +59,23 @@ pub(crate) struct IndexedFields {
 
 /// One validated record.
 #[derive(Debug)]
-pub(crate) enum Record<'a> {
+pub(crate) enum Record {
     Event {
         seq: u64,
         fields: IndexedFields,
-        json: &'a str,
+        json: String,
     },
     CommandResult {
         seq: u64,
-        result: &'a CommandResult,
+        result: CommandResult,
     },
     Gap {
         seq: u64,
-        gap: &'a Gap,
+        gap: Gap,
     },
 }
 
-impl Record<'_> {
+impl Record {
     pub(crate) fn seq(&self) -> u64 {
         match self {
             Record::Event { seq, .. }
@@ -85,20 +85,17 @@ impl Record<'_> {
     }
 }
 
-/// A batch that passed [`validate`]; borrows the payloads of the decoded message.
+/// A batch that passed [`validate`]; owns the payloads of the decoded message.
 #[derive(Debug)]
-pub(crate) struct ValidBatch<'a> {
+pub(crate) struct ValidBatch {
     pub(crate) last_seq: u64,
-    pub(crate) records: Vec<Record<'a>>,
+    pub(crate) records: Vec<Record>,
     /// Total payload bytes of OCSF records, for metrics.
     pub(crate) event_bytes: usize,
 }
 
 /// Checks `batch` against the rules in the module documentation.
-pub(crate) fn validate(
-    batch: &EventBatch,
-    max_records: usize,
-) -> Result<ValidBatch<'_>, BatchError> {
+pub(crate) fn validate(batch: EventBatch, max_records: usize) -> Result<ValidBatch, BatchError> {
     let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
         return Err(BatchError::Empty {
             first_seq: batch.first_seq,
@@ -127,7 +124,7 @@ pub(crate) fn validate(
     let mut records = Vec::with_capacity(batch.records.len());
     let mut previous = 0;
     let mut event_bytes = 0;
-    for (index, record) in batch.records.iter().enumerate() {
+    for (index, record) in batch.records.into_iter().enumerate() {
         if record.seq == 0 {
             return Err(BatchError::ZeroSeq { index });
         }
@@ -147,12 +144,9 @@ pub(crate) fn validate(
     })
 }
 
-fn validate_record<'a>(
-    record: &'a BufferedRecord,
-    event_bytes: &mut usize,
-) -> Result<Record<'a>, BatchError> {
+fn validate_record(record: BufferedRecord, event_bytes: &mut usize) -> Result<Record, BatchError> {
     let seq = record.seq;
-    match &record.kind {
+    match record.kind {
         None => Err(BatchError::MissingKind { seq }),
         Some(buffered_record::Kind::OcsfEventJson(bytes)) => {
             *event_bytes += bytes.len();
@@ -197,14 +191,14 @@ struct UserHead {
 }
 
 /// Parses one OCSF event and returns its indexed fields and its text.
-pub(crate) fn parse_event(bytes: &[u8]) -> Result<(IndexedFields, &str), String> {
-    let json = std::str::from_utf8(bytes)
-        .map_err(|err| format!("not UTF-8 at byte {}", err.valid_up_to()))?;
+pub(crate) fn parse_event(bytes: Vec<u8>) -> Result<(IndexedFields, String), String> {
+    let json = String::from_utf8(bytes)
+        .map_err(|err| format!("not UTF-8 at byte {}", err.utf8_error().valid_up_to()))?;
     // serde would also read a struct from a JSON array; OCSF events are objects.
     if !json.trim_start().starts_with('{') {
         return Err("not a JSON object".to_string());
     }
-    let head: EventHead = serde_json::from_str(json).map_err(|err| err.to_string())?;
+    let head: EventHead = serde_json::from_str(&json).map_err(|err| err.to_string())?;
     let EventHead {
         class_uid,
         time,
@@ -260,7 +254,7 @@ mod tests {
     #[test]
     fn valid_batch_extracts_fields() {
         let input = batch(vec![event(1, OK), event(5, r#"{"class_uid":4001}"#)]);
-        let valid = validate(&input, 10).unwrap();
+        let valid = validate(input, 10).unwrap();
         assert_eq!(valid.records.len(), 2);
         let Record::Event { fields, .. } = &valid.records[0] else {
             panic!("not an event")
@@ -306,7 +300,7 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            let err = validate(&input, 10).unwrap_err().to_string();
+            let err = validate(input, 10).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} lacks {expected:?}");
         }
     }
@@ -314,7 +308,7 @@ mod tests {
     #[test]
     fn too_many_records_rejected() {
         let input = batch(vec![event(1, OK), event(2, OK), event(3, OK)]);
-        let err = validate(&input, 2).unwrap_err();
+        let err = validate(input, 2).unwrap_err();
         assert_eq!(err, BatchError::TooManyRecords { count: 3, max: 2 });
     }
 
@@ -328,7 +322,7 @@ mod tests {
             ("{\"class_uid\":1} trailing", "trailing"),
         ];
         for (json, expected) in cases {
-            let err = validate(&batch(vec![event(7, json)]), 10)
+            let err = validate(batch(vec![event(7, json)]), 10)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("seq 7"), "{err}");
@@ -338,9 +332,7 @@ mod tests {
             seq: 8,
             kind: Some(buffered_record::Kind::OcsfEventJson(vec![b'{', 0xff, b'}'])),
         };
-        let err = validate(&batch(vec![not_utf8]), 10)
-            .unwrap_err()
-            .to_string();
+        let err = validate(batch(vec![not_utf8]), 10).unwrap_err().to_string();
         assert!(err.contains("not UTF-8"), "{err}");
     }
 }

@@ -3,7 +3,9 @@
 
 mod cli;
 mod commands;
+mod export;
 mod ingest;
+mod inspect;
 mod metrics;
 mod server;
 mod store;

@@ -25,6 +25,8 @@ pub(crate) const DB_FILE: &str = "collector.db";
 
 pub(crate) mod commands;
 pub(crate) mod ingest;
+pub(crate) mod query;
+pub(crate) mod retention;
 
 const SCHEMA_VERSION: i64 = 2;
 

@@ -200,6 +200,8 @@ async fn mtls_gates_every_rpc_but_enroll() {
 
     // The enrolled identity works, and the Collector names it from the certificate.
     assert_eq!(heartbeat(&identity).await.unwrap(), identity.sensor_id);
+    let queued = collector.cli(&["command", "ping", &identity.sensor_id]);
+    assert!(queued.status.success(), "command ping failed: {queued:?}");
     let channel = connect_mtls(&identity).await.unwrap();
     let mut commands = CommandClient::new(channel)
         .stream(tokio_stream::pending())

@@ -177,3 +177,20 @@ async fn gaps_results_and_heartbeats_stored() {
         .unwrap();
     assert_eq!(version, "9.9.9");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_batches_acked_in_order() {
+    let collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    let batches: Vec<_> = (0..20)
+        .map(|i| event_batch(i * 100 + 1..=i * 100 + 100))
+        .collect();
+    let acks = session.send_pipelined(batches).await.unwrap();
+    let expected: Vec<u64> = (1..=20).map(|i| i * 100).collect();
+    assert_eq!(acks, expected);
+    assert_eq!(
+        stored_seqs(&collector, &identity.sensor_id),
+        (1..=2000).collect::<Vec<u64>>()
+    );
+}

@@ -1,5 +1,13 @@
-//! The Command service. This version sends one `Ping` when a sensor opens the stream and
-//! logs the results it receives.
+//! The Command service: delivers queued commands to the connected sensor and stores results.
+//!
+//! `edr-collector command ping` writes a row to the `commands` table; the stream task polls
+//! the table every [`POLL_INTERVAL`] for undelivered, unexpired commands of its sensor, sends
+//! them and marks them delivered. A command is sent at most once: if the stream breaks after
+//! sending, the sensor may never run it and the command stays without a result. Results
+//! arriving here or through the telemetry stream are stored once per command id.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use edr_proto::v1::command_server::Command;
 use edr_proto::v1::{CommandEnvelope, CommandResult, Ping, command_envelope};
@@ -7,13 +15,22 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{auth, timestamp};
+use super::{Shared, auth, timestamp};
+use crate::store::query::CommandRow;
 
-/// How long a ping stays valid.
-const PING_TTL: time::Duration = time::Duration::seconds(60);
+/// How often a stream looks for newly queued commands.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
-pub(crate) struct CommandService;
+pub(crate) struct CommandService {
+    shared: Arc<Shared>,
+}
+
+impl CommandService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
 
 #[tonic::async_trait]
 impl Command for CommandService {
@@ -23,41 +40,120 @@ impl Command for CommandService {
         &self,
         request: Request<Streaming<CommandResult>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let sensor_id = auth::authenticated(&request)?;
+        let sensor_id = auth::authenticated(&request)?.to_string();
         let mut results = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tracing::info!(%sensor_id, "sensor connected: command stream opened");
 
-        let now = time::OffsetDateTime::now_utc();
-        let ping = CommandEnvelope {
-            command_id: uuid::Uuid::new_v4().to_string(),
-            issued_at: Some(timestamp(now)),
-            expires_at: Some(timestamp(now + PING_TTL)),
-            kind: Some(command_envelope::Kind::Ping(Ping {})),
-        };
-        let ping_id = ping.command_id.clone();
-        tx.send(Ok(ping))
-            .await
-            .map_err(|_| Status::internal("command stream closed before the first envelope"))?;
-
+        let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
-            // Keep `tx` alive so the outbound stream stays open while results arrive.
-            let _tx = tx;
-            while let Some(result) = results.next().await {
-                match result {
-                    Ok(result) => tracing::info!(
-                        %sensor_id,
-                        command_id = %result.command_id,
-                        status = ?result.status(),
-                        is_ping = result.command_id == ping_id,
-                        "command result"
-                    ),
-                    Err(status) => {
-                        tracing::debug!(%sensor_id, %status, "command stream ended");
-                        break;
+            let mut poll = tokio::time::interval(POLL_INTERVAL);
+            let reason = loop {
+                tokio::select! {
+                    _ = poll.tick() => {
+                        if let Err(reason) = deliver_pending(&shared, &sensor_id, &tx).await {
+                            break reason;
+                        }
                     }
+                    result = results.next() => match result {
+                        Some(Ok(result)) => store_result(&shared, &sensor_id, result).await,
+                        Some(Err(status)) => break format!("stream error: {}", status.message()),
+                        None => break "closed by the sensor".to_string(),
+                    },
                 }
-            }
+            };
+            tracing::info!(%sensor_id, %reason, "sensor disconnected: command stream closed");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Sends every pending command; returns the reason when the stream must end.
+async fn deliver_pending(
+    shared: &Arc<Shared>,
+    sensor_id: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<CommandEnvelope, Status>>,
+) -> Result<(), String> {
+    let task_shared = Arc::clone(shared);
+    let task_sensor = sensor_id.to_string();
+    let pending = tokio::task::spawn_blocking(move || {
+        let store = task_shared
+            .store
+            .lock()
+            .map_err(|_| "database lock poisoned".to_string())?;
+        store
+            .pending_commands(&task_sensor, time::OffsetDateTime::now_utc())
+            .map_err(|err| err.to_string())
+    })
+    .await
+    .map_err(|err| format!("command poll task failed: {err}"))?;
+    let pending = match pending {
+        Ok(pending) => pending,
+        Err(err) => {
+            tracing::warn!(%sensor_id, error = %err, "failed to read pending commands; retrying");
+            return Ok(());
+        }
+    };
+
+    for command in pending {
+        let Some(envelope) = envelope(&command) else {
+            tracing::warn!(%sensor_id, command_id = %command.id, kind = %command.kind, "skipping a command of unknown kind");
+            continue;
+        };
+        if tx.send(Ok(envelope)).await.is_err() {
+            return Err("closed by the sensor".to_string());
+        }
+        tracing::info!(%sensor_id, command_id = %command.id, kind = %command.kind, "sent command");
+        let task_shared = Arc::clone(shared);
+        let marked = tokio::task::spawn_blocking(move || {
+            let store = task_shared
+                .store
+                .lock()
+                .map_err(|_| "database lock poisoned".to_string())?;
+            store
+                .mark_delivered(&command.id, time::OffsetDateTime::now_utc())
+                .map_err(|err| err.to_string())
+        })
+        .await;
+        if !matches!(marked, Ok(Ok(()))) {
+            tracing::warn!(%sensor_id, ?marked, "failed to mark a command delivered; it may be sent again");
+        }
+    }
+    Ok(())
+}
+
+fn envelope(command: &CommandRow) -> Option<CommandEnvelope> {
+    let kind = match command.kind.as_str() {
+        "ping" => command_envelope::Kind::Ping(Ping {}),
+        _ => return None,
+    };
+    Some(CommandEnvelope {
+        command_id: command.id.clone(),
+        issued_at: Some(timestamp(command.issued_at)),
+        expires_at: Some(timestamp(command.expires_at)),
+        kind: Some(kind),
+    })
+}
+
+async fn store_result(shared: &Arc<Shared>, sensor_id: &str, result: CommandResult) {
+    let command_id = result.command_id.clone();
+    let status = result.status();
+    let task_shared = Arc::clone(shared);
+    let task_sensor = sensor_id.to_string();
+    let stored = tokio::task::spawn_blocking(move || {
+        let store = task_shared
+            .store
+            .lock()
+            .map_err(|_| "database lock poisoned".to_string())?;
+        store
+            .record_command_result(&task_sensor, &result, time::OffsetDateTime::now_utc())
+            .map_err(|err| err.to_string())
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => tracing::info!(%sensor_id, %command_id, ?status, "command result"),
+        other => {
+            tracing::error!(%sensor_id, %command_id, ?other, "failed to store a command result")
+        }
     }
 }

@@ -19,6 +19,7 @@ mod command;
 mod enrollment;
 mod idle;
 mod telemetry;
+mod writer;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +40,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::commands::ca_dir;
 use crate::metrics::Metrics;
+use crate::store::retention::RetentionOutcome;
 use crate::store::{Store, SyncMode};
 
 /// How often `serve` reloads the revocation list from the database.
@@ -74,6 +76,15 @@ pub(crate) struct ServeOptions {
     pub(crate) sync_mode: SyncMode,
     pub(crate) limits: Limits,
     pub(crate) metrics_listen: Option<SocketAddr>,
+    pub(crate) retention: Retention,
+}
+
+/// Retention settings; see [`crate::store::retention`].
+#[derive(Debug, Clone)]
+pub(crate) struct Retention {
+    pub(crate) max_age: Option<time::Duration>,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) interval: Duration,
 }
 
 /// HTTP/2 pings on idle connections; a peer that does not answer within the timeout is
@@ -91,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) revocations: Arc<RevocationList>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Limits,
+    /// Queue of the ingest writer thread.
+    pub(crate) writer: tokio::sync::mpsc::Sender<writer::IngestRequest>,
 }
 
 pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
@@ -100,6 +113,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         sync_mode,
         limits,
         metrics_listen,
+        retention,
     } = options;
     let ca = CollectorCa::load(&ca_dir(data_dir))?;
     let store = Store::open(data_dir)?;
@@ -151,6 +165,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         "edr-collector serving"
     );
 
+    let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(writer::QUEUE_CAPACITY);
     let shared = Arc::new(Shared {
         ca,
         store: Mutex::new(store),
@@ -158,11 +173,18 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         revocations,
         metrics,
         limits: limits.clone(),
+        writer: writer_tx,
     });
+    writer::spawn(Arc::clone(&shared), writer_rx)
+        .context("failed to start the ingest writer thread")?;
     tokio::spawn(reload_revocations(
         data_dir.to_path_buf(),
         Arc::clone(&shared),
     ));
+
+    if retention.max_age.is_some() || retention.max_bytes.is_some() {
+        tokio::spawn(apply_retention(retention, Arc::clone(&shared)));
+    }
 
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(accept_loop(
@@ -181,7 +203,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         telemetry,
         auth::require_sensor(Arc::clone(&shared.revocations)),
     );
-    let command = CommandServer::new(command::CommandService)
+    let command = CommandServer::new(command::CommandService::new(Arc::clone(&shared)))
         .max_decoding_message_size(limits.max_message_bytes)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Zstd);
@@ -265,6 +287,61 @@ async fn reload_revocations(data_dir: std::path::PathBuf, shared: Arc<Shared>) {
             Err(err) => tracing::error!(error = %err, "revocation reload task failed"),
         }
     }
+}
+
+/// Applies retention every `retention.interval`, forever.
+async fn apply_retention(retention: Retention, shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(retention.interval);
+    loop {
+        interval.tick().await;
+        let settings = retention.clone();
+        let task_shared = Arc::clone(&shared);
+        let result =
+            tokio::task::spawn_blocking(move || retention_pass(&settings, &task_shared)).await;
+        match result {
+            Ok(Ok(outcome)) if outcome != RetentionOutcome::default() => tracing::info!(
+                deleted_by_age = outcome.by_age,
+                deleted_by_size = outcome.by_size,
+                "retention deleted events"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "retention failed; retrying at the next interval")
+            }
+            Err(err) => tracing::error!(error = %err, "retention task failed"),
+        }
+    }
+}
+
+/// One retention pass. Each delete takes the ingest lock for one statement, so batches are
+/// stored in between.
+fn retention_pass(retention: &Retention, shared: &Shared) -> Result<RetentionOutcome, String> {
+    let lock = || {
+        shared
+            .ingest
+            .lock()
+            .map_err(|_| "database lock poisoned".to_string())
+    };
+    let mut outcome = RetentionOutcome::default();
+    if let Some(max_age) = retention.max_age {
+        outcome.by_age = lock()?
+            .delete_older_than(max_age, time::OffsetDateTime::now_utc())
+            .map_err(|err| err.to_string())?;
+    }
+    if let Some(max_bytes) = retention.max_bytes {
+        loop {
+            let store = lock()?;
+            if store.used_bytes().map_err(|err| err.to_string())? <= max_bytes {
+                break;
+            }
+            let deleted = store.delete_oldest_chunk().map_err(|err| err.to_string())?;
+            if deleted == 0 {
+                break;
+            }
+            outcome.by_size += deleted;
+        }
+    }
+    Ok(outcome)
 }
 
 /// Converts a time to a protobuf timestamp.

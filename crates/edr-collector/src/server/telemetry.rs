@@ -1,17 +1,18 @@
 //! The Telemetry service: stores event batches and records heartbeats.
 //!
-//! Each stream runs in its own task. A batch is validated (see [`crate::ingest`]) and stored
-//! (see [`crate::store::ingest`]) on the blocking pool; the ack carries the sensor's
-//! high-water mark after the commit. A batch is never acked before its transaction commits.
+//! Each stream runs in its own task. A batch is validated (see [`crate::ingest`]) on the
+//! blocking pool and stored by the ingest writer (see [`super::writer`]); the ack carries the
+//! sensor's high-water mark after the commit. Up to [`PIPELINE_DEPTH`] batches of a stream
+//! wait at the writer at once; acks leave in batch order. A batch is never acked before its transaction commits.
 //!
 //! A stream ends, with one log line naming the sensor and the reason, when the sensor closes
 //! it, when it sends nothing for the idle timeout, when a batch is invalid
 //! (`INVALID_ARGUMENT` naming the record's seq and the reason) or when the store fails
 //! (`UNAVAILABLE`; the sensor resends later). None of these affects other streams.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use edr_proto::v1::telemetry_server::Telemetry;
 use edr_proto::v1::{
@@ -22,8 +23,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::writer::IngestRequest;
 use super::{Shared, auth, timestamp};
-use crate::ingest::{BatchError, validate};
+use crate::ingest::validate;
 use crate::store::ingest::IngestOutcome;
 
 #[derive(Debug)]
@@ -35,17 +37,6 @@ impl TelemetryService {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
-}
-
-/// Why storing a batch failed.
-#[derive(Debug, thiserror::Error)]
-enum StoreBatchError {
-    /// The batch broke a validation rule; the sensor's fault.
-    #[error(transparent)]
-    Invalid(#[from] BatchError),
-    /// The database failed; retryable.
-    #[error("failed to store the batch: {0}")]
-    Store(String),
 }
 
 #[tonic::async_trait]
@@ -85,7 +76,15 @@ impl Telemetry for TelemetryService {
 
 type Outbound = tokio::sync::mpsc::Sender<Result<CollectorMessage, Status>>;
 
+/// Batches of one stream that may be queued at the writer before the oldest is acked. While
+/// one batch is being committed, the stream validates the next, so a single sensor keeps
+/// validation and storage busy at the same time.
+const PIPELINE_DEPTH: usize = 4;
+
 /// Serves one stream until it ends and returns the reason.
+///
+/// Batches are validated and queued in the order they arrive, and acks are sent in the same
+/// order, so a sensor's batches are stored in sequence order.
 async fn run_stream(
     shared: &Arc<Shared>,
     sensor_id: &str,
@@ -93,8 +92,22 @@ async fn run_stream(
     tx: &Outbound,
 ) -> String {
     let idle = shared.limits.stream_idle_timeout;
+    let mut pending: VecDeque<QueuedBatch> = VecDeque::new();
     loop {
-        let message = match tokio::time::timeout(idle, inbound.next()).await {
+        let accepting = pending.len() < PIPELINE_DEPTH;
+        let next = tokio::select! {
+            biased;
+            Some(outcome) = wait_front(&mut pending), if !pending.is_empty() => {
+                let reply = finish_batch(shared, sensor_id, outcome);
+                if let Err(reason) = send_reply(tx, reply).await {
+                    return reason;
+                }
+                continue;
+            }
+            next = tokio::time::timeout(idle, inbound.next()), if accepting => next,
+        };
+
+        let message = match next {
             Err(_) => {
                 let reason = format!("idle timeout: no message for {} s", idle.as_secs());
                 let _ = tx
@@ -104,7 +117,16 @@ async fn run_stream(
                     .await;
                 return reason;
             }
-            Ok(None) => return "closed by the sensor".to_string(),
+            Ok(None) => {
+                // The sensor half-closed its side; it may still read the acks of queued batches.
+                while let Some(outcome) = wait_front(&mut pending).await {
+                    let reply = finish_batch(shared, sensor_id, outcome);
+                    if let Err(reason) = send_reply(tx, reply).await {
+                        return reason;
+                    }
+                }
+                return "closed by the sensor".to_string();
+            }
             Ok(Some(Err(status))) => {
                 // For example a message above the size limit; pass the reason on, because the
                 // sensor sees only the response stream.
@@ -120,25 +142,49 @@ async fn run_stream(
                 Ok(handle_heartbeat(shared, sensor_id, heartbeat).await)
             }
             Some(sensor_message::Kind::Batch(batch)) => {
-                handle_batch(shared, sensor_id, batch).await
+                match queue_batch(shared, sensor_id, batch).await {
+                    Ok(queued) => {
+                        pending.push_back(queued);
+                        continue;
+                    }
+                    Err(rejected) => Err(rejected),
+                }
             }
             None => Err(Status::invalid_argument(
                 "sensor message without a kind: send a batch or a heartbeat",
             )),
         };
-        match reply {
-            Ok(reply) => {
-                if tx.send(Ok(reply)).await.is_err() {
-                    return "closed by the sensor before the reply".to_string();
-                }
-            }
-            Err(status) => {
-                let reason = format!("{:?}: {}", status.code(), status.message());
-                let _ = tx.send(Err(status)).await;
-                return reason;
-            }
+        if let Err(reason) = send_reply(tx, reply).await {
+            return reason;
         }
     }
+}
+
+/// Sends a reply; returns the reason to end the stream after an error or a closed stream.
+async fn send_reply(tx: &Outbound, reply: Result<CollectorMessage, Status>) -> Result<(), String> {
+    match reply {
+        Ok(reply) => tx
+            .send(Ok(reply))
+            .await
+            .map_err(|_| "closed by the sensor before the reply".to_string()),
+        Err(status) => {
+            let reason = format!("{:?}: {}", status.code(), status.message());
+            let _ = tx.send(Err(status)).await;
+            Err(reason)
+        }
+    }
+}
+
+/// Waits for the writer's outcome of the oldest queued batch and removes it from the queue;
+/// `None` when nothing is queued.
+async fn wait_front(
+    pending: &mut VecDeque<QueuedBatch>,
+) -> Option<(QueuedBatch, Result<IngestOutcome, String>)> {
+    let front = pending.front_mut()?;
+    let outcome = (&mut front.outcome)
+        .await
+        .unwrap_or_else(|_| Err("the ingest writer stopped".to_string()));
+    pending.pop_front().map(|queued| (queued, outcome))
 }
 
 async fn handle_heartbeat(
@@ -173,72 +219,89 @@ async fn handle_heartbeat(
     }
 }
 
-async fn handle_batch(
-    shared: &Arc<Shared>,
+/// A batch queued at the writer, waiting for its commit.
+#[derive(Debug)]
+struct QueuedBatch {
+    first_seq: u64,
+    last_seq: u64,
+    event_bytes: u64,
+    outcome: tokio::sync::oneshot::Receiver<Result<IngestOutcome, String>>,
+}
+
+/// Validates one batch on the blocking pool and queues it for the writer; an invalid batch or
+/// a stopped writer returns the status that ends the stream.
+async fn queue_batch(
+    shared: &Shared,
     sensor_id: &str,
     batch: EventBatch,
-) -> Result<CollectorMessage, Status> {
+) -> Result<QueuedBatch, Status> {
     let (first_seq, last_seq) = (batch.first_seq, batch.last_seq);
-    let task_shared = Arc::clone(shared);
-    let task_sensor = sensor_id.to_string();
-    let result =
-        tokio::task::spawn_blocking(move || store_batch(&task_shared, &task_sensor, &batch))
-            .await
-            .map_err(|err| StoreBatchError::Store(format!("ingest task failed: {err}")))
-            .and_then(|result| result);
-
-    match result {
-        Ok(outcome) => {
-            tracing::debug!(%sensor_id, first_seq, last_seq, ?outcome, "stored batch");
-            Ok(CollectorMessage {
-                kind: Some(collector_message::Kind::Ack(Ack {
-                    durable_seq: outcome.durable_seq,
-                })),
-            })
-        }
-        Err(StoreBatchError::Invalid(err)) => {
+    let max_records = shared.limits.max_records_per_batch;
+    let validated = tokio::task::spawn_blocking(move || validate(batch, max_records)).await;
+    let valid = match validated {
+        Ok(Ok(valid)) => valid,
+        Ok(Err(err)) => {
             shared
                 .metrics
                 .batches_rejected
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%sensor_id, first_seq, last_seq, error = %err, "rejected an invalid batch");
-            Err(Status::invalid_argument(format!(
+            return Err(Status::invalid_argument(format!(
                 "batch [{first_seq}, {last_seq}] rejected: {err}"
-            )))
+            )));
         }
-        Err(StoreBatchError::Store(err)) => {
-            shared
-                .metrics
-                .batches_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%sensor_id, first_seq, last_seq, error = %err, "failed to store a batch; the sensor keeps it and resends");
-            Err(Status::unavailable(format!(
-                "batch [{first_seq}, {last_seq}] was not stored ({err}): resend it later"
-            )))
+        Err(err) => {
+            return Err(store_failed(
+                shared,
+                sensor_id,
+                first_seq,
+                last_seq,
+                &format!("validation task failed: {err}"),
+            ));
         }
+    };
+    let event_bytes = valid.event_bytes as u64;
+
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let request = IngestRequest {
+        sensor_id: sensor_id.to_string(),
+        batch: valid,
+        reply,
+    };
+    if shared.writer.send(request).await.is_err() {
+        return Err(store_failed(
+            shared,
+            sensor_id,
+            first_seq,
+            last_seq,
+            "the ingest writer stopped",
+        ));
     }
+    Ok(QueuedBatch {
+        first_seq,
+        last_seq,
+        event_bytes,
+        outcome,
+    })
 }
 
-/// Validates and stores one batch; runs on the blocking pool.
-fn store_batch(
+/// Turns the writer's outcome into an ack, or the status that ends the stream.
+fn finish_batch(
     shared: &Shared,
     sensor_id: &str,
-    batch: &EventBatch,
-) -> Result<IngestOutcome, StoreBatchError> {
-    let valid = validate(batch, shared.limits.max_records_per_batch)?;
-    let now = time::OffsetDateTime::now_utc();
-    let mut store = shared
-        .ingest
-        .lock()
-        .map_err(|_| StoreBatchError::Store("database lock poisoned".to_string()))?;
-    let started = Instant::now();
-    let outcome = store
-        .ingest_batch(sensor_id, &valid, now)
-        .map_err(|err| StoreBatchError::Store(err.to_string()))?;
-    drop(store);
+    (queued, outcome): (QueuedBatch, Result<IngestOutcome, String>),
+) -> Result<CollectorMessage, Status> {
+    let QueuedBatch {
+        first_seq,
+        last_seq,
+        event_bytes,
+        ..
+    } = queued;
+    let outcome =
+        outcome.map_err(|err| store_failed(shared, sensor_id, first_seq, last_seq, &err))?;
+    tracing::debug!(%sensor_id, first_seq, last_seq, ?outcome, "stored batch");
 
     let metrics = &shared.metrics;
-    metrics.observe_store_latency(started.elapsed());
     metrics.batches_stored.fetch_add(1, Ordering::Relaxed);
     metrics
         .events_ingested
@@ -251,6 +314,28 @@ fn store_batch(
         .fetch_add(outcome.duplicates, Ordering::Relaxed);
     metrics
         .event_bytes
-        .fetch_add(valid.event_bytes as u64, Ordering::Relaxed);
-    Ok(outcome)
+        .fetch_add(event_bytes, Ordering::Relaxed);
+    Ok(CollectorMessage {
+        kind: Some(collector_message::Kind::Ack(Ack {
+            durable_seq: outcome.durable_seq,
+        })),
+    })
+}
+
+/// Counts and logs a batch that was valid but not stored, and returns its status.
+fn store_failed(
+    shared: &Shared,
+    sensor_id: &str,
+    first_seq: u64,
+    last_seq: u64,
+    err: &str,
+) -> Status {
+    shared
+        .metrics
+        .batches_rejected
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::error!(%sensor_id, first_seq, last_seq, error = %err, "failed to store a batch; the sensor keeps it and resends");
+    Status::unavailable(format!(
+        "batch [{first_seq}, {last_seq}] was not stored ({err}): resend it later"
+    ))
 }

@@ -4,9 +4,10 @@
 //! `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
 //! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
 //!
-//! Idempotency: a batch is stored in one `BEGIN IMMEDIATE` transaction that reads the
+//! Idempotency: a batch is stored in a `BEGIN IMMEDIATE` transaction that reads the
 //! sensor's HWM, inserts only the records with `seq > HWM`, and writes the new HWM (the
-//! batch's `last_seq` if greater). Because the HWM and the records commit together, a batch
+//! batch's `last_seq` if greater). Several batches share one transaction (group commit), so
+//! one fsync covers many streams. Because the HWM and the records commit together, a batch
 //! resent after a lost ack, a Collector crash or a sensor restart finds its records at or
 //! below the HWM and inserts nothing. The unique index on `events (sensor_id, seq)` rejects
 //! a duplicate that would slip past the HWM, failing the transaction rather than storing it
@@ -14,7 +15,7 @@
 //! is set by [`super::SyncMode`].
 
 use edr_proto::v1::{CommandResult, SensorHealth};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
@@ -34,122 +35,30 @@ pub(crate) struct IngestOutcome {
 }
 
 impl Store {
-    /// Stores the records of `batch` above the sensor's HWM and advances the HWM, in one
-    /// transaction.
-    pub(crate) fn ingest_batch(
+    /// Stores a group of batches, possibly of several sensors, in one transaction: for each
+    /// batch, the records above its sensor's HWM are inserted and the HWM advanced. Batches
+    /// of the same sensor are applied in order, so the second sees the HWM the first left.
+    /// Either every batch of the group is stored or none is.
+    pub(crate) fn ingest_group(
         &mut self,
-        sensor_id: &str,
-        batch: &ValidBatch<'_>,
+        group: &[(String, ValidBatch)],
         now: OffsetDateTime,
-    ) -> Result<IngestOutcome, StoreError> {
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
         let path = self.path.clone();
         let sqlite = move |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let received_at = now.unix_timestamp();
-        let received_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&sqlite)?;
-
-        let hwm: u64 = tx
-            .query_row(
-                "SELECT hwm FROM sensor_state WHERE sensor_id = ?1",
-                params![sensor_id],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(&sqlite)?
-            .map_or(0, |hwm| u64::try_from(hwm).unwrap_or(0));
-
-        let mut outcome = IngestOutcome {
-            durable_seq: hwm.max(batch.last_seq),
-            events: 0,
-            other: 0,
-            duplicates: 0,
-        };
-        {
-            let mut insert_event = tx
-                .prepare_cached(
-                    "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, activity_id,
-                                         severity_id, process_uid, user_name, json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(&sqlite)?;
-            let mut insert_gap = tx
-                .prepare_cached(
-                    "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes, reason,
-                                       detected_at, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(&sqlite)?;
-            for record in &batch.records {
-                if record.seq() <= hwm {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                match record {
-                    Record::Event { seq, fields, json } => {
-                        insert_event
-                            .execute(params![
-                                sensor_id,
-                                to_sql_int(*seq),
-                                fields.time.unwrap_or(received_ms),
-                                received_at,
-                                fields.class_uid,
-                                fields.activity_id,
-                                fields.severity_id,
-                                fields.process_uid,
-                                fields.user_name,
-                                json
-                            ])
-                            .map_err(&sqlite)?;
-                        outcome.events += 1;
-                    }
-                    Record::Gap { seq, gap } => {
-                        insert_gap
-                            .execute(params![
-                                sensor_id,
-                                to_sql_int(*seq),
-                                to_sql_int(gap.first_seq),
-                                to_sql_int(gap.last_seq),
-                                to_sql_int(gap.records),
-                                to_sql_int(gap.bytes),
-                                gap.reason,
-                                gap.detected_at.as_ref().map(|t| t.seconds),
-                                received_at
-                            ])
-                            .map_err(&sqlite)?;
-                        outcome.other += 1;
-                    }
-                    Record::CommandResult { result, .. } => {
-                        super::commands::insert_result(&tx, sensor_id, result, "telemetry", now)
-                            .map_err(&sqlite)?;
-                        outcome.other += 1;
-                    }
-                }
-            }
+        let mut outcomes = Vec::with_capacity(group.len());
+        for (sensor_id, batch) in group {
+            outcomes.push(ingest_one(&tx, sensor_id, batch, now).map_err(&sqlite)?);
         }
-
-        tx.execute(
-            "INSERT INTO sensor_state (sensor_id, hwm, duplicates, last_seen)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (sensor_id) DO UPDATE SET
-                 hwm = MAX(hwm, excluded.hwm),
-                 duplicates = duplicates + excluded.duplicates,
-                 last_seen = excluded.last_seen",
-            params![
-                sensor_id,
-                to_sql_int(outcome.durable_seq),
-                to_sql_int(outcome.duplicates),
-                received_at
-            ],
-        )
-        .map_err(&sqlite)?;
         tx.commit().map_err(&sqlite)?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// Records a heartbeat: last seen time, health as JSON, versions and certificate expiry.
@@ -188,6 +97,96 @@ impl Store {
             .map_err(self.sqlite())?;
         Ok(())
     }
+}
+
+/// Stores one batch inside the open transaction `tx`.
+fn ingest_one(
+    tx: &Transaction<'_>,
+    sensor_id: &str,
+    batch: &ValidBatch,
+    now: OffsetDateTime,
+) -> Result<IngestOutcome, rusqlite::Error> {
+    let received_at = now.unix_timestamp();
+    let received_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let hwm: u64 = tx
+        .prepare_cached("SELECT hwm FROM sensor_state WHERE sensor_id = ?1")?
+        .query_row(params![sensor_id], |row| row.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |hwm| u64::try_from(hwm).unwrap_or(0));
+
+    let mut outcome = IngestOutcome {
+        durable_seq: hwm.max(batch.last_seq),
+        events: 0,
+        other: 0,
+        duplicates: 0,
+    };
+    let mut insert_event = tx.prepare_cached(
+        "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, activity_id,
+                             severity_id, process_uid, user_name, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    let mut insert_gap = tx.prepare_cached(
+        "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes, reason,
+                           detected_at, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for record in &batch.records {
+        if record.seq() <= hwm {
+            outcome.duplicates += 1;
+            continue;
+        }
+        match record {
+            Record::Event { seq, fields, json } => {
+                insert_event.execute(params![
+                    sensor_id,
+                    to_sql_int(*seq),
+                    fields.time.unwrap_or(received_ms),
+                    received_at,
+                    fields.class_uid,
+                    fields.activity_id,
+                    fields.severity_id,
+                    fields.process_uid,
+                    fields.user_name,
+                    json
+                ])?;
+                outcome.events += 1;
+            }
+            Record::Gap { seq, gap } => {
+                insert_gap.execute(params![
+                    sensor_id,
+                    to_sql_int(*seq),
+                    to_sql_int(gap.first_seq),
+                    to_sql_int(gap.last_seq),
+                    to_sql_int(gap.records),
+                    to_sql_int(gap.bytes),
+                    gap.reason,
+                    gap.detected_at.as_ref().map(|t| t.seconds),
+                    received_at
+                ])?;
+                outcome.other += 1;
+            }
+            Record::CommandResult { result, .. } => {
+                super::commands::insert_result(tx, sensor_id, result, "telemetry", now)?;
+                outcome.other += 1;
+            }
+        }
+    }
+
+    tx.prepare_cached(
+        "INSERT INTO sensor_state (sensor_id, hwm, duplicates, last_seen)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (sensor_id) DO UPDATE SET
+             hwm = MAX(hwm, excluded.hwm),
+             duplicates = duplicates + excluded.duplicates,
+             last_seen = excluded.last_seen",
+    )?
+    .execute(params![
+        sensor_id,
+        to_sql_int(outcome.durable_seq),
+        to_sql_int(outcome.duplicates),
+        received_at
+    ])?;
+    Ok(outcome)
 }
 
 /// Converts a protobuf `uint64` to SQLite's signed 64-bit integer; values above `i64::MAX`

@@ -398,3 +398,37 @@ pub fn stored_seqs(collector: &Collector, sensor_id: &str) -> Vec<u64> {
         .map(|seq| u64::try_from(seq.unwrap()).unwrap())
         .collect()
 }
+
+impl TelemetrySession {
+    /// Sends `batches` without waiting, then returns the acked `durable_seq` of each reply in
+    /// arrival order.
+    pub async fn send_pipelined(
+        &mut self,
+        batches: Vec<edr_proto::v1::EventBatch>,
+    ) -> Result<Vec<u64>, tonic::Status> {
+        let count = batches.len();
+        let tx = self.tx.clone();
+        let sender = tokio::spawn(async move {
+            for batch in batches {
+                let message = SensorMessage {
+                    kind: Some(sensor_message::Kind::Batch(batch)),
+                };
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut acks = Vec::with_capacity(count);
+        while acks.len() < count {
+            match self.inbound.message().await? {
+                Some(message) => match message.kind {
+                    Some(collector_message::Kind::Ack(ack)) => acks.push(ack.durable_seq),
+                    other => panic!("expected an ack, got {other:?}"),
+                },
+                None => return Err(tonic::Status::unavailable("stream ended early")),
+            }
+        }
+        sender.await.unwrap();
+        Ok(acks)
+    }
+}

@@ -1,0 +1,134 @@
+//! `edr-collector export`: stored OCSF events to files in the Amazon Security Lake layout.
+//!
+//! Security Lake takes third-party data as custom sources, one OCSF class per source, under
+//! `ext/<source>/region=<region>/accountId=<account>/eventDay=<YYYYMMDD>/`. The export
+//! writes the same tree: the source name is `edr-` plus the class name in kebab case (for
+//! example `edr-process-activity`, or `edr-class-<uid>` for a class this build does not
+//! know), the day is the UTC day of the event's `time`. Each run writes one new file per
+//! partition, named after the run's start time, and never overwrites an existing file.
+//!
+//! NOTE: only JSON lines are written; Parquet is not built into this version.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write as _};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use time::OffsetDateTime;
+
+use crate::cli::{ExportArgs, ExportFormat};
+use crate::inspect::time_filter;
+use crate::store::{Store, StoreError};
+
+pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    if matches!(args.format, ExportFormat::Parquet) {
+        anyhow::bail!(
+            "Parquet export is not built into this version of edr-collector: use --format jsonl, which writes the same partition layout"
+        );
+    }
+    for (flag, value) in [
+        ("--region", &args.region),
+        ("--account-id", &args.account_id),
+    ] {
+        if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            anyhow::bail!("invalid {flag} \"{value}\": use letters, digits and hyphens only");
+        }
+    }
+    let started = OffsetDateTime::now_utc();
+    let filter = time_filter(&args.range, started)?;
+    let store = Store::open(&args.data_dir)?;
+    let run_name = started
+        .format(time::macros::format_description!(
+            "edr-[year][month][day]T[hour][minute][second]Z.jsonl"
+        ))
+        .context("failed to format the export file name")?;
+
+    let mut files: HashMap<PathBuf, BufWriter<File>> = HashMap::new();
+    let mut count: u64 = 0;
+    let mut failure: Option<anyhow::Error> = None;
+    store.for_each_event(&filter, |event| {
+        if failure.is_some() {
+            return Ok(());
+        }
+        let dir = args
+            .output
+            .join("ext")
+            .join(source_name(event.class_uid))
+            .join(format!("region={}", args.region))
+            .join(format!("accountId={}", args.account_id))
+            .join(format!("eventDay={}", event_day(event.time_ms)));
+        let written = (|| -> anyhow::Result<()> {
+            let writer = match files.entry(dir.clone()) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("failed to create \"{}\"", dir.display()))?;
+                    let path = dir.join(&run_name);
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .with_context(|| format!("failed to create \"{}\": export to an empty directory or wait a second", path.display()))?;
+                    entry.insert(BufWriter::new(file))
+                }
+            };
+            writeln!(writer, "{}", event.json)
+                .with_context(|| format!("failed to write into \"{}\"", dir.display()))?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => count += 1,
+            Err(err) => failure = Some(err),
+        }
+        Ok::<(), StoreError>(())
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    for (dir, mut writer) in files.drain() {
+        writer
+            .flush()
+            .with_context(|| format!("failed to write into \"{}\"", dir.display()))?;
+        writer
+            .get_ref()
+            .sync_all()
+            .with_context(|| format!("failed to sync \"{}\"", dir.display()))?;
+    }
+    eprintln!("exported {count} events to {}", args.output.display());
+    Ok(())
+}
+
+/// Returns the custom source name of an OCSF class.
+fn source_name(class_uid: i64) -> String {
+    let known = edr_ocsf::Class::ALL
+        .iter()
+        .find(|class| i64::from(class.uid()) == class_uid);
+    match known {
+        Some(class) => format!(
+            "edr-{}",
+            class.name().to_ascii_lowercase().replace(' ', "-")
+        ),
+        None => format!("edr-class-{class_uid}"),
+    }
+}
+
+/// Returns the UTC day of a Unix-milliseconds time as YYYYMMDD.
+fn event_day(time_ms: i64) -> String {
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!("{:04}{:02}{:02}", at.year(), u8::from(at.month()), at.day())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names() {
+        assert_eq!(source_name(1007), "edr-process-activity");
+        assert_eq!(source_name(4003), "edr-dns-activity");
+        assert_eq!(source_name(9999), "edr-class-9999");
+        assert_eq!(event_day(1_700_000_000_000), "20231114");
+    }
+}

@@ -1,0 +1,288 @@
+//! Read-side queries for the CLI: events, sensor status, gaps and commands.
+
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, params};
+use time::OffsetDateTime;
+
+use super::{Store, StoreError, from_unix};
+
+/// Filters of `edr-collector events` and `export`. Times are Unix milliseconds.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct EventFilter {
+    pub(crate) sensor_id: Option<String>,
+    pub(crate) class_uid: Option<i64>,
+    pub(crate) since_ms: Option<i64>,
+    pub(crate) until_ms: Option<i64>,
+    /// JSON paths (already validated, for example `$.process.file.name`) and values; a value
+    /// that parses as an integer also matches the integer.
+    pub(crate) conditions: Vec<(String, String)>,
+    pub(crate) limit: Option<u64>,
+}
+
+/// One stored event.
+#[derive(Debug)]
+pub(crate) struct EventRow {
+    pub(crate) sensor_id: String,
+    pub(crate) seq: i64,
+    pub(crate) time_ms: i64,
+    pub(crate) class_uid: i64,
+    pub(crate) activity_id: Option<i64>,
+    pub(crate) severity_id: Option<i64>,
+    pub(crate) process_uid: Option<String>,
+    pub(crate) user_name: Option<String>,
+    pub(crate) json: String,
+}
+
+/// Telemetry state of one sensor.
+#[derive(Debug, Default)]
+pub(crate) struct SensorStatus {
+    pub(crate) hwm: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) last_seen: Option<OffsetDateTime>,
+    pub(crate) health_json: Option<String>,
+    pub(crate) sensor_version: Option<String>,
+    pub(crate) events: u64,
+    pub(crate) gaps: u64,
+    pub(crate) gap_records: u64,
+}
+
+/// One command with its result, if any.
+#[derive(Debug)]
+pub(crate) struct CommandRow {
+    pub(crate) id: String,
+    pub(crate) sensor_id: String,
+    pub(crate) kind: String,
+    pub(crate) issued_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) delivered_at: Option<OffsetDateTime>,
+    pub(crate) status: Option<String>,
+    pub(crate) detail: Option<String>,
+    pub(crate) received_via: Option<String>,
+}
+
+impl Store {
+    /// Returns the events matching `filter`, oldest first, and calls `each` for every row so
+    /// that large exports do not hold all rows in memory.
+    pub(crate) fn for_each_event(
+        &self,
+        filter: &EventFilter,
+        mut each: impl FnMut(EventRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut sql = String::from(
+            "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
+                    user_name, json
+             FROM events WHERE 1 = 1",
+        );
+        let mut values: Vec<Value> = Vec::new();
+        if let Some(sensor_id) = &filter.sensor_id {
+            values.push(Value::Text(sensor_id.clone()));
+            sql.push_str(&format!(" AND sensor_id = ?{}", values.len()));
+        }
+        if let Some(class_uid) = filter.class_uid {
+            values.push(Value::Integer(class_uid));
+            sql.push_str(&format!(" AND class_uid = ?{}", values.len()));
+        }
+        if let Some(since) = filter.since_ms {
+            values.push(Value::Integer(since));
+            sql.push_str(&format!(" AND time >= ?{}", values.len()));
+        }
+        if let Some(until) = filter.until_ms {
+            values.push(Value::Integer(until));
+            sql.push_str(&format!(" AND time < ?{}", values.len()));
+        }
+        for (path, value) in &filter.conditions {
+            values.push(Value::Text(path.clone()));
+            let path_index = values.len();
+            values.push(Value::Text(value.clone()));
+            let text_index = values.len();
+            match value.parse::<i64>() {
+                Ok(number) => {
+                    values.push(Value::Integer(number));
+                    sql.push_str(&format!(
+                        " AND json_extract(json, ?{path_index}) IN (?{text_index}, ?{})",
+                        values.len()
+                    ));
+                }
+                Err(_) => sql.push_str(&format!(
+                    " AND json_extract(json, ?{path_index}) = ?{text_index}"
+                )),
+            }
+        }
+        sql.push_str(" ORDER BY time, sensor_id, seq");
+        if let Some(limit) = filter.limit {
+            values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+            sql.push_str(&format!(" LIMIT ?{}", values.len()));
+        }
+
+        let mut stmt = self.conn.prepare(&sql).map_err(self.sqlite())?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(values))
+            .map_err(self.sqlite())?;
+        while let Some(row) = rows.next().map_err(self.sqlite())? {
+            let event = EventRow {
+                sensor_id: row.get(0).map_err(self.sqlite())?,
+                seq: row.get(1).map_err(self.sqlite())?,
+                time_ms: row.get(2).map_err(self.sqlite())?,
+                class_uid: row.get(3).map_err(self.sqlite())?,
+                activity_id: row.get(4).map_err(self.sqlite())?,
+                severity_id: row.get(5).map_err(self.sqlite())?,
+                process_uid: row.get(6).map_err(self.sqlite())?,
+                user_name: row.get(7).map_err(self.sqlite())?,
+                json: row.get(8).map_err(self.sqlite())?,
+            };
+            each(event)?;
+        }
+        Ok(())
+    }
+
+    /// Returns the telemetry state of `sensor_id`; all zero when it never streamed.
+    pub(crate) fn sensor_status(&self, sensor_id: &str) -> Result<SensorStatus, StoreError> {
+        let state = self
+            .conn
+            .query_row(
+                "SELECT hwm, duplicates, last_seen, health, sensor_version
+                 FROM sensor_state WHERE sensor_id = ?1",
+                params![sensor_id],
+                |row| {
+                    Ok(SensorStatus {
+                        hwm: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                        duplicates: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                        last_seen: row.get::<_, Option<i64>>(2)?.map(from_unix),
+                        health_json: row.get(3)?,
+                        sensor_version: row.get(4)?,
+                        ..SensorStatus::default()
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.sqlite())?;
+        let mut status = state.unwrap_or_default();
+        let (events, gaps, gap_records): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM events WHERE sensor_id = ?1),
+                        COUNT(*), COALESCE(SUM(records), 0)
+                 FROM gaps WHERE sensor_id = ?1",
+                params![sensor_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .map_err(self.sqlite())?;
+        status.events = u64::try_from(events).unwrap_or(0);
+        status.gaps = u64::try_from(gaps).unwrap_or(0);
+        status.gap_records = u64::try_from(gap_records).unwrap_or(0);
+        Ok(status)
+    }
+
+    /// Queues a command for `sensor_id`, which must be enrolled and not revoked.
+    pub(crate) fn queue_command(
+        &self,
+        sensor_id: &str,
+        kind: &str,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<String, StoreError> {
+        let revoked: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT revoked_at FROM sensors WHERE id = ?1",
+                params![sensor_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.sqlite())?;
+        match revoked {
+            None | Some(Some(_)) => {
+                return Err(StoreError::UnknownSensor {
+                    id: sensor_id.to_string(),
+                });
+            }
+            Some(None) => {}
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn
+            .execute(
+                "INSERT INTO commands (id, sensor_id, kind, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id,
+                    sensor_id,
+                    kind,
+                    now.unix_timestamp(),
+                    expires_at.unix_timestamp()
+                ],
+            )
+            .map_err(self.sqlite())?;
+        Ok(id)
+    }
+
+    /// Returns undelivered, unexpired commands of `sensor_id`, oldest first.
+    pub(crate) fn pending_commands(
+        &self,
+        sensor_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        self.select_commands(
+            "WHERE c.sensor_id = ?1 AND c.delivered_at IS NULL AND c.expires_at > ?2",
+            params![sensor_id, now.unix_timestamp()],
+        )
+    }
+
+    /// Marks a command as sent to the sensor.
+    pub(crate) fn mark_delivered(&self, id: &str, now: OffsetDateTime) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE commands SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
+                params![id, now.unix_timestamp()],
+            )
+            .map_err(self.sqlite())?;
+        Ok(())
+    }
+
+    /// Stores a result received on the Command stream; a second copy is ignored.
+    pub(crate) fn record_command_result(
+        &self,
+        sensor_id: &str,
+        result: &edr_proto::v1::CommandResult,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        super::commands::insert_result(&self.conn, sensor_id, result, "command", now)
+            .map_err(self.sqlite())
+    }
+
+    /// Returns every command with its result, newest first.
+    pub(crate) fn list_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
+        let mut rows = self.select_commands("", params![])?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn select_commands(
+        &self,
+        condition: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        let sql = format!(
+            "SELECT c.id, c.sensor_id, c.kind, c.issued_at, c.expires_at, c.delivered_at,
+                    r.status, r.detail, r.received_via
+             FROM commands c LEFT JOIN command_results r ON r.command_id = c.id
+             {condition} ORDER BY c.issued_at, c.rowid"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.sqlite())?;
+        let rows = stmt
+            .query_map(values, |row| {
+                Ok(CommandRow {
+                    id: row.get(0)?,
+                    sensor_id: row.get(1)?,
+                    kind: row.get(2)?,
+                    issued_at: from_unix(row.get(3)?),
+                    expires_at: from_unix(row.get(4)?),
+                    delivered_at: row.get::<_, Option<i64>>(5)?.map(from_unix),
+                    status: row.get(6)?,
+                    detail: row.get(7)?,
+                    received_via: row.get(8)?,
+                })
+            })
+            .map_err(self.sqlite())?;
+        rows.collect::<Result<_, _>>().map_err(self.sqlite())
+    }
+}

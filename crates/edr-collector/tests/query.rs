@@ -1,0 +1,313 @@
+//! The operator commands against data stored by a real `serve`: `events`, `sensors list`,
+//! `command ping` with `commands list`, `export`, and retention.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use edr_proto::v1::command_client::CommandClient;
+use edr_proto::v1::{
+    BufferedRecord, CommandResult, CommandStatus, EventBatch, Gap, Pong, buffered_record,
+    command_result,
+};
+use edr_sensor::enrollment::connect_mtls;
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "command failed: {output:?}");
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// A batch with events whose process name and class vary with the sequence number.
+fn mixed_batch(seqs: std::ops::RangeInclusive<u64>) -> EventBatch {
+    let records: Vec<_> = seqs
+        .map(|seq| {
+            let (class, name) = if seq % 2 == 0 { (1007, "cmd.exe") } else { (4003, "svchost.exe") };
+            let json = format!(
+                r#"{{"class_uid":{class},"activity_id":1,"time":{},"process":{{"uid":"p{seq}","pid":{seq},"file":{{"name":"{name}"}}}}}}"#,
+                1_700_000_000_000_u64 + seq * 1000
+            );
+            BufferedRecord {
+                seq,
+                kind: Some(buffered_record::Kind::OcsfEventJson(json.into_bytes())),
+            }
+        })
+        .collect();
+    EventBatch {
+        first_seq: records[0].seq,
+        last_seq: records[records.len() - 1].seq,
+        records,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_filters_select_rows() {
+    let collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(mixed_batch(1..=20)).await.unwrap(), 20);
+
+    let lines = |args: &[&str]| {
+        let mut full = vec!["events", "--format", "jsonl"];
+        full.extend_from_slice(args);
+        if !args.contains(&"--limit") {
+            full.extend(["--limit", "1000"]);
+        }
+        stdout(&collector.cli(&full)).lines().count()
+    };
+    assert_eq!(lines(&[]), 20);
+    assert_eq!(lines(&["--where", "process.file.name=cmd.exe"]), 10);
+    assert_eq!(lines(&["--where", "process.pid=4"]), 1);
+    assert_eq!(lines(&["--class", "Process Activity"]), 10);
+    assert_eq!(
+        lines(&["--class", "4003", "--where", "process.file.name=cmd.exe"]),
+        0
+    );
+    assert_eq!(lines(&["--sensor", &identity.sensor_id, "--limit", "3"]), 3);
+    assert_eq!(lines(&["--sensor", "someone-else"]), 0);
+    // Event times are 2023-11-14T22:13:21Z plus seq seconds.
+    assert_eq!(lines(&["--since", "2023-11-14T22:13:31Z"]), 10);
+    assert_eq!(lines(&["--until", "2023-11-14T22:13:31Z"]), 10);
+    assert_eq!(lines(&["--since", "1h"]), 0);
+
+    let table = stdout(&collector.cli(&["events", "--limit", "2"]));
+    assert!(table.starts_with("TIME"), "{table}");
+    assert!(table.contains("2023-11-14T22:13:21.000Z"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+
+    for (args, expected) in [
+        (
+            vec!["events", "--class", "nope"],
+            "unknown OCSF class \"nope\"",
+        ),
+        (
+            vec!["events", "--where", "a..b=x"],
+            "invalid --where field \"a..b\"",
+        ),
+        (vec!["events", "--where", "novalue"], "use FIELD=VALUE"),
+        (
+            vec!["events", "--since", "yesterday"],
+            "invalid time \"yesterday\" for --since",
+        ),
+    ] {
+        let out = collector.cli(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sensors_list_shows_gaps_and_last_seen() {
+    let collector = Collector::start();
+    let token = collector.token(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let identity = enroll_at(&collector, &token, &root.path().join("s"))
+        .await
+        .unwrap();
+    let before = stdout(&collector.cli(&["sensors", "list"]));
+    assert!(before.contains("never"), "{before}");
+
+    let mut session = TelemetrySession::open(&identity).await;
+    let mut batch = mixed_batch(1..=4);
+    batch.records.push(BufferedRecord {
+        seq: 5,
+        kind: Some(buffered_record::Kind::Gap(Gap {
+            first_seq: 100,
+            last_seq: 141,
+            records: 42,
+            bytes: 1000,
+            reason: "evicted_buffer_full".into(),
+            detected_at: None,
+        })),
+    });
+    batch.last_seq = 5;
+    assert_eq!(session.send(batch.clone()).await.unwrap(), 5);
+    assert_eq!(session.send(batch).await.unwrap(), 5);
+
+    let listing = stdout(&collector.cli(&["sensors", "list"]));
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(&identity.sensor_id))
+        .unwrap();
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert!(!line.contains("never"), "{line}");
+    assert!(columns.contains(&"1"), "{line}");
+    assert!(line.contains("1 (42)"), "gaps column missing in {line}");
+    // EVENTS, HWM, DUPLICATES.
+    assert!(
+        line.contains("         4           5           5"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_result_reaches_commands_list() {
+    let collector = Collector::start();
+    let token = collector.token(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let identity = enroll_at(&collector, &token, &root.path().join("s"))
+        .await
+        .unwrap();
+
+    let unknown = collector.cli(&["command", "ping", "not-a-sensor"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no sensor with id \"not-a-sensor\""),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let first = stdout(&collector.cli(&["command", "ping", &identity.sensor_id, "--ttl", "1m"]));
+    let first = first.trim().to_string();
+    let second = stdout(&collector.cli(&["command", "ping", &identity.sensor_id]));
+    let second = second.trim().to_string();
+    let listing = stdout(&collector.cli(&["commands", "list"]));
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&first) && l.contains("queued")),
+        "{listing}"
+    );
+
+    // Both are delivered on the Command stream.
+    let (results_tx, results_rx) = tokio::sync::mpsc::channel(4);
+    let channel = connect_mtls(&identity).await.unwrap();
+    let mut envelopes = CommandClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(results_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        let envelope = tokio::time::timeout(Duration::from_secs(10), envelopes.message())
+            .await
+            .expect("no envelope within 10 s")
+            .unwrap()
+            .unwrap();
+        received.push(envelope.command_id);
+    }
+    assert_eq!(received, vec![first.clone(), second.clone()]);
+
+    // The first result comes on the Command stream, the second through telemetry, twice.
+    let result = |id: &str| CommandResult {
+        command_id: id.to_string(),
+        status: CommandStatus::Succeeded.into(),
+        completed_at: None,
+        detail: String::new(),
+        output: Some(command_result::Output::Pong(Pong {})),
+    };
+    results_tx.send(result(&first)).await.unwrap();
+    let mut session = TelemetrySession::open(&identity).await;
+    let batch = EventBatch {
+        first_seq: 1,
+        last_seq: 1,
+        records: vec![BufferedRecord {
+            seq: 1,
+            kind: Some(buffered_record::Kind::CommandResult(result(&second))),
+        }],
+    };
+    assert_eq!(session.send(batch.clone()).await.unwrap(), 1);
+    assert_eq!(session.send(batch).await.unwrap(), 1);
+    results_tx.send(result(&second)).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listing = stdout(&collector.cli(&["commands", "list"]));
+        let line = |id: &str| {
+            listing
+                .lines()
+                .find(|l| l.starts_with(id))
+                .unwrap()
+                .to_string()
+        };
+        if line(&first).contains("succeeded") {
+            assert!(line(&first).contains("command"), "{listing}");
+            assert!(line(&second).contains("succeeded"), "{listing}");
+            assert!(line(&second).contains("telemetry"), "{listing}");
+            assert_eq!(listing.lines().count(), 3, "{listing}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no result in {listing}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_writes_security_lake_layout() {
+    let collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(mixed_batch(1..=10)).await.unwrap(), 10);
+
+    let out = tempfile::tempdir().unwrap();
+    let output = out.path().to_str().unwrap();
+    let result = collector.cli(&[
+        "export",
+        "--format",
+        "jsonl",
+        "--output",
+        output,
+        "--region",
+        "eu-west-1",
+        "--account-id",
+        "123456789012",
+    ]);
+    assert!(result.status.success(), "{result:?}");
+    for (source, count) in [("edr-process-activity", 5), ("edr-dns-activity", 5)] {
+        let dir = out.path().join(format!(
+            "ext/{source}/region=eu-west-1/accountId=123456789012/eventDay=20231114"
+        ));
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert_eq!(text.lines().count(), count);
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(value["class_uid"].is_i64());
+        }
+    }
+
+    let parquet = collector.cli(&["export", "--format", "parquet", "--output", output]);
+    assert!(!parquet.status.success());
+    assert!(
+        stderr(&parquet).contains("use --format jsonl"),
+        "{}",
+        stderr(&parquet)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_events_for_good() {
+    let collector =
+        Collector::start_with(&["--retention-max-age", "1d", "--retention-interval", "300ms"]);
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    // Events from 2023 are older than one day.
+    assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stored_seqs(&collector, &identity.sensor_id).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention deleted nothing in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The high-water mark stays: a resend does not bring the events back.
+    assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
+    assert!(stored_seqs(&collector, &identity.sensor_id).is_empty());
+}
