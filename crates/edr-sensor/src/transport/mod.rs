@@ -31,9 +31,9 @@
 //! - A heartbeat is sent on entering `Streaming` and every `heartbeat_interval_secs`. It
 //!   carries the [`LossCounters`], buffer usage and capacity, the gap ranges seen in drained
 //!   records, the versions and the certificate's `not_after`.
-//! - With each heartbeat the certificate's age is checked: once two thirds of its validity
-//!   (counted from enrollment or the last renewal) have passed it is renewed through the
-//!   identity store, which replaces the identity atomically, and the link reconnects at once
+//! - With each heartbeat the certificate's age is checked. Once two thirds of its validity
+//!   (counted from enrollment or the last renewal) have passed, it is renewed through the
+//!   identity store, which replaces the identity atomically. The link then reconnects at once
 //!   with the new certificate. A failed renewal is logged and retried at the next heartbeat.
 //!
 //! # Commands
@@ -214,7 +214,12 @@ impl Transport {
             let delay = backoff.next_delay();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    // A dropped sender means shutdown too.
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
@@ -312,8 +317,8 @@ impl<'a> Session<'a> {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
                         return SessionEnd::Shutdown;
                     }
                 }
