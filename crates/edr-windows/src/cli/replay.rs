@@ -12,10 +12,10 @@
 //! Before it appends anything, a run writes `replay-checkpoint.json` into the buffer directory:
 //! the input list, the number of events earlier runs appended, and the sequence number the
 //! next append receives. With the Command stream closed and no eviction, this run's events get
-//! consecutive sequence numbers from there. A run killed at any point and started again with
-//! the same inputs and buffer directory reads the highest event sequence number that survived
-//! (acknowledged or still in the buffer), skips that many events, and goes on, so every event
-//! reaches the Collector exactly once. The checkpoint is deleted after a complete run, so the
+//! consecutive sequence numbers from there. A run killed at any point can be started again
+//! with the same inputs and buffer directory. It then reads the highest event sequence number
+//! that survived (acknowledged or still in the buffer) and skips that many events, so every
+//! event reaches the Collector exactly once. The checkpoint is deleted after a complete run, so the
 //! next run with the same inputs sends them again.
 //!
 //! NOTE: an eviction (a buffer filling faster than the Collector acknowledges) inserts gap
