@@ -9,3 +9,4 @@ pub mod buffer;
 pub mod connect;
 pub mod enrollment;
 pub mod identity;
+pub mod transport;

@@ -35,6 +35,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Read recorded ETW traces (.etl files)
     Etl(cli::etl::EtlArgs),
+    /// Send EVTX files or folders to the Collector through the live sensor pipeline
+    Replay(cli::replay::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Service => cli::service::service(),
         Command::Convert(args) => cli::convert::run(args),
         Command::Etl(args) => cli::etl::run(args),
+        Command::Replay(args) => cli::replay::run(args),
     }
 }

@@ -49,9 +49,9 @@ pub(crate) struct ConvertArgs {
 
 /// The inputs found under the given paths.
 #[derive(Debug, Default)]
-struct Inputs {
-    files: Vec<(PathBuf, InputFormat)>,
-    other: u64,
+pub(crate) struct Inputs {
+    pub(crate) files: Vec<(PathBuf, InputFormat)>,
+    pub(crate) other: u64,
 }
 
 /// Totals over all files.
@@ -184,7 +184,7 @@ fn convert_one(
     }
 }
 
-fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
+pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
     if path.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))

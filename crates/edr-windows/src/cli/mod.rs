@@ -3,4 +3,5 @@
 pub(crate) mod convert;
 pub(crate) mod enroll;
 pub(crate) mod etl;
+pub(crate) mod replay;
 pub(crate) mod service;

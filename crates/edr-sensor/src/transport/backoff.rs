@@ -1,0 +1,93 @@
+//! Reconnect delays: exponential growth of the cap, full jitter below it.
+
+use std::time::Duration;
+
+/// Reconnect delays for consecutive failed attempts.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            failures: 0,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Returns the delay before the next attempt and counts one more failure.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = jittered_delay(self.initial, self.max, self.failures, self.rng.f64());
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    /// Starts over after a connection that worked.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Computes the delay for the attempt after `failures` failures: `unit` (in `[0, 1)`) times
+/// `min(max, initial * 2^failures)`.
+pub(crate) fn jittered_delay(
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+    unit: f64,
+) -> Duration {
+    let factor = 1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX);
+    let cap = initial.saturating_mul(factor).min(max);
+    cap.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INITIAL: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn cap_doubles_per_failure() {
+        let caps: Vec<Duration> = (0..4)
+            .map(|failures| jittered_delay(INITIAL, MAX, failures, 1.0))
+            .collect();
+        assert_eq!(
+            caps,
+            [100, 200, 400, 800].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[test]
+    fn cap_stops_at_maximum() {
+        assert_eq!(jittered_delay(INITIAL, MAX, 10, 1.0), MAX);
+        assert_eq!(jittered_delay(INITIAL, MAX, u32::MAX, 1.0), MAX);
+    }
+
+    #[test]
+    fn jitter_spans_zero_to_cap() {
+        assert_eq!(jittered_delay(INITIAL, MAX, 3, 0.0), Duration::ZERO);
+        assert_eq!(
+            jittered_delay(INITIAL, MAX, 3, 0.5),
+            Duration::from_millis(400)
+        );
+    }
+
+    #[test]
+    fn delays_stay_below_cap_and_reset() {
+        let mut backoff = Backoff::new(INITIAL, MAX);
+        for failures in 0..20u32 {
+            let cap = jittered_delay(INITIAL, MAX, failures, 1.0);
+            assert!(backoff.next_delay() <= cap);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= INITIAL);
+    }
+}

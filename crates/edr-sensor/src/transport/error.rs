@@ -1,0 +1,84 @@
+//! Errors of the transport.
+
+use crate::buffer::BufferError;
+use crate::enrollment::EnrollmentError;
+use crate::identity::IdentityError;
+
+use super::ConfigError;
+
+/// Why the link to the Collector failed or the transport stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The Collector is unreachable, or it rejected the TCP, TLS or HTTP/2 handshake. The
+    /// sensor keeps recording and reconnects with backoff.
+    #[error("cannot connect to the Collector at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The Collector rejected the stream with a gRPC status.
+    #[error("the Collector rejected the {rpc} stream: {code:?}: {message}")]
+    Rejected {
+        rpc: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    /// The Collector ended a stream without a status.
+    #[error("the Collector closed the {rpc} stream")]
+    StreamClosed { rpc: &'static str },
+    /// No ack arrived for a batch within the configured time; the sensor reconnects and
+    /// resends.
+    #[error("no ack for sequence number {seq} within {waited_secs} s; reconnecting to resend")]
+    AckTimeout { seq: u64, waited_secs: u64 },
+    /// The ring buffer failed.
+    #[error("ring buffer: {0}")]
+    Buffer(#[from] BufferError),
+    /// The stored identity cannot be loaded.
+    #[error("sensor identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// Renewing the certificate failed.
+    #[error("certificate renewal failed: {0}")]
+    Renewal(EnrollmentError),
+    /// The transport configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl TransportError {
+    /// Returns whether reconnecting can cure the failure. The transport stops on the others.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TransportError::Connect { .. }
+            | TransportError::StreamClosed { .. }
+            | TransportError::AckTimeout { .. } => true,
+            TransportError::Rejected { code, .. } => !matches!(
+                code,
+                tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unimplemented
+            ),
+            TransportError::Buffer(error) => error.is_retryable(),
+            TransportError::Renewal(error) => error.is_retryable(),
+            TransportError::Identity(_) | TransportError::Config(_) => false,
+        }
+    }
+
+    /// Returns a short stable name of the cause, for logs that must not repeat per attempt.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            TransportError::Connect { .. } => "connect",
+            TransportError::Rejected { .. } => "rejected",
+            TransportError::StreamClosed { .. } => "stream_closed",
+            TransportError::AckTimeout { .. } => "ack_timeout",
+            TransportError::Buffer(_) => "buffer",
+            TransportError::Identity(_) => "identity",
+            TransportError::Renewal(_) => "renewal",
+            TransportError::Config(_) => "config",
+        }
+    }
+
+    pub(crate) fn from_status(rpc: &'static str, status: tonic::Status) -> Self {
+        TransportError::Rejected {
+            rpc,
+            code: status.code(),
+            message: status.message().chars().take(512).collect(),
+        }
+    }
+}

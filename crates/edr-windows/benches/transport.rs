@@ -1,0 +1,216 @@
+//! End-to-end throughput of one sensor streaming to one Collector on loopback: events appended
+//! to a ring buffer, drained by the transport over mTLS with zstd, stored by `edr-collector
+//! serve` in SQLite, and acknowledged.
+//!
+//! The events are the OCSF events converted from the recorded EVTX files under `EDR_DATA_DIR`
+//! (default `<workspace>/../shared/data`), repeated until `EDR_BENCH_EVENTS` (default 300,000)
+//! are sent. The clock runs from the first append to the ack of the last event.
+//!
+//! Run with `cargo bench -p edr-windows --bench transport`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edr_proto::v1::Versions;
+use edr_sensor::buffer::{Buffer, BufferOptions, Lane};
+use edr_sensor::identity::{FilePermissions, IdentityStore};
+use edr_sensor::transport::{LossCounters, SharedBuffer, Transport, TransportConfig, lock};
+
+const SENSOR: &str = env!("CARGO_BIN_EXE_edr-windows");
+
+fn main() {
+    let evtx = std::env::var_os("EDR_DATA_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+            PathBuf::from,
+        )
+        .join("evtx");
+    if !evtx.is_dir() {
+        eprintln!("skipped: no recorded EVTX files in {}", evtx.display());
+        return;
+    }
+    let total: u64 = std::env::var("EDR_BENCH_EVENTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(300_000);
+    let sync = std::env::var("EDR_BENCH_SYNC").unwrap_or_else(|_| "full".into());
+    let events = load_events(&evtx);
+    let event_bytes: usize = events.iter().map(Vec::len).sum();
+    eprintln!(
+        "{} distinct events, {} bytes on average",
+        events.len(),
+        event_bytes / events.len()
+    );
+
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    run(
+        &collector_bin,
+        &["init", "--data-dir", data.to_str().unwrap()],
+    );
+    let (mut collector, addr) = start_collector(&collector_bin, &data, &sync);
+    let token = run(
+        &collector_bin,
+        &["token", "create", "--data-dir", data.to_str().unwrap()],
+    );
+    run(
+        Path::new(SENSOR),
+        &[
+            "enroll",
+            "--collector",
+            &format!("https://{addr}"),
+            "--token",
+            token.trim(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+
+    let mut options = BufferOptions::new(root.path().join("buffer"));
+    options.capacity_bytes = 4 << 30;
+    options.drain_rate_bytes_per_sec = None;
+    options.drain_rate_records_per_sec = None;
+    let buffer: SharedBuffer = Arc::new(Mutex::new(Buffer::open(options).unwrap()));
+    let store = IdentityStore::new(&state, Arc::new(FilePermissions));
+    let transport = Transport::new(
+        TransportConfig::default(),
+        store,
+        Arc::clone(&buffer),
+        LossCounters::default(),
+        Versions::default(),
+    )
+    .unwrap()
+    .without_commands();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stop_signal) = tokio::sync::watch::channel(false);
+    let task = runtime.spawn(transport.run(stop_signal));
+
+    let start = Instant::now();
+    let mut sent_bytes = 0u64;
+    for index in 0..total {
+        let event = &events[(index % events.len() as u64) as usize];
+        sent_bytes += event.len() as u64;
+        lock(&buffer).append(Lane::Telemetry, event).unwrap();
+    }
+    let appended = start.elapsed();
+    let last = lock(&buffer).sync().unwrap();
+    while lock(&buffer).acked_seq() < last {
+        assert!(!task.is_finished(), "the transport stopped");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = start.elapsed();
+    let _ = stop.send(true);
+    runtime.block_on(task).unwrap().unwrap();
+    let _ = collector.kill();
+    let _ = collector.wait();
+
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "transport end to end (sync={sync}): {total} events, {:.1} MiB of OCSF JSON in {seconds:.2} s: {:.0} events/s, {:.1} MiB/s (appends done after {:.2} s)",
+        sent_bytes as f64 / (1024.0 * 1024.0),
+        total as f64 / seconds,
+        sent_bytes as f64 / (1024.0 * 1024.0) / seconds,
+        appended.as_secs_f64(),
+    );
+}
+
+fn load_events(evtx: &Path) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    let mut folders = vec![evtx.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("evtx"))
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut events = Vec::new();
+    for file in files {
+        let _ = edr_evtx::convert_file(&file, |event| {
+            events.push(serde_json::to_vec(&event).unwrap());
+        });
+    }
+    assert!(
+        !events.is_empty(),
+        "no events converted from {}",
+        evtx.display()
+    );
+    events
+}
+
+/// Builds `edr-collector` in release mode into its own target directory and returns its path.
+fn collector_binary() -> PathBuf {
+    let profile_dir = Path::new(SENSOR).parent().unwrap();
+    let target_dir = profile_dir
+        .parent()
+        .unwrap()
+        .join("edr-collector-for-tests");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "edr-collector",
+            "--bin",
+            "edr-collector",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building edr-collector failed");
+    target_dir.join("release").join("edr-collector")
+}
+
+fn start_collector(binary: &Path, data: &Path, sync: &str) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(binary)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sync",
+            sync,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("the Collector exited").unwrap();
+        if let Some(pos) = line.find("listen_addr=") {
+            break line[pos + "listen_addr=".len()..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect::<String>();
+        }
+    };
+    // Keep reading so the Collector never blocks on a full stderr pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn run(binary: &Path, args: &[&str]) -> String {
+    let output = Command::new(binary).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{binary:?} {args:?} failed: {output:?}"
+    );
+    String::from_utf8(output.stdout).unwrap()
+}

@@ -1,0 +1,410 @@
+//! `edr-windows replay`: sends recorded EVTX and ETL files to the Collector through the pipeline
+//! a live sensor uses: conversion to OCSF (for ETL: decode, process cache, mapping), the ring
+//! buffer, and the transport.
+//!
+//! Files are read one after the other in path order, each file's events in record order, and
+//! every event is appended to the telemetry lane. The command exits once the Collector has
+//! acknowledged every appended record, and prints the counts of events sent, records that gave
+//! no event of their own (filtered or merged), records without a mapper, and events lost.
+//!
+//! # Resuming after a crash
+//!
+//! Before it appends anything, a run writes `replay-checkpoint.json` into the buffer directory:
+//! the input list, the number of events earlier runs appended, and the sequence number the
+//! next append receives. With the Command stream closed and no eviction, this run's events get
+//! consecutive sequence numbers from there. A run killed at any point can be started again
+//! with the same inputs and buffer directory. It then reads the highest event sequence number
+//! that survived (acknowledged or still in the buffer) and skips that many events, so every
+//! event reaches the Collector exactly once. The checkpoint is deleted after a complete run, so the
+//! next run with the same inputs sends them again.
+//!
+//! NOTE: an eviction (a buffer filling faster than the Collector acknowledges) inserts gap
+//! records into the numbering, and a resume after it can skip events that were not sent. The
+//! run holds appends back while the buffer is more than half full to make that unlikely.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use edr_proto::v1::Versions;
+use edr_sensor::buffer::{Buffer, BufferOptions, Lane, RecordKind};
+use edr_sensor::identity::IdentityStore;
+use edr_sensor::transport::{
+    LinkState, LossCounters, SharedBuffer, Transport, TransportConfig, lock,
+};
+use edr_windows::{capabilities, enrollment};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::convert::{Inputs, collect};
+
+/// Name of the resume checkpoint inside the buffer directory.
+const CHECKPOINT_FILE: &str = "replay-checkpoint.json";
+/// Events appended between checks of buffer usage and of the transport task.
+const CHECK_EVERY: u64 = 1024;
+/// Time between checks while waiting for room in the buffer or for acks.
+const WAIT_STEP: Duration = Duration::from_millis(10);
+
+/// Arguments of `replay`.
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// EVTX or ETL files, or folders searched recursively for them
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Directory holding the sensor identity written by `enroll`
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Ring buffer directory; `<state-dir>/buffer` when absent
+    #[arg(long)]
+    buffer_dir: Option<PathBuf>,
+}
+
+/// The resume point written before a run appends anything.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    inputs: Vec<String>,
+    /// Events appended by earlier runs with these inputs, in input order.
+    events_done: u64,
+    /// Sequence number of this run's first append.
+    first_seq: u64,
+}
+
+/// Counts reported at the end.
+#[derive(Debug, Default)]
+struct Counts {
+    resumed_after: u64,
+    sent: u64,
+    records: u64,
+    events: u64,
+    unmapped: u64,
+    failed_files: Vec<(PathBuf, String)>,
+}
+
+/// Runs `replay`.
+pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    super::enroll::init_console_logging();
+    let mut inputs = Inputs::default();
+    for path in &args.paths {
+        collect(path, &mut inputs)
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+    }
+    inputs.files.sort();
+
+    let store = IdentityStore::new(&args.state_dir, enrollment::platform_protection());
+    let identity = store.load().with_context(|| {
+        format!(
+            "no usable sensor identity in {}: run `edr-windows enroll` first",
+            args.state_dir.display()
+        )
+    })?;
+
+    // Replay sends as fast as the Collector acknowledges, so the drain rate cap is off.
+    let buffer_dir = args
+        .buffer_dir
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("buffer"));
+    let mut options = BufferOptions::new(&buffer_dir);
+    options.drain_rate_bytes_per_sec = None;
+    options.drain_rate_records_per_sec = None;
+    let mut buffer = Buffer::open(options)
+        .with_context(|| format!("cannot open the ring buffer in {}", buffer_dir.display()))?;
+    let input_names: Vec<String> = inputs
+        .files
+        .iter()
+        .map(|(path, _format)| path.display().to_string())
+        .collect();
+    let skip = resume(&mut buffer, &buffer_dir, &input_names)?;
+    let buffer: SharedBuffer = Arc::new(Mutex::new(buffer));
+
+    let versions = Versions {
+        sensor_version: env!("CARGO_PKG_VERSION").to_owned(),
+        os_build: capabilities::os_build(),
+        ocsf_version: edr_ocsf::OCSF_VERSION.to_owned(),
+    };
+    let losses = LossCounters::default();
+    let transport = Transport::new(
+        TransportConfig::default(),
+        store,
+        Arc::clone(&buffer),
+        losses.clone(),
+        versions,
+    )?
+    .without_commands();
+    let link = transport.subscribe();
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    let (stop, stop_signal) = tokio::sync::watch::channel(false);
+    let task = runtime.spawn(transport.run(stop_signal));
+    let check_transport = || -> anyhow::Result<()> {
+        if task.is_finished() {
+            anyhow::bail!("the transport stopped before the Collector acknowledged every event");
+        }
+        Ok(())
+    };
+
+    // Step 1: convert and append, holding back while the buffer is more than half full.
+    let progress = progress_bar(&inputs);
+    let mut counts = Counts {
+        resumed_after: skip,
+        ..Counts::default()
+    };
+    let mut position = 0u64;
+    let mut append_error = None;
+    for (path, _format) in &inputs.files {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        progress.set_message(short_name(path));
+        let result = edr_windows::pipeline::convert_file(path, |event| {
+            position += 1;
+            if position <= skip || append_error.is_some() {
+                return;
+            }
+            let payload = match serde_json::to_vec(&event) {
+                Ok(payload) => payload,
+                Err(error) => {
+                    append_error =
+                        Some(anyhow::Error::new(error).context("cannot serialise an event"));
+                    return;
+                }
+            };
+            if let Err(error) = lock(&buffer).append(Lane::Telemetry, &payload) {
+                append_error =
+                    Some(anyhow::Error::new(error).context("cannot append to the ring buffer"));
+                return;
+            }
+            counts.sent += 1;
+            if counts.sent % CHECK_EVERY == 0
+                && let Err(error) = wait_for_room(&buffer, &check_transport)
+            {
+                append_error = Some(error);
+            }
+        });
+        progress.inc(size);
+        if let Some(error) = append_error.take() {
+            progress.finish_and_clear();
+            let _ = stop.send(true);
+            return Err(error);
+        }
+        match result {
+            Ok(file_counts) => {
+                counts.records += file_counts.records;
+                counts.events += file_counts.events;
+                counts.unmapped += file_counts.unmapped.values().sum::<u64>();
+            }
+            Err(error) => counts.failed_files.push((path.clone(), error.to_string())),
+        }
+    }
+
+    // Step 2: make everything durable and wait until the Collector acknowledged it.
+    let last_seq = lock(&buffer)
+        .sync()
+        .context("cannot sync the ring buffer")?;
+    progress.set_message("waiting for the Collector to acknowledge");
+    let mut announced_wait = false;
+    while lock(&buffer).acked_seq() < last_seq {
+        if let Err(error) = check_transport() {
+            progress.finish_and_clear();
+            return Err(match runtime.block_on(task) {
+                Ok(Err(transport_error)) => anyhow::Error::new(transport_error).context(error),
+                _ => error,
+            });
+        }
+        if !announced_wait && *link.borrow() != LinkState::Streaming {
+            tracing::info!("waiting for the link to the Collector");
+            announced_wait = true;
+        }
+        std::thread::sleep(WAIT_STEP);
+    }
+    progress.finish_and_clear();
+    let _ = stop.send(true);
+    match runtime.block_on(task) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "transport ended with an error after every event was acknowledged")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "transport task failed after every event was acknowledged")
+        }
+    }
+
+    // Step 3: close and report.
+    let buffer = Arc::try_unwrap(buffer)
+        .map_err(|_| {
+            anyhow::anyhow!("the ring buffer is still shared after the transport stopped")
+        })?
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut buffer = buffer;
+    let metrics = buffer.metrics();
+    buffer.close().context("cannot close the ring buffer")?;
+    let checkpoint = buffer_dir.join(CHECKPOINT_FILE);
+    if let Err(error) = std::fs::remove_file(&checkpoint) {
+        tracing::warn!(path = %checkpoint.display(), %error, "cannot delete the replay checkpoint; the next run with these inputs resumes after the last event");
+    }
+    let lost =
+        metrics.evicted_records + losses.snapshot().iter().map(|loss| loss.count).sum::<u64>();
+    print_summary(&identity.sensor_id, &counts, lost, &inputs);
+    if !counts.failed_files.is_empty() {
+        anyhow::bail!(
+            "{} of {} files could not be read",
+            counts.failed_files.len(),
+            inputs.files.len()
+        );
+    }
+    Ok(())
+}
+
+/// Returns how many events earlier runs with the same inputs appended, and writes the
+/// checkpoint of this run.
+fn resume(buffer: &mut Buffer, directory: &Path, inputs: &[String]) -> anyhow::Result<u64> {
+    let path = directory.join(CHECKPOINT_FILE);
+    let previous: Option<Checkpoint> = match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(checkpoint) => Some(checkpoint),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "invalid replay checkpoint ignored, sending every event");
+                None
+            }
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+
+    let done = match previous {
+        Some(checkpoint) if checkpoint.inputs == inputs => {
+            // Acknowledged records were durable, so the highest one survived the crash too.
+            let mut highest = buffer.acked_seq();
+            loop {
+                let records = buffer.drain(4096).context("cannot read the ring buffer")?;
+                if records.is_empty() {
+                    break;
+                }
+                for record in records {
+                    if record.lane == Lane::Telemetry && matches!(record.kind, RecordKind::Event(_))
+                    {
+                        highest = highest.max(record.seq);
+                    }
+                }
+            }
+            buffer.rewind();
+            let survived = (highest + 1).saturating_sub(checkpoint.first_seq);
+            tracing::info!(
+                earlier = checkpoint.events_done,
+                survived,
+                "resuming an interrupted replay"
+            );
+            checkpoint.events_done + survived
+        }
+        Some(_) => {
+            tracing::warn!(path = %path.display(), "replay checkpoint is for other inputs, sending every event");
+            0
+        }
+        None => 0,
+    };
+
+    let checkpoint = Checkpoint {
+        inputs: inputs.to_vec(),
+        events_done: done,
+        first_seq: buffer.metrics().next_seq,
+    };
+    write_atomically(&path, &serde_json::to_vec(&checkpoint)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(done)
+}
+
+/// Writes `bytes` to a temporary file, fsyncs it, renames it over `path` and fsyncs the folder.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent()
+        && let Ok(directory) = std::fs::File::open(parent)
+    {
+        // Windows cannot open a directory as a file; the rename is then flushed by the OS.
+        let _ = directory.sync_all();
+    }
+    Ok(())
+}
+
+/// Waits while the buffer is more than half full, so that nothing is evicted.
+fn wait_for_room(
+    buffer: &SharedBuffer,
+    check_transport: &dyn Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    loop {
+        let metrics = lock(buffer).metrics();
+        if metrics.disk_bytes <= metrics.capacity_bytes / 2 {
+            return Ok(());
+        }
+        check_transport()?;
+        std::thread::sleep(WAIT_STEP);
+    }
+}
+
+fn progress_bar(inputs: &Inputs) -> ProgressBar {
+    let total: u64 = inputs
+        .files
+        .iter()
+        .filter_map(|(path, _format)| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    let progress = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        progress.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {elapsed} {msg}")
+    {
+        progress.set_style(style);
+    }
+    progress
+}
+
+fn print_summary(sensor_id: &str, counts: &Counts, lost: u64, inputs: &Inputs) {
+    let mut lines = vec![format!(
+        "sensor {sensor_id}: {} events sent and acknowledged from {} EVTX and ETL files",
+        counts.sent,
+        inputs.files.len()
+    )];
+    if counts.resumed_after > 0 {
+        lines.push(format!(
+            "resumed an interrupted replay after {} events sent by an earlier run",
+            counts.resumed_after
+        ));
+    }
+    lines.push(format!(
+        "filtered: {} records gave no event of their own (dropped or merged into another event)",
+        counts.records.saturating_sub(counts.events)
+    ));
+    lines.push(format!(
+        "unmapped: {} records without a mapper, sent as Base Event",
+        counts.unmapped
+    ));
+    lines.push(format!("lost: {lost}"));
+    for (path, error) in &counts.failed_files {
+        lines.push(format!("not read: {}: {error}", path.display()));
+    }
+    if inputs.other > 0 {
+        lines.push(format!(
+            "skipped: {} files that are neither EVTX nor ETL",
+            inputs.other
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        // A closed stdout leaves nothing to report to.
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+fn short_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

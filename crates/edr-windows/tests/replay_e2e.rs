@@ -1,0 +1,273 @@
+//! End-to-end delivery with real processes: `edr-collector serve` and `edr-windows replay` on
+//! loopback, over mTLS, with both killed by SIGKILL in the middle of the stream.
+//!
+//! The recorded EVTX files come from `EDR_DATA_DIR` (default `<workspace>/../shared/data`);
+//! the test is skipped with a message when they are absent. The `edr-collector` binary is
+//! built once by running cargo from the test, into the same target directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SENSOR: &str = env!("CARGO_BIN_EXE_edr-windows");
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("EDR_DATA_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+        PathBuf::from,
+    )
+}
+
+/// Builds `edr-collector` and returns its path.
+///
+/// The build uses its own target directory under this test's one: building one package
+/// unifies features differently from the workspace build, and sharing the directory would
+/// make the two builds overwrite each other's artifacts every time.
+fn collector_binary() -> PathBuf {
+    let profile_dir = Path::new(SENSOR).parent().unwrap();
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
+    let target_dir = profile_dir
+        .parent()
+        .unwrap()
+        .join("edr-collector-for-tests");
+    let mut build = Command::new(env!("CARGO"));
+    build.args([
+        "build",
+        "-p",
+        "edr-collector",
+        "--bin",
+        "edr-collector",
+        "--target-dir",
+    ]);
+    build.arg(&target_dir);
+    if release {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .expect("cannot run cargo to build edr-collector");
+    assert!(status.success(), "building edr-collector failed");
+    target_dir
+        .join(if release { "release" } else { "debug" })
+        .join("edr-collector")
+}
+
+/// A running `edr-collector serve`.
+struct Collector {
+    child: Child,
+    addr: String,
+}
+
+impl Collector {
+    fn start(binary: &Path, data_dir: &Path, listen: &str) -> Self {
+        let mut child = Command::new(binary)
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(pos) = line.find("listen_addr=") {
+                    let addr: String = line[pos + "listen_addr=".len()..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+                eprintln!("[collector] {line}");
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the Collector did not log its listen address");
+        Self { child, addr }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(binary: &Path, args: &[&str]) -> Output {
+    let output = Command::new(binary).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{binary:?} {args:?} failed: {output:?}"
+    );
+    output
+}
+
+fn replay(evtx: &Path, state: &Path) -> Child {
+    Command::new(SENSOR)
+        .arg("replay")
+        .arg(evtx)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stored_events(database: &Path) -> Vec<String> {
+    let connection =
+        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut statement = connection.prepare("SELECT json FROM events").unwrap();
+    statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn stored_count(database: &Path) -> u64 {
+    let Ok(connection) =
+        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    connection
+        .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kills_lose_and_duplicate_nothing() {
+    let evtx = data_dir().join("evtx");
+    if !evtx.is_dir() {
+        eprintln!(
+            "skipped: no recorded EVTX files in {}; set EDR_DATA_DIR to the folder holding evtx/",
+            evtx.display()
+        );
+        return;
+    }
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    let database = data.join("collector.db");
+
+    // What the pipeline must deliver: every event `convert` produces for the same files.
+    let expected_file = root.path().join("expected.jsonl");
+    run(
+        Path::new(SENSOR),
+        &[
+            "convert",
+            evtx.to_str().unwrap(),
+            "--output",
+            expected_file.to_str().unwrap(),
+        ],
+    );
+    let mut expected: Vec<String> = std::fs::read_to_string(&expected_file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        expected.len() > 1000,
+        "too few events to test with: {}",
+        expected.len()
+    );
+
+    run(
+        &collector_bin,
+        &["init", "--data-dir", data.to_str().unwrap()],
+    );
+    let collector = Collector::start(&collector_bin, &data, "127.0.0.1:0");
+    let listen = collector.addr.clone();
+    let token = run(
+        &collector_bin,
+        &["token", "create", "--data-dir", data.to_str().unwrap()],
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    run(
+        Path::new(SENSOR),
+        &[
+            "enroll",
+            "--collector",
+            &format!("https://{listen}"),
+            "--token",
+            &token,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+
+    // The Collector dies once the first events are stored, in the middle of the stream.
+    let mut sensor = replay(&evtx, &state);
+    wait_until(
+        "the first events are stored",
+        Duration::from_secs(60),
+        || stored_count(&database) > 0,
+    );
+    collector.kill();
+    let stored_before_kill = stored_count(&database);
+    assert!(
+        sensor.try_wait().unwrap().is_none(),
+        "the replay ended although the Collector was killed before it acknowledged everything"
+    );
+
+    // The sensor keeps appending while disconnected, then dies too.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        sensor.try_wait().unwrap().is_none(),
+        "the replay ended without its Collector"
+    );
+    sensor.kill().unwrap();
+    sensor.wait().unwrap();
+
+    // The sensor restarts first and retries with backoff until the Collector is back.
+    let sensor = replay(&evtx, &state);
+    std::thread::sleep(Duration::from_millis(500));
+    let _collector = Collector::start(&collector_bin, &data, &listen);
+    let output = sensor.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the resumed replay failed: {summary}"
+    );
+    assert!(
+        summary.contains("resumed an interrupted replay"),
+        "{summary}"
+    );
+
+    let mut stored = stored_events(&database);
+    assert!(
+        stored.len() as u64 > stored_before_kill,
+        "nothing was stored after the restart"
+    );
+    assert_eq!(stored.len(), expected.len(), "stored event count differs");
+    stored.sort_unstable();
+    expected.sort_unstable();
+    assert!(
+        stored == expected,
+        "stored events differ from the converted ones"
+    );
+}
