@@ -4,6 +4,10 @@
 //! The recorded EVTX files come from `EDR_DATA_DIR` (default `<workspace>/../shared/data`);
 //! the test is skipped with a message when they are absent. The `edr-collector` binary is
 //! built once by running cargo from the test, into the same target directory.
+//!
+//! Unix only: it kills processes with SIGKILL and runs cargo, neither of which a Windows test
+//! binary under Wine can do.
+#![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
