@@ -33,7 +33,7 @@ pub fn derive_process_uid(host_key: &str, pid: u32, start_time_ms: i64) -> Strin
     Uuid::new_v5(&PROCESS_UID_NAMESPACE, name.as_bytes()).to_string()
 }
 
-/// What the cache stores about one process.
+/// Cache entry for one process.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProcessInfo {
     pub pid: u32,

@@ -62,7 +62,7 @@ pub enum SchemaError {
 pub struct Violation {
     /// Dotted path such as `process.parent_process.file.name` or `answers[0].rdata`.
     pub path: String,
-    /// What is wrong at that path.
+    /// Problem found at that path.
     pub message: String,
 }
 

@@ -62,7 +62,7 @@ pub struct RunningSession {
     replaced_stale: bool,
 }
 
-/// A session that was told to stop; its consumer is delivering the last buffers.
+/// A session whose stop was requested. Its consumer is delivering the last buffers.
 #[derive(Debug)]
 pub struct DrainingSession {
     spec: SessionSpec,

@@ -29,7 +29,7 @@ use crate::loader::{
     SessionCounters, SessionHandle, SessionProperties,
 };
 
-/// Longest session name ETW accepts, in UTF-16 units without the terminator.
+/// Maximum session name length ETW accepts, in UTF-16 units without the terminator.
 const MAX_SESSION_NAME: usize = 1023;
 /// `OpenTraceW` returns this value on failure.
 const INVALID_PROCESSTRACE_HANDLE: u64 = u64::MAX;
