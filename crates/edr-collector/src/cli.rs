@@ -96,6 +96,10 @@ pub(crate) enum Command {
         /// How often retention runs, for example 5m.
         #[arg(long, default_value = "5m")]
         retention_interval: humantime::Duration,
+        /// Lifetime of the client certificates issued at enrollment and renewal, 10s to 365d.
+        /// Sensors renew once two thirds of it have passed.
+        #[arg(long, default_value = "30d")]
+        sensor_certificate_lifetime: humantime::Duration,
     },
 }
 

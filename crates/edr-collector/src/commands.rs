@@ -76,6 +76,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             retention_max_age,
             retention_max_bytes,
             retention_interval,
+            sensor_certificate_lifetime,
         } => {
             let options = crate::server::ServeOptions {
                 listen,
@@ -98,12 +99,29 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                     max_bytes: retention_max_bytes,
                     interval: retention_interval.into(),
                 },
+                sensor_certificate_lifetime: certificate_lifetime(
+                    sensor_certificate_lifetime.into(),
+                )?,
             };
             let runtime =
                 tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
             runtime.block_on(crate::server::serve(&data_dir, options))
         }
     }
+}
+
+/// Checks `--sensor-certificate-lifetime`: at least 10 seconds, because a sensor renews after
+/// two thirds of it and needs the rest to reconnect, and at most 365 days.
+fn certificate_lifetime(lifetime: std::time::Duration) -> anyhow::Result<time::Duration> {
+    const MIN: std::time::Duration = std::time::Duration::from_secs(10);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+    if !(MIN..=MAX).contains(&lifetime) {
+        anyhow::bail!(
+            "invalid --sensor-certificate-lifetime {}: use 10s to 365d",
+            humantime::format_duration(lifetime)
+        );
+    }
+    Ok(time::Duration::try_from(lifetime)?)
 }
 
 pub(crate) fn ca_dir(data_dir: &Path) -> PathBuf {

@@ -4,7 +4,7 @@
 //! available" and no response action is offered. The list of sources is the design's set of
 //! ETW providers and other inputs, so the Collector can show what is missing.
 
-use edr_proto::v1::{CapabilityManifest, TelemetrySource, TelemetrySourceState};
+use edr_proto::v1::{CapabilityManifest, HostFacts, TelemetrySource, TelemetrySourceState};
 
 /// OCSF schema version the sensor's events follow.
 pub const OCSF_VERSION: &str = "1.8.0";
@@ -24,6 +24,16 @@ pub const TELEMETRY_SOURCES: &[&str] = &[
     "etw:Microsoft-Windows-DNS-Client",
     "amsi",
 ];
+
+/// Returns the host facts sent at enrollment: host name, OS family and build, architecture.
+pub fn host_facts() -> HostFacts {
+    HostFacts {
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        os_family: std::env::consts::OS.to_string(),
+        os_build: os_build(),
+        architecture: std::env::consts::ARCH.to_string(),
+    }
+}
 
 /// Builds the manifest for this host with a ring buffer of `buffer_capacity_bytes`.
 pub fn manifest(buffer_capacity_bytes: u64) -> CapabilityManifest {

@@ -6,8 +6,8 @@
 //! its allowed range and names the field and the range in its error.
 //!
 //! Sections: `[collector]`, `[sessions]` with `[sessions.process]` and `[sessions.bulk]`,
-//! `[queue]` and `[logging]`. Other components add their own section as a new field of
-//! [`SensorConfig`] with `#[serde(default)]`.
+//! `[queue]`, `[logging]`, `[buffer]` and `[transport]`. Other components add their own section
+//! as a new field of [`SensorConfig`] with `#[serde(default)]`.
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,9 @@ pub enum ConfigError {
     /// The `[buffer]` section is invalid; the message names the field and its allowed range.
     #[error(transparent)]
     Buffer(#[from] edr_sensor::buffer::ConfigError),
+    /// The `[transport]` section is invalid; the message names the field and its allowed range.
+    #[error(transparent)]
+    Transport(#[from] edr_sensor::transport::ConfigError),
     /// The configuration could not be written back as TOML.
     #[error("cannot serialize the configuration: {0}")]
     Serialize(#[from] toml::ser::Error),
@@ -60,6 +63,9 @@ pub struct SensorConfig {
     pub logging: LoggingConfig,
     /// The offline ring buffer: directory, capacity, group commit and drain rate.
     pub buffer: edr_sensor::buffer::BufferConfig,
+    /// The link to the Collector: batching, acks, heartbeats and reconnect backoff. The
+    /// backoff settings also pace enrollment retries.
+    pub transport: edr_sensor::transport::TransportConfig,
 }
 
 /// Where the sensor enrolls and sends telemetry.
@@ -223,6 +229,7 @@ impl SensorConfig {
             queue,
             logging,
             buffer,
+            transport,
         } = self;
 
         if let Some(url) = &collector.url {
@@ -282,6 +289,7 @@ impl SensorConfig {
             "expected 1 to 365 files",
         )?;
         buffer.validate()?;
+        transport.validate()?;
         Ok(())
     }
 }
@@ -421,6 +429,18 @@ mod tests {
         let error = SensorConfig::parse("[collector]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(
             matches!(error, ConfigError::Invalid { ref field, .. } if field == "collector.url")
+        );
+    }
+
+    #[test]
+    fn transport_section_validated() {
+        let config = SensorConfig::parse("[transport]\nheartbeat_interval_secs = 5\n").unwrap();
+        assert_eq!(config.transport.heartbeat_interval_secs, 5);
+
+        let error = SensorConfig::parse("[transport]\nheartbeat_interval_secs = 0\n").unwrap_err();
+        assert!(
+            error.to_string().contains("heartbeat_interval_secs = 0"),
+            "{error}"
         );
     }
 

@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use edr_etw::{EtlReader, HeaderKind};
 use edr_ocsf::Schema;
 use edr_sensor::buffer::{Buffer, BufferOptions, RecordKind};
+use edr_sensor::transport::lock;
 use edr_windows::loader::{CopiedRecord, RecordHeader};
 use edr_windows::ocsf::TraceContext;
 use edr_windows::pipeline::RecordConverter;
@@ -74,8 +76,8 @@ fn live_records_reach_buffer_as_ocsf() {
     let mut options = BufferOptions::new(dir.path());
     // The drain below reads everything at once; the default rate cap would cut it short.
     options.drain_rate_bytes_per_sec = None;
-    let buffer = Buffer::open(options).unwrap();
-    let mut sink = BufferSink::new(context.clone(), buffer);
+    let buffer = Arc::new(Mutex::new(Buffer::open(options).unwrap()));
+    let mut sink = BufferSink::new(context.clone(), Arc::clone(&buffer));
     // The file path over the same records, for comparison.
     let mut converter = RecordConverter::new(context);
     let mut expected = Vec::new();
@@ -98,7 +100,8 @@ fn live_records_reach_buffer_as_ocsf() {
     assert!(live_records > 1000, "only {live_records} manifest records");
     assert_eq!(sink.events_appended(), expected.len() as u64);
 
-    let mut buffer = sink.into_buffer();
+    drop(sink);
+    let mut buffer = lock(&buffer);
     let mut stored = Vec::new();
     loop {
         let batch = buffer.drain(10_000).unwrap();

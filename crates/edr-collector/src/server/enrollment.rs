@@ -7,9 +7,7 @@
 use std::sync::Arc;
 
 use edr_pki::csr::sign_client_certificate;
-use edr_pki::{
-    DEFAULT_CLIENT_VALIDITY, EnrollmentToken, IssuedCertificate, ParsedCsr, SensorId, Validity,
-};
+use edr_pki::{EnrollmentToken, IssuedCertificate, ParsedCsr, SensorId, Validity};
 use edr_proto::v1::enrollment_server::Enrollment;
 use edr_proto::v1::{EnrollRequest, EnrollResponse, RenewRequest, RenewResponse};
 use prost::Message;
@@ -150,7 +148,7 @@ fn issue(
         &shared.ca,
         csr,
         sensor_id,
-        Validity::starting_now(DEFAULT_CLIENT_VALIDITY),
+        Validity::starting_now(shared.sensor_certificate_lifetime),
     )
     .map_err(|err| err.to_string())
 }

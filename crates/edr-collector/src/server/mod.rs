@@ -77,6 +77,8 @@ pub(crate) struct ServeOptions {
     pub(crate) limits: Limits,
     pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) retention: Retention,
+    /// Lifetime of sensor certificates issued at enrollment and renewal.
+    pub(crate) sensor_certificate_lifetime: time::Duration,
 }
 
 /// Retention settings; see [`crate::store::retention`].
@@ -105,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Queue of the ingest writer thread.
     pub(crate) writer: tokio::sync::mpsc::Sender<writer::IngestRequest>,
+    /// Lifetime of sensor certificates issued at enrollment and renewal.
+    pub(crate) sensor_certificate_lifetime: time::Duration,
 }
 
 pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
@@ -115,6 +119,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         limits,
         metrics_listen,
         retention,
+        sensor_certificate_lifetime,
     } = options;
     let ca = CollectorCa::load(&ca_dir(data_dir))?;
     let store = Store::open(data_dir)?;
@@ -161,6 +166,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         listen_addr = %local_addr,
         metrics_addr = %metrics_addr,
         sync = ?sync_mode,
+        sensor_certificate_lifetime = %sensor_certificate_lifetime,
         ca_sha256 = %ca.fingerprint(),
         server_names = ?server_names,
         "edr-collector serving"
@@ -175,6 +181,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         metrics,
         limits: limits.clone(),
         writer: writer_tx,
+        sensor_certificate_lifetime,
     });
     writer::spawn(Arc::clone(&shared), writer_rx)
         .context("failed to start the ingest writer thread")?;

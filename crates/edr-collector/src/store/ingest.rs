@@ -195,7 +195,9 @@ pub(crate) fn to_sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Renders a heartbeat's health as JSON for the `sensor_state.health` column.
+/// Renders a heartbeat's health as JSON for the `sensor_state.health` column, which
+/// `sensors list` prints: losses, buffer usage and gaps, versions and the expiry of the
+/// certificate the sensor uses.
 fn health_json(health: &SensorHealth) -> serde_json::Value {
     let lost: Vec<_> = health
         .events_lost
@@ -212,7 +214,23 @@ fn health_json(health: &SensorHealth) -> serde_json::Value {
             .collect();
         serde_json::json!({"used_bytes": b.used_bytes, "capacity_bytes": b.capacity_bytes, "gaps": gaps})
     });
-    serde_json::json!({"events_lost": lost, "buffer": buffer})
+    let versions = health.versions.as_ref().map(|v| {
+        serde_json::json!({"sensor": v.sensor_version, "os_build": v.os_build, "ocsf": v.ocsf_version})
+    });
+    let certificate_not_after = health
+        .certificate_not_after
+        .as_ref()
+        .and_then(|at| OffsetDateTime::from_unix_timestamp(at.seconds).ok())
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    serde_json::json!({
+        "events_lost": lost,
+        "buffer": buffer,
+        "versions": versions,
+        "certificate_not_after": certificate_not_after,
+    })
 }
 
 /// Returns the status name stored for a command result.

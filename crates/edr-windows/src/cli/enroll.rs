@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use edr_proto::v1::HostFacts;
 use edr_sensor::identity::IdentityStore;
 use edr_windows::{DEFAULT_BUFFER_CAPACITY_BYTES, capabilities, enrollment};
 
@@ -50,12 +49,7 @@ pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
         state_dir,
     } = args;
     let store = IdentityStore::new(state_dir, enrollment::platform_protection());
-    let host = HostFacts {
-        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
-        os_family: std::env::consts::OS.to_string(),
-        os_build: capabilities::os_build(),
-        architecture: std::env::consts::ARCH.to_string(),
-    };
+    let host = capabilities::host_facts();
     let manifest = capabilities::manifest(DEFAULT_BUFFER_CAPACITY_BYTES);
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     let identity = runtime.block_on(edr_sensor::enrollment::enroll(

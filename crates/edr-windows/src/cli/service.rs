@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use edr_windows::config::{CONFIG_FILE_NAME, SensorConfig, default_data_dir};
-
-/// File next to the configuration that holds a one-time enrollment token until enrollment
-/// consumes it.
-const TOKEN_FILE_NAME: &str = "enrollment-token";
+use edr_windows::service::TOKEN_FILE_NAME;
 
 /// Options of `install`.
 #[derive(Debug, Args)]
@@ -130,21 +127,22 @@ mod platform {
 #[cfg(windows)]
 mod platform {
     use std::path::Path;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use anyhow::Context;
+    use edr_sensor::transport::{LossCounters, SharedBuffer};
     use edr_windows::config::{SensorConfig, default_config_path, default_data_dir};
     use edr_windows::loader::backoff::SystemClock;
-    use edr_windows::loader::{LoaderSettings, LossAlert, LossSink, RecordQueue};
+    use edr_windows::loader::{LoaderSettings, RecordQueue};
     use edr_windows::service::{
-        EVENT_SOURCE, Enrollment, EnrollmentFailed, SERVICE_NAME, ServiceDefinition, StopSignal,
-        run_sensor,
+        BufferSink, CollectorUplink, EVENT_SOURCE, LossReporter, SERVICE_NAME, ServiceDefinition,
+        StopSignal, UplinkSettings, run_sensor,
     };
     use edr_windows::sys::etw::WindowsEtw;
     use edr_windows::sys::privilege::ProcessPrivileges;
     use edr_windows::sys::{eventlog, service};
-    use tracing::{error, info, warn};
+    use tracing::{debug, error, info};
 
     pub(super) fn install() -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("cannot find the path of this program")?;
@@ -236,9 +234,31 @@ mod platform {
         ));
         let buffer_options = config.buffer.validate()?;
         let buffer_dir = buffer_options.directory.clone();
+        let capacity_bytes = buffer_options.capacity_bytes;
         let buffer = edr_sensor::buffer::Buffer::open(buffer_options)
             .with_context(|| format!("cannot open the ring buffer in {}", buffer_dir.display()))?;
+        let buffer: SharedBuffer = Arc::new(Mutex::new(buffer));
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+
+        // The loss reporter, the record sink and the transport share the buffer and the
+        // heartbeat's loss counters.
+        let losses = LossCounters::default();
+        let config_dir = config_path.parent().unwrap_or_else(|| Path::new("."));
+        let mut uplink = CollectorUplink::new(
+            UplinkSettings::next_to_config(
+                config_dir,
+                config.collector.url.clone(),
+                config.transport.clone(),
+                capacity_bytes,
+            ),
+            Arc::clone(&buffer),
+            losses.clone(),
+        );
+        let reporter = Arc::new(LossReporter::new(
+            losses,
+            Arc::clone(&buffer),
+            hostname.clone(),
+        ));
         let context = edr_windows::ocsf::TraceContext {
             // Process uids combine this key with the pid and the process start time, so they
             // stay distinct across reboots without a boot id.
@@ -248,24 +268,28 @@ mod platform {
                 .map_or(0, |since| since.as_millis() as i64),
             hostname: Some(hostname),
         };
-        let mut sink = edr_windows::service::BufferSink::new(context, buffer);
+        let mut sink = BufferSink::new(context, Arc::clone(&buffer));
         let result = run_sensor(
             Arc::new(WindowsEtw),
             settings,
             queue,
             &ProcessPrivileges,
-            &mut PendingEnrollment,
+            &mut uplink,
             &mut sink,
-            Arc::new(LogLossSink),
+            reporter,
             Arc::new(SystemClock),
             stop,
         );
+        let events_buffered = sink.events_appended();
+        drop(sink);
+        drop(uplink);
+        close_buffer(buffer);
         match result {
             Ok(outcome) => {
                 info!(
                     pumped = outcome.pumped,
                     drained = outcome.drained,
-                    events_buffered = sink.events_appended(),
+                    events_buffered,
                     reason = "stop requested",
                     "sensor stopped"
                 );
@@ -278,24 +302,19 @@ mod platform {
         }
     }
 
-    /// Stands in for the enrollment component until it is wired here.
-    struct PendingEnrollment;
-
-    impl Enrollment for PendingEnrollment {
-        fn ensure_enrolled(&mut self) -> Result<(), EnrollmentFailed> {
-            // TODO: call the enrollment component (Collector URL and token from the
-            // configuration folder) once it is part of this crate.
-            warn!("enrollment is not wired into the run sequence yet; running without a Collector");
-            Ok(())
-        }
-    }
-
-    /// Forwards loss alerts to the log; the loader already logs them rate-limited.
-    struct LogLossSink;
-
-    impl LossSink for LogLossSink {
-        fn alert(&self, _alert: &LossAlert) {
-            // TODO: send the alert to the Collector once the transport is wired here.
+    /// Closes the ring buffer once nothing else holds it. Every record is already synced by
+    /// the run sequence, so a buffer still shared is only logged.
+    fn close_buffer(buffer: SharedBuffer) {
+        match Arc::try_unwrap(buffer) {
+            Ok(buffer) => {
+                let buffer = buffer
+                    .into_inner()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Err(close_error) = buffer.close() {
+                    error!(error = %close_error, "cannot close the ring buffer");
+                }
+            }
+            Err(_) => debug!("ring buffer still shared at exit, left to the final drop"),
         }
     }
 }

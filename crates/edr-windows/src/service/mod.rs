@@ -2,22 +2,29 @@
 //! run sequence shared by the service and the console `run` command.
 //!
 //! Run sequence (see [`run_sensor`]): enable the required privileges, start ETW telemetry, and
-//! only when telemetry works, enroll. Then move records from the loader's queue to the record
-//! sink until a stop is requested. On stop: the ETW sessions are stopped, the queue is drained
-//! into the sink and the sink is synced.
+//! only when telemetry works, start the link to the Collector ([`CollectorUplink`]: enrollment
+//! when needed, then the transport on a tokio runtime). Then move records from the loader's
+//! queue to the record sink, the ring buffer, until a stop is requested or the link fails for
+//! good. On stop: the ETW sessions are stopped, the queue is drained into the sink, the sink is
+//! synced, and the transport is stopped. Loss alerts go to the heartbeat counters and, as a
+//! Detection Finding, to the ring buffer's priority lane ([`LossReporter`]).
 //!
 //! Recovery: the service control manager restarts the service after a failure (see
 //! [`ServiceDefinition::restart_delays`]); a restarted sensor replaces the ETW sessions the
 //! failed one left behind.
 
+mod alert;
 mod run;
 mod sink;
+mod uplink;
 
-pub use run::{
-    Enrollment, EnrollmentFailed, Privileges, RecordSink, RunOutcome, SinkError, StopSignal,
-    run_sensor,
-};
+pub use alert::{LOSS_FINDING_TITLE, LossReporter, QUEUE_LOSS_SOURCE, loss_finding};
+pub use run::{Privileges, RecordSink, RunOutcome, SinkError, StopSignal, Uplink, run_sensor};
 pub use sink::BufferSink;
+pub use uplink::{
+    CollectorUplink, IDENTITY_DIR_NAME, REJECTED_TOKEN_FILE_NAME, TOKEN_FILE_NAME, UplinkError,
+    UplinkSettings,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,9 +61,10 @@ pub enum ServiceError {
     #[error(transparent)]
     Telemetry(#[from] LoaderError),
 
-    /// Enrollment failed after telemetry started.
-    #[error("enrollment failed: {0}")]
-    Enrollment(#[from] EnrollmentFailed),
+    /// The link to the Collector failed for good: the sensor cannot enroll, the token was
+    /// rejected, or the transport stopped with an error that needs an operator.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
 
     /// The record sink (the ring buffer) rejected a record or could not sync.
     #[error("the record sink failed: {0}")]

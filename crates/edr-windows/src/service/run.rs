@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::{error, info};
 
-use super::{REQUIRED_PRIVILEGES, ServiceError};
+use super::{REQUIRED_PRIVILEGES, ServiceError, UplinkError};
 use crate::loader::backoff::Clock;
 use crate::loader::{
     CopiedRecord, EtwController, Loader, LoaderSettings, LoaderStopReport, LossSink, RecordQueue,
@@ -14,22 +14,25 @@ use crate::sys::OsError;
 
 /// How long the pump waits for a record before it checks for a stop request again.
 const POP_WAIT: Duration = Duration::from_millis(100);
+/// Records pumped between checks of the uplink while records keep arriving.
+const UPLINK_CHECK_EVERY: u64 = 4096;
 
 /// Enables a named privilege in the process token.
 pub trait Privileges {
     fn enable(&self, privilege: &'static str) -> Result<(), OsError>;
 }
 
-/// The enrollment step, called only once telemetry works.
-pub trait Enrollment {
-    /// Enrolls with the Collector unless the sensor already has an identity.
-    fn ensure_enrolled(&mut self) -> Result<(), EnrollmentFailed>;
+/// The link to the Collector: enrollment, then the transport draining the ring buffer. It is
+/// started only once telemetry works and runs in the background beside the record pump.
+pub trait Uplink {
+    /// Starts the link. Fails at once only when the sensor has no identity and cannot enroll;
+    /// transient failures are retried in the background.
+    fn start(&mut self) -> Result<(), UplinkError>;
+    /// Returns the error that ended the link, once it has ended with one.
+    fn check(&mut self) -> Result<(), UplinkError>;
+    /// Stops the link; called after the ring buffer is synced.
+    fn stop(&mut self) -> Result<(), UplinkError>;
 }
-
-/// Why enrollment failed, as reported by the enrollment component.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct EnrollmentFailed(pub String);
 
 /// Where copied records go: the ring buffer.
 pub trait RecordSink {
@@ -82,17 +85,18 @@ pub struct RunOutcome {
     pub loader: LoaderStopReport,
 }
 
-/// Runs the sensor until `stop` is requested.
+/// Runs the sensor until `stop` is requested or the uplink fails for good.
 ///
 /// Telemetry starts before enrollment: when a session cannot be created, this returns
-/// [`ServiceError::Telemetry`] with `LoaderError::EtwSessionInit` and `enrollment` is never
-/// called.
+/// [`ServiceError::Telemetry`] with `LoaderError::EtwSessionInit` and `uplink` is never
+/// started. A failed uplink stops the sensor the graceful way (queue drained into the sink,
+/// sink synced) and is returned as [`ServiceError::Uplink`].
 pub fn run_sensor<C: EtwController>(
     controller: Arc<C>,
     settings: LoaderSettings,
     queue: Arc<RecordQueue>,
     privileges: &dyn Privileges,
-    enrollment: &mut dyn Enrollment,
+    uplink: &mut dyn Uplink,
     sink: &mut dyn RecordSink,
     losses: Arc<dyn LossSink>,
     clock: Arc<dyn Clock>,
@@ -107,18 +111,23 @@ pub fn run_sensor<C: EtwController>(
     // Telemetry first: a sensor that cannot see events must not enroll and look healthy.
     let loader = Loader::start(controller, settings, Arc::clone(&queue), losses, clock)?;
 
-    if let Err(enrollment_error) = enrollment.ensure_enrolled() {
+    if let Err(uplink_error) = uplink.start() {
         let _report = loader.stop();
-        return Err(enrollment_error.into());
+        return Err(uplink_error.into());
     }
     info!("sensor running");
 
     let mut pumped = 0u64;
     let mut sink_error = None;
+    let mut uplink_error = None;
     while !stop.is_requested() {
         let Some(record) = queue.pop_timeout(POP_WAIT) else {
             if let Err(idle_error) = sink.idle() {
                 sink_error = Some(idle_error);
+                break;
+            }
+            if let Err(error) = uplink.check() {
+                uplink_error = Some(error);
                 break;
             }
             continue;
@@ -128,6 +137,12 @@ pub fn run_sensor<C: EtwController>(
             break;
         }
         pumped += 1;
+        if pumped % UPLINK_CHECK_EVERY == 0
+            && let Err(error) = uplink.check()
+        {
+            uplink_error = Some(error);
+            break;
+        }
     }
 
     // Graceful stop: the sessions deliver their last buffers into the queue, the queue is
@@ -146,9 +161,19 @@ pub fn run_sensor<C: EtwController>(
     });
     if let Some(append_error) = sink_error {
         error!(error = %append_error, "records could not be written to the ring buffer");
+        let _ = uplink.stop();
         return Err(append_error.into());
     }
-    sink.sync()?;
+    let synced = sink.sync();
+
+    // The transport stops last, so that it can still send what arrived during the stop.
+    let stopped = uplink.stop();
+    synced?;
+    if let Some(error) = uplink_error {
+        error!(%error, "the link to the Collector failed for good, sensor stopping");
+        return Err(error.into());
+    }
+    stopped?;
     info!(pumped, drained, "sensor stopped");
     Ok(RunOutcome {
         pumped,
@@ -188,14 +213,31 @@ mod tests {
         }
     }
 
+    /// Counts calls; `fail_check` makes `check` report a failed link.
     #[derive(Default)]
-    struct CountingEnrollment {
-        calls: u32,
+    struct CountingUplink {
+        starts: u32,
+        checks: u32,
+        stops: u32,
+        fail_check: bool,
     }
 
-    impl Enrollment for CountingEnrollment {
-        fn ensure_enrolled(&mut self) -> Result<(), EnrollmentFailed> {
-            self.calls += 1;
+    impl Uplink for CountingUplink {
+        fn start(&mut self) -> Result<(), UplinkError> {
+            self.starts += 1;
+            Ok(())
+        }
+
+        fn check(&mut self) -> Result<(), UplinkError> {
+            self.checks += 1;
+            if self.fail_check {
+                return Err(UplinkError::Task("link failed in the test".into()));
+            }
+            Ok(())
+        }
+
+        fn stop(&mut self) -> Result<(), UplinkError> {
+            self.stops += 1;
             Ok(())
         }
     }
@@ -227,7 +269,7 @@ mod tests {
     fn run(
         etw: &FakeEtw,
         privileges: &dyn Privileges,
-        enrollment: &mut CountingEnrollment,
+        uplink: &mut CountingUplink,
         sink: &mut VecSink,
         stop: &StopSignal,
     ) -> Result<RunOutcome, ServiceError> {
@@ -236,7 +278,7 @@ mod tests {
             settings(),
             Arc::new(RecordQueue::new(1024, 1 << 20)),
             privileges,
-            enrollment,
+            uplink,
             sink,
             Arc::new(CollectingSink::default()),
             Arc::new(FakeClock::new()),
@@ -248,12 +290,12 @@ mod tests {
     fn etw_session_init_exits_before_enrollment() {
         let etw = FakeEtw::default();
         etw.script_start_failures(&[codes::ERROR_ACCESS_DENIED]);
-        let mut enrollment = CountingEnrollment::default();
+        let mut uplink = CountingUplink::default();
 
         let error = run(
             &etw,
             &GrantAll,
-            &mut enrollment,
+            &mut uplink,
             &mut VecSink::default(),
             &StopSignal::default(),
         )
@@ -266,10 +308,7 @@ mod tests {
             ),
             "{error:?}"
         );
-        assert_eq!(
-            enrollment.calls, 0,
-            "enrollment attempted without telemetry"
-        );
+        assert_eq!(uplink.starts, 0, "enrollment attempted without telemetry");
         assert!(
             error
                 .to_string()
@@ -281,11 +320,11 @@ mod tests {
     #[test]
     fn missing_privilege_named_in_error() {
         let etw = FakeEtw::default();
-        let mut enrollment = CountingEnrollment::default();
+        let mut uplink = CountingUplink::default();
         let error = run(
             &etw,
             &Lacking("SeSystemEnvironmentPrivilege"),
-            &mut enrollment,
+            &mut uplink,
             &mut VecSink::default(),
             &StopSignal::default(),
         )
@@ -300,18 +339,18 @@ mod tests {
             etw.calls().is_empty(),
             "sessions created without privileges"
         );
-        assert_eq!(enrollment.calls, 0);
+        assert_eq!(uplink.starts, 0);
     }
 
     #[test]
     fn graceful_stop_drains_queue_and_syncs() {
         let etw = FakeEtw::default();
         let stop = StopSignal::default();
-        let mut enrollment = CountingEnrollment::default();
+        let mut uplink = CountingUplink::default();
         let mut sink = VecSink::default();
 
         let outcome = std::thread::scope(|scope| {
-            let runner = scope.spawn(|| run(&etw, &GrantAll, &mut enrollment, &mut sink, &stop));
+            let runner = scope.spawn(|| run(&etw, &GrantAll, &mut uplink, &mut sink, &stop));
             // Wait until both consumers are attached, then deliver events and stop.
             while etw
                 .calls()
@@ -330,10 +369,36 @@ mod tests {
         })
         .unwrap();
 
-        assert_eq!(enrollment.calls, 1);
+        assert_eq!(uplink.starts, 1);
+        assert_eq!(uplink.stops, 1);
         assert_eq!(outcome.pumped + outcome.drained, 50);
         assert_eq!(sink.records.len(), 50);
         assert!(sink.synced);
+        assert!(etw.session_names().is_empty(), "sessions left after stop");
+    }
+
+    #[test]
+    fn failed_uplink_stops_gracefully() {
+        let etw = FakeEtw::default();
+        let mut uplink = CountingUplink {
+            fail_check: true,
+            ..CountingUplink::default()
+        };
+        let mut sink = VecSink::default();
+
+        let error = run(
+            &etw,
+            &GrantAll,
+            &mut uplink,
+            &mut sink,
+            &StopSignal::default(),
+        )
+        .unwrap_err();
+
+        assert!(matches!(error, ServiceError::Uplink(_)), "{error:?}");
+        assert!(uplink.checks >= 1);
+        assert_eq!(uplink.stops, 1, "the transport was not stopped");
+        assert!(sink.synced, "the ring buffer was not synced");
         assert!(etw.session_names().is_empty(), "sessions left after stop");
     }
 }

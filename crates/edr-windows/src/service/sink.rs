@@ -8,25 +8,27 @@
 //! blocks) and syncs.
 
 use edr_ocsf::Event;
-use edr_sensor::buffer::{Buffer, Lane};
+use edr_sensor::buffer::Lane;
+use edr_sensor::transport::{SharedBuffer, lock};
 
 use super::run::{RecordSink, SinkError};
 use crate::loader::CopiedRecord;
 use crate::ocsf::TraceContext;
 use crate::pipeline::RecordConverter;
 
-/// Converts live records to OCSF and appends them to the ring buffer.
+/// Converts live records to OCSF and appends them to the ring buffer it shares with the
+/// transport and the loss reporter.
 #[derive(Debug)]
 pub struct BufferSink {
     converter: RecordConverter,
-    buffer: Buffer,
+    buffer: SharedBuffer,
     out: Vec<Box<Event>>,
     appended: u64,
 }
 
 impl BufferSink {
     /// Creates a sink that appends to `buffer`; `context` identifies the boot for process uids.
-    pub fn new(context: TraceContext, buffer: Buffer) -> Self {
+    pub fn new(context: TraceContext, buffer: SharedBuffer) -> Self {
         Self {
             converter: RecordConverter::new(context),
             buffer,
@@ -40,16 +42,15 @@ impl BufferSink {
         self.appended
     }
 
-    /// Returns the ring buffer, for example to hand it to the transport after a stop.
-    pub fn into_buffer(self) -> Buffer {
-        self.buffer
-    }
-
     fn append_pending(&mut self) -> Result<(), SinkError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut buffer = lock(&self.buffer);
         for event in self.out.drain(..) {
             let json = serde_json::to_vec(&event)
                 .map_err(|error| SinkError(format!("cannot serialise an OCSF event: {error}")))?;
-            self.buffer
+            buffer
                 .append(Lane::Telemetry, &json)
                 .map_err(|error| SinkError(error.to_string()))?;
             self.appended += 1;
@@ -67,14 +68,14 @@ impl RecordSink for BufferSink {
     fn sync(&mut self) -> Result<(), SinkError> {
         self.converter.finish(&mut self.out);
         self.append_pending()?;
-        self.buffer
+        lock(&self.buffer)
             .sync()
             .map_err(|error| SinkError(error.to_string()))?;
         Ok(())
     }
 
     fn idle(&mut self) -> Result<(), SinkError> {
-        self.buffer
+        lock(&self.buffer)
             .tick()
             .map_err(|error| SinkError(error.to_string()))?;
         Ok(())
