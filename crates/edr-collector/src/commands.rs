@@ -247,3 +247,25 @@ fn sensors_list(data_dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_lifetime_bounds() {
+        use std::time::Duration;
+        assert_eq!(
+            certificate_lifetime(Duration::from_secs(10)).unwrap(),
+            time::Duration::seconds(10)
+        );
+        assert!(certificate_lifetime(Duration::from_secs(365 * 24 * 3600)).is_ok());
+
+        let error = certificate_lifetime(Duration::from_secs(9)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid --sensor-certificate-lifetime 9s: use 10s to 365d"
+        );
+        assert!(certificate_lifetime(Duration::from_secs(366 * 24 * 3600)).is_err());
+    }
+}

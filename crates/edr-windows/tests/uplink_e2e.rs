@@ -1,7 +1,7 @@
-//! The service's link to the Collector against a real `edr-collector serve` on loopback:
-//! enrollment from the token file (retried while the Collector is down, not retried when the
-//! token is rejected), heartbeat health, loss findings in the priority lane, the command
-//! stream, and certificate renewal while streaming.
+//! The service's link to the Collector against a real `edr-collector serve` on loopback.
+//! Covered: enrollment from the token file, retried while the Collector is down and not retried
+//! when the token is rejected. Also heartbeat health, loss findings in the priority lane, the
+//! command stream, and certificate renewal while streaming.
 //!
 //! These tests drive [`CollectorUplink`] and [`LossReporter`], the parts the service wires
 //! beside the ETW loader, with a real ring buffer. The loader itself needs Windows ETW; its
@@ -289,8 +289,8 @@ fn ping_reaches_sensor_and_expired_ping_reported() {
     uplink.stop().unwrap();
 
     // A ping that expires while the sensor is stopped is never delivered and is listed as
-    // expired; a sensor that receives an expired envelope answers EXPIRED (unit-tested in
-    // edr-sensor, because the Collector never sends one).
+    // expired. A sensor that receives an expired envelope returns EXPIRED, which is unit-tested
+    // in edr-sensor because the Collector never sends one.
     let expired = collector_data.cli(&["command", "ping", &sensor_id, "--ttl", "1s"]);
     let expired = expired.trim();
     std::thread::sleep(Duration::from_millis(2100));

@@ -25,12 +25,12 @@ pub trait Privileges {
 /// The link to the Collector: enrollment, then the transport draining the ring buffer. It is
 /// started only once telemetry works and runs in the background beside the record pump.
 pub trait Uplink {
-    /// Starts the link. Fails at once only when the sensor has no identity and cannot enroll;
-    /// transient failures are retried in the background.
+    /// Starts the link. Fails at once only when the sensor has no identity and cannot enroll,
+    /// because transient failures are retried in the background.
     fn start(&mut self) -> Result<(), UplinkError>;
     /// Returns the error that ended the link, once it has ended with one.
     fn check(&mut self) -> Result<(), UplinkError>;
-    /// Stops the link; called after the ring buffer is synced.
+    /// Stops the link. The run sequence calls it after the ring buffer is synced.
     fn stop(&mut self) -> Result<(), UplinkError>;
 }
 
@@ -111,16 +111,16 @@ pub fn run_sensor<C: EtwController>(
     // Telemetry first: a sensor that cannot see events must not enroll and look healthy.
     let loader = Loader::start(controller, settings, Arc::clone(&queue), losses, clock)?;
 
-    if let Err(uplink_error) = uplink.start() {
-        let _report = loader.stop();
-        return Err(uplink_error.into());
+    // A link that cannot start still takes the graceful stop below, so that the records
+    // already copied out of ETW reach the ring buffer.
+    let mut uplink_error = uplink.start().err();
+    if uplink_error.is_none() {
+        info!("sensor running");
     }
-    info!("sensor running");
 
     let mut pumped = 0u64;
     let mut sink_error = None;
-    let mut uplink_error = None;
-    while !stop.is_requested() {
+    while uplink_error.is_none() && !stop.is_requested() {
         let Some(record) = queue.pop_timeout(POP_WAIT) else {
             if let Err(idle_error) = sink.idle() {
                 sink_error = Some(idle_error);
@@ -166,11 +166,11 @@ pub fn run_sensor<C: EtwController>(
     }
     let synced = sink.sync();
 
-    // The transport stops last, so that it can still send what arrived during the stop.
+    // The transport stops after the sync, so it keeps draining while the queue is emptied.
     let stopped = uplink.stop();
     synced?;
     if let Some(error) = uplink_error {
-        error!(%error, "the link to the Collector failed for good, sensor stopping");
+        error!(%error, "sensor stopped because the link to the Collector failed");
         return Err(error.into());
     }
     stopped?;
@@ -220,11 +220,17 @@ mod tests {
         checks: u32,
         stops: u32,
         fail_check: bool,
+        fail_start: bool,
     }
 
     impl Uplink for CountingUplink {
         fn start(&mut self) -> Result<(), UplinkError> {
             self.starts += 1;
+            if self.fail_start {
+                return Err(UplinkError::NotEnrolled {
+                    missing: "no enrollment token is in the test".into(),
+                });
+            }
             Ok(())
         }
 
@@ -398,6 +404,33 @@ mod tests {
         assert!(matches!(error, ServiceError::Uplink(_)), "{error:?}");
         assert!(uplink.checks >= 1);
         assert_eq!(uplink.stops, 1, "the transport was not stopped");
+        assert!(sink.synced, "the ring buffer was not synced");
+        assert!(etw.session_names().is_empty(), "sessions left after stop");
+    }
+
+    #[test]
+    fn uplink_start_failure_still_syncs() {
+        let etw = FakeEtw::default();
+        let mut uplink = CountingUplink {
+            fail_start: true,
+            ..CountingUplink::default()
+        };
+        let mut sink = VecSink::default();
+
+        let error = run(
+            &etw,
+            &GrantAll,
+            &mut uplink,
+            &mut sink,
+            &StopSignal::default(),
+        )
+        .unwrap_err();
+
+        assert!(
+            error.to_string().starts_with("the sensor is not enrolled"),
+            "{error}"
+        );
+        assert_eq!(uplink.checks, 0, "the pump ran without a link");
         assert!(sink.synced, "the ring buffer was not synced");
         assert!(etw.session_names().is_empty(), "sessions left after stop");
     }

@@ -48,12 +48,12 @@ use tokio::sync::watch;
 
 use crate::capabilities;
 
-/// File next to the configuration that holds a one-time enrollment token until enrollment
+/// File next to the configuration that contains a one-time enrollment token until enrollment
 /// consumes it.
 pub const TOKEN_FILE_NAME: &str = "enrollment-token";
 /// Name a rejected token file is renamed to.
 pub const REJECTED_TOKEN_FILE_NAME: &str = "enrollment-token.rejected";
-/// Folder next to the configuration that holds the sensor identity.
+/// Folder next to the configuration that contains the sensor identity.
 pub const IDENTITY_DIR_NAME: &str = "identity";
 
 /// How long [`CollectorUplink::stop`] waits for the transport to close its streams.
@@ -100,17 +100,17 @@ pub enum UplinkError {
     Task(String),
 }
 
-/// Where the link finds its identity, token and Collector, and how it talks to it.
+/// Locations of the identity, the token and the Collector, and the transport settings.
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
-    /// The Collector URL from the configuration; needed only to enroll.
+    /// The Collector URL from the configuration, needed only to enroll.
     pub collector_url: Option<String>,
     /// The identity store folder.
     pub identity_dir: PathBuf,
     /// The one-time token file.
     pub token_path: PathBuf,
     pub transport: TransportConfig,
-    /// How the private key is sealed: DPAPI on Windows, file permissions elsewhere.
+    /// Private key sealing: DPAPI on Windows, file permissions elsewhere.
     pub protection: Arc<dyn KeyProtection>,
     /// Ring buffer capacity reported in the capability manifest at enrollment.
     pub buffer_capacity_bytes: u64,
@@ -139,7 +139,7 @@ impl UplinkSettings {
     }
 }
 
-/// What the link must do before it can stream.
+/// The step the link takes before it streams.
 enum Plan {
     /// An identity is stored.
     Stream,
@@ -176,7 +176,7 @@ impl CollectorUplink {
         }
     }
 
-    /// Returns a receiver of the transport's link state; it stays `Disconnected` until
+    /// Returns a receiver of the transport's link state. It stays `Disconnected` until
     /// enrollment is done.
     pub fn subscribe(&self) -> watch::Receiver<LinkState> {
         self.link.subscribe()
@@ -214,7 +214,7 @@ impl CollectorUplink {
         self.join(Duration::ZERO)
     }
 
-    /// Stops the transport and the runtime; records not yet acknowledged stay in the buffer.
+    /// Stops the transport and the runtime. Records not yet acknowledged stay in the buffer.
     pub fn stop(&mut self) -> Result<(), UplinkError> {
         if let Some(shutdown) = self.shutdown.take() {
             // A closed receiver means the task already ended; `join` reports how.
@@ -366,7 +366,7 @@ impl Link {
         Ok(())
     }
 
-    /// Enrolls, retrying transient failures; returns `false` when a stop came first.
+    /// Enrolls, retrying transient failures. Returns `false` when a stop came first.
     async fn enroll(
         &self,
         url: &str,
@@ -429,7 +429,8 @@ impl Link {
     }
 }
 
-/// Deletes the consumed token; a token left behind is harmless because its use is spent.
+/// Deletes the used token file. A file left behind is not sent again, because an identity is
+/// now stored, but it still contains the token text.
 fn delete_token(path: &Path) {
     if let Err(error) = std::fs::remove_file(path) {
         tracing::warn!(path = %path.display(), %error, "cannot delete the used enrollment token file; delete it by hand");
@@ -573,7 +574,7 @@ mod tests {
         assert!(folder.config_dir.join(REJECTED_TOKEN_FILE_NAME).exists());
         assert!(!folder.config_dir.join(IDENTITY_DIR_NAME).exists());
 
-        // The next start does not send the rejected token again and says why.
+        // The next start does not send the rejected token again and reports why.
         let mut again = super::tests::uplink(&folder, Some("https://127.0.0.1:1"));
         let error = again.start().unwrap_err();
         assert!(
@@ -627,7 +628,7 @@ mod tests {
         }
     }
 
-    /// A well-formed token for a CA that no Collector here serves.
+    /// Returns a well-formed token for a CA that no Collector here serves.
     fn edr_pki_test_token() -> String {
         let dir = tempfile::tempdir().unwrap();
         let ca = edr_pki::CollectorCa::create(dir.path(), "Test CA").unwrap();
