@@ -302,7 +302,7 @@ mod platform {
         }
     }
 
-    /// Closes the ring buffer once nothing else holds it. Every record is already synced by
+    /// Closes the ring buffer once nothing else shares it. Every record is already synced by
     /// the run sequence, so a buffer still shared is only logged.
     fn close_buffer(buffer: SharedBuffer) {
         match Arc::try_unwrap(buffer) {
