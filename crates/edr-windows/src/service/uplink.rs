@@ -84,12 +84,12 @@ pub enum UplinkError {
     )]
     EnrollmentRejected {
         token_path: PathBuf,
-        source: EnrollmentError,
+        source: Box<EnrollmentError>,
     },
 
     /// The transport stopped with an error that reconnecting cannot cure.
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(Box<TransportError>),
 
     /// The tokio runtime for the link could not start.
     #[error("cannot start the tokio runtime for the link to the Collector: {0}")]
@@ -98,6 +98,12 @@ pub enum UplinkError {
     /// The task running the link panicked or did not stop within the stop timeout.
     #[error("the link to the Collector failed: {0}")]
     Task(String),
+}
+
+impl From<TransportError> for UplinkError {
+    fn from(error: TransportError) -> Self {
+        Self::Transport(Box::new(error))
+    }
 }
 
 /// Locations of the identity, the token and the Collector, and the transport settings.
@@ -407,7 +413,7 @@ impl Link {
                 set_aside_rejected_token(token_path);
                 return Err(UplinkError::EnrollmentRejected {
                     token_path: token_path.clone(),
-                    source: error,
+                    source: Box::new(error),
                 });
             }
             let delay = delays.next_delay();
