@@ -296,8 +296,8 @@ impl Store {
             .map_err(self.sqlite())
     }
 
-    /// Prepares the connection that the ingest writer uses: commits are synced as `mode`
-    /// says, and the page cache and WAL checkpoint interval are sized for a steady stream of
+    /// Configures the connection that the ingest writer uses. Commits are synced as `mode`
+    /// sets, and the page cache and WAL checkpoint interval are sized for a steady stream of
     /// inserts. Neither of the two sizes changes what a commit promises.
     pub(crate) fn configure_for_ingest(&self, mode: SyncMode) -> Result<(), StoreError> {
         self.set_sync_mode(mode)?;

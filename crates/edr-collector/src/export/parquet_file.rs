@@ -1,10 +1,9 @@
 //! One Parquet file of a partition: the indexed columns plus the whole OCSF event as a JSON
 //! string, zstd-compressed, written in row groups of [`ROW_GROUP_ROWS`] rows.
 //!
-//! The schema is flat. The OCSF objects are not mapped to nested Parquet groups because their
-//! fields differ by class and by sensor version, and a Security Lake table reads nested
-//! columns by name; the `event` column keeps every field, and the columns beside it are the
-//! ones `edr-collector events` filters on.
+//! The schema is flat. The OCSF objects are not mapped to nested Parquet groups, because their
+//! fields differ by class and by sensor version. The `event` column keeps every field, and the
+//! columns beside it are the indexed columns of the store.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,10 @@
 //! Admission of new connections: caps on open connections and on TLS handshakes in flight,
 //! and the handshake timeout.
 //!
-//! Each accepted TCP connection first takes a connection slot and then a handshake slot; a
-//! connection that finds either kind of slot taken is closed at once, without a TLS alert,
-//! because queueing it would let a flood of silent clients hold new sensors in the kernel
-//! backlog. A sensor whose connection is closed this way sees `TransportError::Connect` and
+//! Each accepted TCP connection first takes a connection slot and then a handshake slot. A
+//! connection that finds either kind of slot taken is closed at once, without a TLS alert.
+//! Queueing it instead would let a flood of silent clients keep new sensors waiting in the
+//! kernel backlog. A sensor whose connection is closed this way sees `TransportError::Connect` and
 //! retries with backoff. The handshake slot is released when the handshake ends, succeeds,
 //! fails or times out; the connection slot travels with the connection in [`Admitted`] and
 //! is released when the HTTP/2 server drops it.
@@ -37,7 +37,7 @@ pub(crate) struct AdmissionLimits {
     pub(crate) handshake_timeout: Duration,
 }
 
-/// Why a new connection did not become a TLS connection.
+/// Reason a new connection was closed before TLS was established.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AdmissionError {
     /// Every connection slot is taken.
@@ -140,7 +140,7 @@ pub(crate) struct Slots {
     handshake: OwnedSemaphorePermit,
 }
 
-/// A connection that holds a connection slot until it is dropped.
+/// A connection that keeps its connection slot until it is dropped.
 #[derive(Debug)]
 pub(crate) struct Admitted<S> {
     inner: S,
@@ -187,7 +187,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
     }
 }
 
-/// Keeps the TLS connection info, so `Request::peer_certs` still sees the client certificate.
+/// Passes the TLS connection info through, so `Request::peer_certs` returns the client certificate.
 impl<S: Connected> Connected for Admitted<S> {
     type ConnectInfo = S::ConnectInfo;
 
@@ -201,20 +201,13 @@ impl<S: Connected> Connected for Admitted<S> {
 pub(crate) const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Logs rejected connections at most once per [`REJECTION_LOG_INTERVAL`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct RejectionLog {
     last: Option<tokio::time::Instant>,
     suppressed: u64,
 }
 
 impl RejectionLog {
-    pub(crate) fn new() -> Self {
-        Self {
-            last: None,
-            suppressed: 0,
-        }
-    }
-
     pub(crate) fn record(&mut self, peer: SocketAddr, err: &AdmissionError) {
         let now = tokio::time::Instant::now();
         if self
