@@ -81,6 +81,17 @@ pub(crate) enum Command {
         /// Maximum number of concurrent RPCs on one connection.
         #[arg(long, default_value_t = 16)]
         max_streams_per_connection: u32,
+        /// Maximum number of connections open at once; a new connection above it is closed
+        /// at once. Each connection uses one file descriptor, so keep `ulimit -n` above it.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+        max_connections: u64,
+        /// Maximum number of TLS handshakes in progress at once; a new connection above it is
+        /// closed at once and the sensor retries with backoff.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+        max_pending_handshakes: u64,
+        /// Time a client has from connecting to finishing the TLS handshake, for example 10s.
+        #[arg(long, default_value = "10s")]
+        handshake_timeout: humantime::Duration,
         /// Address for the Prometheus metrics listener (plain HTTP), for example
         /// 127.0.0.1:9464; no listener when absent.
         #[arg(long)]

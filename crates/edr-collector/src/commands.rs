@@ -72,6 +72,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             stream_idle_timeout,
             connection_idle_timeout,
             max_streams_per_connection,
+            max_connections,
+            max_pending_handshakes,
+            handshake_timeout,
             metrics_listen,
             retention_max_age,
             retention_max_bytes,
@@ -89,6 +92,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                     stream_idle_timeout: stream_idle_timeout.into(),
                     connection_idle_timeout: connection_idle_timeout.into(),
                     max_streams_per_connection,
+                    admission: crate::server::AdmissionLimits {
+                        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+                        max_pending_handshakes: usize::try_from(max_pending_handshakes)
+                            .unwrap_or(usize::MAX),
+                        handshake_timeout: handshake_timeout.into(),
+                    },
                 },
                 metrics_listen,
                 retention: crate::server::Retention {

@@ -7,7 +7,9 @@
 //! know), the day is the UTC day of the event's `time`. Each run writes one new file per
 //! partition, named after the run's start time, and never overwrites an existing file.
 //!
-//! NOTE: only JSON lines are written; Parquet is not built into this version.
+//! `--format parquet` writes the format Security Lake requires, with zstd compression; see
+//! [`parquet_file`] for the columns. `--format jsonl` writes one OCSF event per line into
+//! the same layout.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -19,14 +21,64 @@ use time::OffsetDateTime;
 
 use crate::cli::{ExportArgs, ExportFormat};
 use crate::inspect::time_filter;
+use crate::store::query::EventRow;
 use crate::store::{Store, StoreError};
 
-pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    if matches!(args.format, ExportFormat::Parquet) {
-        anyhow::bail!(
-            "Parquet export is not built into this version of edr-collector: use --format jsonl, which writes the same partition layout"
-        );
+mod parquet_file;
+
+use parquet_file::ParquetPartition;
+
+/// The open output file of one partition.
+#[derive(Debug)]
+enum PartitionFile {
+    Jsonl(BufWriter<File>),
+    Parquet(Box<ParquetPartition>),
+}
+
+impl PartitionFile {
+    fn create(format: ExportFormat, path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "failed to create \"{}\": export to an empty directory or wait a second",
+                    path.display()
+                )
+            })?;
+        Ok(match format {
+            ExportFormat::Jsonl => Self::Jsonl(BufWriter::new(file)),
+            ExportFormat::Parquet => Self::Parquet(Box::new(ParquetPartition::new(path, file)?)),
+        })
     }
+
+    fn push(&mut self, event: EventRow, dir: &std::path::Path) -> anyhow::Result<()> {
+        match self {
+            Self::Jsonl(writer) => writeln!(writer, "{}", event.json)
+                .with_context(|| format!("failed to write into \"{}\"", dir.display())),
+            Self::Parquet(partition) => partition.push(event),
+        }
+    }
+
+    /// Writes what is buffered and syncs the file to disk.
+    fn finish(self, dir: &std::path::Path) -> anyhow::Result<()> {
+        match self {
+            Self::Jsonl(mut writer) => {
+                writer
+                    .flush()
+                    .with_context(|| format!("failed to write into \"{}\"", dir.display()))?;
+                writer
+                    .get_ref()
+                    .sync_all()
+                    .with_context(|| format!("failed to sync \"{}\"", dir.display()))
+            }
+            Self::Parquet(partition) => partition.finish(),
+        }
+    }
+}
+
+pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     for (flag, value) in [
         ("--region", &args.region),
         ("--account-id", &args.account_id),
@@ -40,11 +92,15 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.data_dir)?;
     let run_name = started
         .format(time::macros::format_description!(
-            "edr-[year][month][day]T[hour][minute][second]Z.jsonl"
+            "edr-[year][month][day]T[hour][minute][second]Z"
         ))
         .context("failed to format the export file name")?;
+    let file_name = match args.format {
+        ExportFormat::Jsonl => format!("{run_name}.jsonl"),
+        ExportFormat::Parquet => format!("{run_name}.parquet"),
+    };
 
-    let mut files: HashMap<PathBuf, BufWriter<File>> = HashMap::new();
+    let mut files: HashMap<PathBuf, PartitionFile> = HashMap::new();
     let mut count: u64 = 0;
     let mut failure: Option<anyhow::Error> = None;
     store.for_each_event(&filter, |event| {
@@ -59,23 +115,15 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
             .join(format!("accountId={}", args.account_id))
             .join(format!("eventDay={}", event_day(event.time_ms)));
         let written = (|| -> anyhow::Result<()> {
-            let writer = match files.entry(dir.clone()) {
+            let file = match files.entry(dir.clone()) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("failed to create \"{}\"", dir.display()))?;
-                    let path = dir.join(&run_name);
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .with_context(|| format!("failed to create \"{}\": export to an empty directory or wait a second", path.display()))?;
-                    entry.insert(BufWriter::new(file))
+                    entry.insert(PartitionFile::create(args.format, &dir.join(&file_name))?)
                 }
             };
-            writeln!(writer, "{}", event.json)
-                .with_context(|| format!("failed to write into \"{}\"", dir.display()))?;
-            Ok(())
+            file.push(event, &dir)
         })();
         match written {
             Ok(()) => count += 1,
@@ -86,14 +134,8 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     if let Some(err) = failure {
         return Err(err);
     }
-    for (dir, mut writer) in files.drain() {
-        writer
-            .flush()
-            .with_context(|| format!("failed to write into \"{}\"", dir.display()))?;
-        writer
-            .get_ref()
-            .sync_all()
-            .with_context(|| format!("failed to sync \"{}\"", dir.display()))?;
+    for (dir, file) in files.drain() {
+        file.finish(&dir)?;
     }
     eprintln!("exported {count} events to {}", args.output.display());
     Ok(())

@@ -24,6 +24,9 @@ pub(crate) struct Metrics {
     pub(crate) heartbeats: AtomicU64,
     pub(crate) active_streams: AtomicU64,
     pub(crate) streams_opened: AtomicU64,
+    pub(crate) connections_rejected: AtomicU64,
+    pub(crate) handshakes_rejected: AtomicU64,
+    pub(crate) handshakes_timed_out: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -46,7 +49,7 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "edr_collector_events_ingested_total",
                 "OCSF events stored.",
@@ -86,6 +89,21 @@ impl Metrics {
                 "edr_collector_streams_opened_total",
                 "Telemetry streams opened.",
                 &self.streams_opened,
+            ),
+            (
+                "edr_collector_connections_rejected_total",
+                "New connections closed because --max-connections were open.",
+                &self.connections_rejected,
+            ),
+            (
+                "edr_collector_handshakes_rejected_total",
+                "New connections closed because --max-pending-handshakes were in progress.",
+                &self.handshakes_rejected,
+            ),
+            (
+                "edr_collector_handshakes_timed_out_total",
+                "Connections closed because the TLS handshake exceeded --handshake-timeout.",
+                &self.handshakes_timed_out,
             ),
         ];
         for (name, help, value) in counters {

@@ -28,7 +28,16 @@ pub(crate) mod ingest;
 pub(crate) mod query;
 pub(crate) mod retention;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Page cache of the ingest connection, in KiB.
+const INGEST_CACHE_KIB: i64 = 64 * 1024;
+
+/// WAL size, in pages, at which the ingest connection checkpoints.
+const INGEST_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Size, in bytes, the WAL is truncated to after a checkpoint.
+const INGEST_WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -89,9 +98,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_sensor_seq ON events (sensor_id, seq);
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_class ON events (class_uid, activity_id);
-CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id);
-CREATE INDEX IF NOT EXISTS events_process ON events (process_uid) WHERE process_uid IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_user ON events (user_name) WHERE user_name IS NOT NULL;
 CREATE TABLE IF NOT EXISTS gaps (
     sensor_id   TEXT NOT NULL,
     seq         INTEGER NOT NULL,
@@ -122,6 +128,16 @@ CREATE TABLE IF NOT EXISTS command_results (
     received_at  INTEGER NOT NULL,
     received_via TEXT NOT NULL
 );
+";
+
+/// Schema version 3 drops the indexes on `severity_id`, `process_uid` and `user_name`. No
+/// query reads them (`--where` matches the JSON), and each insert into an index ordered by a
+/// random key such as a process uid dirties a different page, which every commit writes to
+/// the WAL in full. The columns stay, for output and export.
+const SCHEMA_V3: &str = "
+DROP INDEX IF EXISTS events_severity;
+DROP INDEX IF EXISTS events_process;
+DROP INDEX IF EXISTS events_user;
 ";
 
 /// How SQLite syncs the write-ahead log, which decides what an ack promises.
@@ -248,20 +264,23 @@ impl Store {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(sqlite)?;
-        match version {
-            0 => {
-                conn.execute_batch(SCHEMA).map_err(sqlite)?;
-                conn.execute_batch(SCHEMA_V2).map_err(sqlite)?;
+        // Each step brings the schema from one version to the next; a new database runs all.
+        let steps: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+        match usize::try_from(version) {
+            Ok(done) if done < steps.len() => {
+                for step in &steps[done..] {
+                    conn.execute_batch(step).map_err(sqlite)?;
+                }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sqlite)?;
             }
-            1 => {
-                conn.execute_batch(SCHEMA_V2).map_err(sqlite)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(sqlite)?;
+            _ if version == SCHEMA_VERSION => {}
+            _ => {
+                return Err(StoreError::SchemaVersion {
+                    path,
+                    found: version,
+                });
             }
-            SCHEMA_VERSION => {}
-            found => return Err(StoreError::SchemaVersion { path, found }),
         }
         Ok(Self { conn, path })
     }
@@ -274,6 +293,30 @@ impl Store {
         };
         self.conn
             .pragma_update(None, "synchronous", value)
+            .map_err(self.sqlite())
+    }
+
+    /// Configures the connection that the ingest writer uses. Commits are synced as `mode`
+    /// sets, and the page cache and WAL checkpoint interval are sized for a steady stream of
+    /// inserts. Neither of the two sizes changes what a commit promises.
+    pub(crate) fn configure_for_ingest(&self, mode: SyncMode) -> Result<(), StoreError> {
+        self.set_sync_mode(mode)?;
+        // Every insert touches one leaf page in each index on `events`, at positions spread
+        // over the whole index (times and process uids do not arrive in order). SQLite's
+        // default cache of 2 MB evicts those pages between batches, so each batch reads them
+        // back; 64 MiB keeps the index leaves of several million events in memory.
+        self.conn
+            .pragma_update(None, "cache_size", -INGEST_CACHE_KIB)
+            .map_err(self.sqlite())?;
+        // A checkpoint copies every page changed since the last one into the database file
+        // and fsyncs it. Checkpointing every 16,384 pages (64 MiB of WAL) instead of 1,000
+        // writes an index page changed by many commits once per checkpoint.
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", INGEST_CHECKPOINT_PAGES)
+            .map_err(self.sqlite())?;
+        // Truncate the WAL back to this size after a checkpoint, so it does not keep its peak.
+        self.conn
+            .pragma_update(None, "journal_size_limit", INGEST_WAL_LIMIT_BYTES)
             .map_err(self.sqlite())
     }
 
@@ -606,6 +649,56 @@ mod tests {
             )
             .map_err(|err| err.to_string())
         }
+    }
+
+    #[test]
+    fn version_2_database_loses_unused_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::create(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE INDEX events_severity ON events (severity_id);
+             CREATE INDEX events_process ON events (process_uid) WHERE process_uid IS NOT NULL;
+             CREATE INDEX events_user ON events (user_name) WHERE user_name IS NOT NULL;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = Store::open(dir.path()).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let mut stmt = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name")
+            .unwrap();
+        let indexes: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            ["events_class", "events_sensor_seq", "events_time"]
+        );
+    }
+
+    #[test]
+    fn newer_schema_version_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::create(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaVersion { found, .. } if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,3 +75,142 @@ async fn oversized_message_is_rejected() {
 
     assert_eq!(other_session.send(event_batch(1..=10)).await.unwrap(), 10);
 }
+
+/// Opens a TLS connection that completes the handshake (server authentication only) and then
+/// sends nothing.
+async fn silent_tls_connection(
+    collector: &Collector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = edr_pki::tls::enrollment_client_config(collector.ca().fingerprint()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let addr = collector.url.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await?;
+    let server_name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(server_name, tcp).await
+}
+
+/// Waits until the server closes `stream` and returns how long that took; panics after 15 s.
+async fn wait_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Duration {
+    let started = Instant::now();
+    let mut buf = vec![0_u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after 15 s");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_above_cap_are_closed() {
+    let collector =
+        Collector::start_with(&["--max-connections", "3", "--metrics-listen", "127.0.0.1:0"]);
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=3)).await.unwrap(), 3);
+
+    // Two silent connections take the remaining slots.
+    let first = silent_tls_connection(&collector).await.unwrap();
+    let second = silent_tls_connection(&collector).await.unwrap();
+
+    // The fourth connection is closed before its handshake completes.
+    let started = Instant::now();
+    let rejected = silent_tls_connection(&collector).await;
+    assert!(rejected.is_err(), "a connection above the cap was accepted");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "rejection took {:?}",
+        started.elapsed()
+    );
+    assert!(collector.metric("edr_collector_connections_rejected_total") >= 1.0);
+
+    // The admitted sensor keeps streaming.
+    assert_eq!(session.send(event_batch(4..=6)).await.unwrap(), 6);
+
+    // Closing the silent connections frees their slots for a new sensor.
+    drop((first, second));
+    let other = direct_identity(&collector);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut other_session = loop {
+        let attempt = tokio::spawn({
+            let other = other.clone();
+            async move { TelemetrySession::open(&other).await }
+        })
+        .await;
+        match attempt {
+            Ok(opened) => break opened,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("no slot was freed within 10 s: {err}"),
+        }
+    };
+    assert_eq!(other_session.send(event_batch(1..=2)).await.unwrap(), 2);
+    assert_eq!(
+        stored_seqs(&collector, &identity.sensor_id),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_handshakes_are_capped_and_timed_out() {
+    let collector = Collector::start_with(&[
+        "--max-pending-handshakes",
+        "2",
+        "--handshake-timeout",
+        "1s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=3)).await.unwrap(), 3);
+
+    // Two TCP clients that never start TLS take both handshake slots.
+    let addr = collector.url.trim_start_matches("https://").to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Let the accept loop take them before the next connection arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A third one is closed at once rather than queued behind them.
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let waited = wait_closed(&mut third).await;
+    assert!(
+        waited < Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert!(collector.metric("edr_collector_handshakes_rejected_total") >= 1.0);
+
+    // The established stream is not affected.
+    assert_eq!(session.send(event_batch(4..=6)).await.unwrap(), 6);
+
+    // The stalled clients are closed by the handshake timeout.
+    for stream in &mut stalled {
+        let waited = wait_closed(stream).await;
+        assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    }
+    // The server counts a timeout just after it drops the socket, so allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while collector.metric("edr_collector_handshakes_timed_out_total") < 2.0 {
+        assert!(Instant::now() < deadline, "handshake timeouts not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        collector.metric("edr_collector_handshakes_timed_out_total"),
+        2.0
+    );
+
+    // With the slots free again, a new sensor connects and streams.
+    let other = direct_identity(&collector);
+    let mut other_session = TelemetrySession::open(&other).await;
+    assert_eq!(other_session.send(event_batch(1..=2)).await.unwrap(), 2);
+    assert_eq!(session.send(event_batch(7..=8)).await.unwrap(), 8);
+}

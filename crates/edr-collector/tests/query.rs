@@ -281,14 +281,148 @@ async fn export_writes_security_lake_layout() {
             assert!(value["class_uid"].is_i64());
         }
     }
+}
 
-    let parquet = collector.cli(&["export", "--format", "parquet", "--output", output]);
-    assert!(!parquet.status.success());
-    assert!(
-        stderr(&parquet).contains("use --format jsonl"),
-        "{}",
-        stderr(&parquet)
-    );
+/// One row of an exported Parquet file, read back with the parquet crate's record reader.
+#[derive(Debug, PartialEq)]
+struct ParquetRow {
+    time: i64,
+    sensor_id: String,
+    seq: i64,
+    class_uid: i64,
+    activity_id: Option<i64>,
+    severity_id: Option<i64>,
+    process_uid: Option<String>,
+    user_name: Option<String>,
+    event: String,
+}
+
+fn read_parquet(path: &std::path::Path) -> Vec<ParquetRow> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let metadata = reader.metadata();
+    for column in metadata.row_group(0).columns() {
+        assert!(
+            matches!(column.compression(), parquet::basic::Compression::ZSTD(_)),
+            "column {} is {:?}, not zstd",
+            column.column_path(),
+            column.compression()
+        );
+    }
+    let optional_long = |field: &Field| match field {
+        Field::Null => None,
+        Field::Long(value) => Some(*value),
+        other => panic!("expected a long or null, got {other:?}"),
+    };
+    let optional_string = |field: &Field| match field {
+        Field::Null => None,
+        Field::Str(value) => Some(value.clone()),
+        other => panic!("expected a string or null, got {other:?}"),
+    };
+    reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            let fields: Vec<(String, Field)> = row
+                .get_column_iter()
+                .map(|(name, field)| (name.clone(), field.clone()))
+                .collect();
+            let names: Vec<&str> = fields.iter().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "time",
+                    "sensor_id",
+                    "seq",
+                    "class_uid",
+                    "activity_id",
+                    "severity_id",
+                    "process_uid",
+                    "user_name",
+                    "event"
+                ]
+            );
+            let Field::TimestampMillis(time) = fields[0].1 else {
+                panic!("time is {:?}", fields[0].1)
+            };
+            ParquetRow {
+                time,
+                sensor_id: optional_string(&fields[1].1).unwrap(),
+                seq: optional_long(&fields[2].1).unwrap(),
+                class_uid: optional_long(&fields[3].1).unwrap(),
+                activity_id: optional_long(&fields[4].1),
+                severity_id: optional_long(&fields[5].1),
+                process_uid: optional_string(&fields[6].1),
+                user_name: optional_string(&fields[7].1),
+                event: optional_string(&fields[8].1).unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_parquet_matches_store() {
+    let collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(mixed_batch(1..=30)).await.unwrap(), 30);
+
+    let out = tempfile::tempdir().unwrap();
+    let result = collector.cli(&[
+        "export",
+        "--format",
+        "parquet",
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{result:?}");
+
+    let db = database(&collector);
+    for (source, class_uid) in [("edr-process-activity", 1007), ("edr-dns-activity", 4003)] {
+        let dir = out.path().join(format!(
+            "ext/{source}/region=local/accountId=000000000000/eventDay=20231114"
+        ));
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            files[0].extension().and_then(|e| e.to_str()),
+            Some("parquet")
+        );
+        let exported = read_parquet(&files[0]);
+
+        let mut stmt = db
+            .prepare(
+                "SELECT time, sensor_id, seq, class_uid, activity_id, severity_id, process_uid,
+                        user_name, json
+                 FROM events WHERE class_uid = ?1 ORDER BY time, sensor_id, seq",
+            )
+            .unwrap();
+        let stored: Vec<ParquetRow> = stmt
+            .query_map([class_uid], |row| {
+                Ok(ParquetRow {
+                    time: row.get(0)?,
+                    sensor_id: row.get(1)?,
+                    seq: row.get(2)?,
+                    class_uid: row.get(3)?,
+                    activity_id: row.get(4)?,
+                    severity_id: row.get(5)?,
+                    process_uid: row.get(6)?,
+                    user_name: row.get(7)?,
+                    event: row.get(8)?,
+                })
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored.len(), 15, "{source}");
+        assert_eq!(exported.len(), stored.len(), "{source}");
+        assert_eq!(exported, stored, "{source}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,7 @@
 //! The server certificate is issued by the Collector CA at every start, for the names given
 //! with `--server-name` plus localhost, 127.0.0.1, ::1 and a specific listen IP.
 
+mod admission;
 mod auth;
 mod command;
 mod enrollment;
@@ -38,6 +39,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 
+pub(crate) use self::admission::AdmissionLimits;
+use self::admission::{Admission, RejectionLog};
 use crate::commands::ca_dir;
 use crate::metrics::Metrics;
 use crate::store::retention::RetentionOutcome;
@@ -48,9 +51,6 @@ pub(crate) const REVOCATION_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Validity of the server certificate issued at start-up.
 const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
-
-/// Time a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits applied to every sensor connection.
 #[derive(Debug, Clone)]
@@ -66,6 +66,8 @@ pub(crate) struct Limits {
     pub(crate) connection_idle_timeout: Duration,
     /// Maximum number of concurrent HTTP/2 streams (RPCs) per connection.
     pub(crate) max_streams_per_connection: u32,
+    /// Caps on connections and TLS handshakes, and the handshake timeout.
+    pub(crate) admission: AdmissionLimits,
 }
 
 /// Settings of `serve`.
@@ -124,7 +126,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
     let ca = CollectorCa::load(&ca_dir(data_dir))?;
     let store = Store::open(data_dir)?;
     let ingest = Store::open(data_dir)?;
-    ingest.set_sync_mode(sync_mode)?;
+    ingest.configure_for_ingest(sync_mode)?;
     let revocations = RevocationList::new(store.revocation_set()?);
 
     for default in ["localhost", "127.0.0.1", "::1"] {
@@ -198,15 +200,18 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
     tokio::spawn(accept_loop(
         listener,
         acceptor,
+        Admission::new(limits.admission, Arc::clone(&shared.metrics)),
         limits.connection_idle_timeout,
         tx,
     ));
 
     let enrollment = EnrollmentServer::new(enrollment::EnrollmentService::new(Arc::clone(&shared)));
+    // Replies on the telemetry stream are acks of a few bytes, so they go uncompressed: tonic
+    // sets up a new zstd context for every compressed message, which cost more CPU than the
+    // acks save in bytes.
     let telemetry = TelemetryServer::new(telemetry::TelemetryService::new(Arc::clone(&shared)))
         .max_decoding_message_size(limits.max_message_bytes)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Zstd);
+        .accept_compressed(CompressionEncoding::Zstd);
     let telemetry = InterceptedService::new(
         telemetry,
         auth::require_sensor(Arc::clone(&shared.revocations)),
@@ -236,33 +241,48 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
     Ok(())
 }
 
-type TlsConnection = idle::IdleTimeout<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+type TlsConnection =
+    idle::IdleTimeout<admission::Admitted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>;
 
-/// Accepts TCP connections and runs each TLS handshake in its own task.
+/// Accepts TCP connections, closes those above the admission limits and runs each TLS
+/// handshake in its own task.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    admission: Admission,
     idle_timeout: Duration,
     tx: tokio::sync::mpsc::Sender<Result<TlsConnection, std::io::Error>>,
 ) {
+    let mut rejections = RejectionLog::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
+                // For example EMFILE when the process is out of file descriptors.
                 tracing::warn!(error = %err, "failed to accept a TCP connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let slots = match admission.admit() {
+            Ok(slots) => slots,
+            Err(err) => {
+                rejections.record(peer, &err);
+                drop(tcp);
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
+        let admission = admission.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
+            match admission.handshake(&acceptor, tcp, slots).await {
+                Ok(tls) => {
                     let _ = tx.send(Ok(idle::IdleTimeout::new(tls, idle_timeout))).await;
                 }
-                Ok(Err(err)) => tracing::warn!(%peer, error = %err, "TLS handshake failed"),
-                Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                Err(err) => {
+                    tracing::warn!(%peer, error = %err, "closed a connection before TLS was established")
+                }
             }
         });
     }

@@ -1,0 +1,54 @@
+//! Entry points for the benchmarks under `benches/`: the ingest path from a decoded batch to
+//! a committed SQLite transaction, without gRPC or TLS. Not a stable API.
+
+use std::path::Path;
+
+use edr_proto::v1::EventBatch;
+
+use crate::ingest::{ValidBatch, validate};
+use crate::store::{Store, SyncMode};
+
+/// Largest batch the benchmarks validate, as `serve --max-records-per-batch` allows by default.
+const MAX_RECORDS: usize = 50_000;
+
+/// A Collector database opened the way `serve` opens it for ingest.
+#[derive(Debug)]
+pub struct IngestStore {
+    store: Store,
+}
+
+impl IngestStore {
+    /// Creates the database in `data_dir`, with `synchronous=FULL` when `full_sync` is set and
+    /// `NORMAL` otherwise.
+    pub fn create(data_dir: &Path, full_sync: bool) -> anyhow::Result<Self> {
+        let store = Store::create(data_dir)?;
+        store.configure_for_ingest(if full_sync {
+            SyncMode::Full
+        } else {
+            SyncMode::Normal
+        })?;
+        Ok(Self { store })
+    }
+
+    /// Validates `batches` of `sensor_id` and stores them in one transaction, as the ingest
+    /// writer does with a group; returns the number of events inserted.
+    pub fn ingest(&mut self, sensor_id: &str, batches: Vec<EventBatch>) -> anyhow::Result<u64> {
+        let group = batches
+            .into_iter()
+            .map(|batch| Ok((sensor_id.to_string(), validate_batch(batch)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let outcomes = self
+            .store
+            .ingest_group(&group, time::OffsetDateTime::now_utc())?;
+        Ok(outcomes.iter().map(|outcome| outcome.events).sum())
+    }
+}
+
+/// Validates `batch` as the Telemetry service does; returns the number of records.
+pub fn validate_only(batch: EventBatch) -> anyhow::Result<usize> {
+    Ok(validate_batch(batch)?.records.len())
+}
+
+fn validate_batch(batch: EventBatch) -> anyhow::Result<ValidBatch> {
+    Ok(validate(batch, MAX_RECORDS)?)
+}
