@@ -142,8 +142,10 @@
 //! `%ProgramData%\edr\buffer`, restricted to SYSTEM and Administrators. NOTE: those Windows paths
 //! are type-checked but have never run on Windows.
 
+mod clock;
 mod config;
 mod error;
+mod flush;
 mod format;
 pub mod platform;
 mod rate;
