@@ -104,8 +104,10 @@ struct LaneState {
     unsynced_closed: Vec<(u64, File)>,
     /// A segment was created since the last directory fsync.
     dir_dirty: bool,
-    /// Bytes written to the active segment since the last group commit or early fsync request.
+    /// Bytes written to the lane since the last group commit or early fsync request.
     unflushed_bytes: u64,
+    /// Segments closed since then, fsynced early with the active one.
+    unflushed_closed: Vec<PathBuf>,
     reader: LaneReader,
     /// Records handed out by `drain` and not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
@@ -778,6 +780,7 @@ impl Buffer {
                 return Err(error);
             }
         }
+        self.flusher.committed();
         Ok(())
     }
 
@@ -937,6 +940,7 @@ impl LaneState {
             unsynced_closed: Vec::new(),
             dir_dirty,
             unflushed_bytes: 0,
+            unflushed_closed: Vec::new(),
             reader: LaneReader::new(start.0, start.1),
             in_flight: VecDeque::new(),
         })
@@ -1002,6 +1006,9 @@ impl LaneState {
 
         self.unflushed_bytes += written;
         if self.unflushed_bytes >= FLUSH_AHEAD_BYTES {
+            for closed in self.unflushed_closed.drain(..) {
+                flusher.request(&closed);
+            }
             flusher.request(&meta.path);
             self.unflushed_bytes = 0;
         }
@@ -1035,18 +1042,17 @@ impl LaneState {
         }
         self.writer.pending_first_ms = None;
         self.unflushed_bytes = 0;
+        self.unflushed_closed.clear();
         Ok(())
     }
 
-    /// Closes the active segment, asks `flusher` to fsync what it holds, and starts a new one
-    /// keyed by `next_seq`.
+    /// Closes the active segment and starts a new one keyed by `next_seq`.
     fn rotate(&mut self, next_seq: u64, flusher: &Flusher) -> Result<(), BufferError> {
         self.write_pending(flusher)?;
-        if self.unflushed_bytes > 0 {
+        if self.writer.dirty {
             if let Some(meta) = self.segments.get(&self.writer.key) {
-                flusher.request(&meta.path);
+                self.unflushed_closed.push(meta.path.clone());
             }
-            self.unflushed_bytes = 0;
         }
         let (file, meta) = create_segment(&self.dir, self.lane, next_seq)?;
         self.insert_segment(next_seq, meta);
