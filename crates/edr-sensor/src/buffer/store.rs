@@ -971,9 +971,9 @@ impl LaneState {
         }
     }
 
-    /// Writes the pending bytes to the file without fsync, and asks `flusher` for an early fsync
-    /// every [`FLUSH_AHEAD_BYTES`]. On failure the file is cut back to its previous length and
-    /// the bytes stay pending, so a full disk leaves no partial frame.
+    /// Writes the pending bytes to the file without fsync, and requests early fsyncs from
+    /// `flusher` every [`FLUSH_AHEAD_BYTES`]. On failure the file is cut back to its previous
+    /// length and the bytes stay pending, so a full disk leaves no partial frame.
     fn write_pending(&mut self, flusher: &Flusher) -> Result<(), BufferError> {
         if self.writer.pending.is_empty() {
             return Ok(());
