@@ -2,10 +2,10 @@
 //!
 //! On Linux it is `CLOCK_MONOTONIC_COARSE`, which the vDSO serves from the time of the last
 //! timer tick without reading the TSC. Its resolution is one tick (`clock_getres` reports 4 ms
-//! at `HZ=250`). That is finer than the millisecond append times and the sync interval of up to
-//! a second that it serves, and a precise read cost about a tenth of an append in a profile of
-//! the append bench. Elsewhere it is [`std::time::Instant`], counted from the first reading in
-//! the process.
+//! with `HZ=250`), so append times advance in steps of a tick and the sync deadline can pass one
+//! tick late. A precise read cost about a tenth of the time of an append in a CPU profile of the
+//! append bench on a 2-core VM. Elsewhere it is [`std::time::Instant`], counted from the first
+//! reading in the process.
 
 use std::time::Duration;
 
