@@ -136,7 +136,6 @@ mod tests {
     use super::*;
     use std::fs::File;
     use std::io::Write;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn flusher_skips_missing_segments() {
@@ -185,6 +184,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn flusher_keeps_failed_fsync_until_taken() {
+        use std::time::{Duration, Instant};
+
         let path = Path::new("/dev/null");
         let flusher = Flusher::start().unwrap();
         flusher.request(path);
