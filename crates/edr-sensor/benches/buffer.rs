@@ -1,8 +1,9 @@
 //! Append and drain throughput of the ring buffer on the disk under `EDR_BUFFER_BENCH_DIR`
 //! (default: the system temporary directory), with group commit on.
 //!
-//! Run: `cargo bench -p edr-sensor --bench buffer`. Criterion prints MB/s (payload bytes) for
-//! the `bytes` groups and records/s for the `records` groups.
+//! Run: `cargo bench -p edr-sensor --bench buffer`. Criterion prints decimal MB/s (10^6 bytes
+//! of payload per second, frame headers not counted) for the `MB` groups and records/s for the
+//! `records` groups.
 //!
 //! Each append iteration writes 64 MiB of payload into a fresh 5 GiB buffer with a 1 s sync
 //! interval and ends with `sync`, so every measured byte is fsynced. Each drain iteration reads
@@ -51,7 +52,7 @@ fn bench_size(c: &mut Criterion, size: usize, label: &str) {
     let count = BATCH_BYTES / size;
 
     for (unit, throughput) in [
-        ("bytes", Throughput::Bytes((count * size) as u64)),
+        ("MB", Throughput::BytesDecimal((count * size) as u64)),
         ("records", Throughput::Elements(count as u64)),
     ] {
         let mut group = c.benchmark_group(format!("append_{label}_{unit}"));

@@ -6,6 +6,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::clock::CoarseInstant;
+use super::flush::{FLUSH_AHEAD_BYTES, Flusher};
 use super::format::{
     self, CursorState, FRAME_HEADER_LEN, FrameKind, GAP_PAYLOAD_LEN, SEGMENT_HEADER_LEN,
 };
@@ -15,7 +17,7 @@ use super::segment::{self, LaneReader, LaneScan, ReadRecord, SegmentMeta};
 use super::{BufferError, BufferMetrics, BufferOptions, Gap, GapReason, Lane, Record, RecordKind};
 
 /// Pending bytes of a lane at which they are written to the file without waiting for the sync.
-const WRITE_THRESHOLD: usize = 1 << 20;
+const WRITE_THRESHOLD: usize = 256 << 10;
 /// Frame length of a gap record, kept free so that an eviction can always record its gap.
 const GAP_FRAME_LEN: u64 = (FRAME_HEADER_LEN + GAP_PAYLOAD_LEN) as u64;
 const CURSOR_FILE: &str = "cursor";
@@ -39,41 +41,41 @@ pub struct Buffer {
     record_bucket: Option<TokenBucket>,
     counters: Counters,
     poisoned: bool,
+    /// Fsyncs segment data early while appends go on; see the `flush` module.
+    flusher: Flusher,
 }
 
 /// The two clock readings taken at the first append of a commit group.
 ///
-/// Later appends of the group read only the monotonic clock and stamp their records with
-/// `unix_ms` plus the monotonic time elapsed since `instant`. One clock read per append serves
-/// both the group commit deadline and the append time. A step of the wall clock reaches the
-/// stamps at the next group, at most one sync interval later when the owner calls `tick`.
+/// Later appends of the group read only the coarse monotonic clock and stamp their records with
+/// `unix_ms` plus the time elapsed since `started`. One cheap clock read per append serves both
+/// the group commit deadline and the append time. A step of the wall clock reaches the stamps at
+/// the next group, at most one sync interval later when the owner calls `tick`.
 #[derive(Debug, Clone, Copy)]
 struct GroupStart {
-    instant: Instant,
+    started: CoarseInstant,
     unix_ms: u64,
     /// When the sync interval has elapsed, compared on each append instead of a subtraction;
-    /// `None` when that lies beyond what `Instant` can represent.
-    sync_due: Option<Instant>,
+    /// `None` when that lies beyond what the clock can represent.
+    sync_due: Option<CoarseInstant>,
 }
 
 impl GroupStart {
-    fn starting_at(instant: Instant, sync_interval: Duration) -> Self {
+    fn starting_at(started: CoarseInstant, sync_interval: Duration) -> Self {
         Self {
-            instant,
+            started,
             unix_ms: unix_millis(),
-            sync_due: instant.checked_add(sync_interval),
+            sync_due: started.checked_add(sync_interval),
         }
     }
 
-    fn sync_due_at(self, now: Instant) -> bool {
+    fn sync_due_at(self, now: CoarseInstant) -> bool {
         self.sync_due.is_some_and(|due| now >= due)
     }
 
     /// Returns the append time in Unix milliseconds of a record appended at `now`.
-    fn unix_ms_at(self, now: Instant) -> u64 {
-        let elapsed = now.saturating_duration_since(self.instant).as_millis();
-        self.unix_ms
-            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    fn unix_ms_at(self, now: CoarseInstant) -> u64 {
+        self.unix_ms.saturating_add(now.millis_since(self.started))
     }
 }
 
@@ -102,6 +104,10 @@ struct LaneState {
     unsynced_closed: Vec<(u64, File)>,
     /// A segment was created since the last directory fsync.
     dir_dirty: bool,
+    /// Bytes written to the lane since the last group commit or early fsync request.
+    unflushed_bytes: u64,
+    /// Segments closed since then, fsynced early with the active one.
+    unflushed_closed: Vec<PathBuf>,
     reader: LaneReader,
     /// Records handed out by `drain` and not yet acknowledged, oldest first.
     in_flight: VecDeque<InFlight>,
@@ -215,6 +221,9 @@ impl Buffer {
                 reason: "internal: lane count is not two".to_owned(),
             })?;
 
+        let flusher = Flusher::start().map_err(|error| {
+            BufferError::from_io("start flush thread for", directory.clone(), error)
+        })?;
         let now = Instant::now();
         let mut buffer = Self {
             byte_bucket: options
@@ -231,6 +240,7 @@ impl Buffer {
             unsynced_since: None,
             counters,
             poisoned: false,
+            flusher,
         };
 
         // Step 6: persist the recovered state, then report damaged regions to the Collector.
@@ -296,7 +306,7 @@ impl Buffer {
 
         let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
         self.make_room(frame_len)?;
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         let seq = self.append_frame(lane, FrameKind::Event, payload, now)?;
 
         // The record is accepted whatever the group commit does: a failed sync leaves it
@@ -318,9 +328,10 @@ impl Buffer {
     /// a burst become durable on time. Returns the highest durable sequence number.
     pub fn tick(&mut self) -> Result<u64, BufferError> {
         self.check_poisoned()?;
+        let now = CoarseInstant::now();
         if self
             .unsynced_since
-            .is_some_and(|since| since.instant.elapsed() >= self.options.sync_interval)
+            .is_some_and(|since| since.sync_due_at(now))
         {
             self.sync()?;
         }
@@ -546,14 +557,14 @@ impl Buffer {
     // === appending ===
 
     /// Encodes a frame into the pending bytes of `lane`, rotating its segment first when the
-    /// frame would take it past the segment size. `now` is the caller's monotonic clock reading
-    /// for this append.
+    /// frame would take it past the segment size. `now` is the caller's clock reading for this
+    /// append.
     fn append_frame(
         &mut self,
         lane: Lane,
         kind: FrameKind,
         payload: &[u8],
-        now: Instant,
+        now: CoarseInstant,
     ) -> Result<u64, BufferError> {
         let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
         let segment_bytes = self.options.segment_bytes;
@@ -561,26 +572,27 @@ impl Buffer {
         let group = self
             .unsynced_since
             .unwrap_or_else(|| GroupStart::starting_at(now, self.options.sync_interval));
+        let flusher = &self.flusher;
         let state = &mut self.lanes[lane.index()];
 
         if state.writer.pending.len() >= WRITE_THRESHOLD {
-            state.write_pending()?;
+            state.write_pending(flusher)?;
         }
 
         // An empty segment takes the frame whatever its size, so that every frame finds a home.
+        // The active segment is looked up once per append and again only after a rotation.
         let pending_len = state.writer.pending.len() as u64;
-        let segment_full =
-            active_meta_mut(&mut state.segments, state.writer.key).is_some_and(|meta| {
-                meta.records > 0 && meta.len + pending_len + frame_len > segment_bytes
-            });
+        let mut active = active_meta_mut(&mut state.segments, state.writer.key);
+        let segment_full = active.as_ref().is_some_and(|meta| {
+            meta.records > 0 && meta.len + pending_len + frame_len > segment_bytes
+        });
         if segment_full {
-            state.rotate(seq)?;
+            state.rotate(seq, flusher)?;
+            active = active_meta_mut(&mut state.segments, state.writer.key);
         }
 
         let appended_at_ms = group.unix_ms_at(now);
-        let LaneState {
-            segments, writer, ..
-        } = state;
+        let writer = &mut state.writer;
         format::encode_frame(
             &mut writer.pending,
             lane,
@@ -590,7 +602,7 @@ impl Buffer {
             payload,
         );
         writer.pending_first_ms.get_or_insert(appended_at_ms);
-        if let Some(meta) = active_meta_mut(segments, writer.key) {
+        if let Some(meta) = active {
             if meta.records == 0 {
                 meta.first_seq = seq;
             }
@@ -606,7 +618,12 @@ impl Buffer {
 
     fn append_gap(&mut self, gap: &Gap) -> Result<u64, BufferError> {
         let payload = format::encode_gap(gap);
-        let seq = self.append_frame(Lane::Priority, FrameKind::Gap, &payload, Instant::now())?;
+        let seq = self.append_frame(
+            Lane::Priority,
+            FrameKind::Gap,
+            &payload,
+            CoarseInstant::now(),
+        )?;
         self.counters.gap_records += 1;
         Ok(seq)
     }
@@ -681,7 +698,7 @@ impl Buffer {
             if meta.records == 0 {
                 return Ok(None);
             }
-            state.rotate(next_seq)?;
+            state.rotate(next_seq, &self.flusher)?;
         }
         Ok(Some(oldest))
     }
@@ -748,15 +765,22 @@ impl Buffer {
 
     fn sync_all_lanes(&mut self) -> Result<(), BufferError> {
         for state in &mut self.lanes {
-            state.write_pending()?;
+            state.write_pending(&self.flusher)?;
         }
         for index in 0..self.lanes.len() {
-            if let Err(error) = self.lanes[index].fsync() {
+            let mut result = self.lanes[index].fsync();
+            // An early fsync that failed may have cleared the error that this fsync would have
+            // returned, so it fails the group commit the same way.
+            if let Some((path, error)) = self.flusher.take_error() {
+                result = Err(BufferError::from_io("fsync segment", path, error));
+            }
+            if let Err(error) = result {
                 self.poisoned = true;
                 tracing::error!(%error, directory = %self.options.directory.display(), "fsync failed, buffer stopped until reopened");
                 return Err(error);
             }
         }
+        self.flusher.committed();
         Ok(())
     }
 
@@ -915,6 +939,8 @@ impl LaneState {
             writer,
             unsynced_closed: Vec::new(),
             dir_dirty,
+            unflushed_bytes: 0,
+            unflushed_closed: Vec::new(),
             reader: LaneReader::new(start.0, start.1),
             in_flight: VecDeque::new(),
         })
@@ -945,9 +971,10 @@ impl LaneState {
         }
     }
 
-    /// Writes the pending bytes to the file without fsync. On failure the file is cut back to
-    /// its previous length and the bytes stay pending, so a full disk leaves no partial frame.
-    fn write_pending(&mut self) -> Result<(), BufferError> {
+    /// Writes the pending bytes to the file without fsync, and requests early fsyncs from
+    /// `flusher` every [`FLUSH_AHEAD_BYTES`]. On failure the file is cut back to its previous
+    /// length and the bytes stay pending, so a full disk leaves no partial frame.
+    fn write_pending(&mut self, flusher: &Flusher) -> Result<(), BufferError> {
         if self.writer.pending.is_empty() {
             return Ok(());
         }
@@ -976,6 +1003,15 @@ impl LaneState {
         self.segments_len += written;
         self.writer.pending.clear();
         self.writer.dirty = true;
+
+        self.unflushed_bytes += written;
+        if self.unflushed_bytes >= FLUSH_AHEAD_BYTES {
+            for closed in self.unflushed_closed.drain(..) {
+                flusher.request(&closed);
+            }
+            flusher.request(&meta.path);
+            self.unflushed_bytes = 0;
+        }
         Ok(())
     }
 
@@ -1005,12 +1041,19 @@ impl LaneState {
             meta.durable_len = meta.len;
         }
         self.writer.pending_first_ms = None;
+        self.unflushed_bytes = 0;
+        self.unflushed_closed.clear();
         Ok(())
     }
 
     /// Closes the active segment and starts a new one keyed by `next_seq`.
-    fn rotate(&mut self, next_seq: u64) -> Result<(), BufferError> {
-        self.write_pending()?;
+    fn rotate(&mut self, next_seq: u64, flusher: &Flusher) -> Result<(), BufferError> {
+        self.write_pending(flusher)?;
+        if self.writer.dirty {
+            if let Some(meta) = self.segments.get(&self.writer.key) {
+                self.unflushed_closed.push(meta.path.clone());
+            }
+        }
         let (file, meta) = create_segment(&self.dir, self.lane, next_seq)?;
         self.insert_segment(next_seq, meta);
         let old = std::mem::replace(&mut self.writer, SegmentWriter::new(next_seq, file));
