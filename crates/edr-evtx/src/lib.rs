@@ -16,6 +16,7 @@ pub mod convert;
 pub mod map;
 pub mod record;
 pub mod source;
+mod template;
 
 use std::path::Path;
 
