@@ -8,7 +8,8 @@
 //!
 //! [`Record::from_slice`] reads the rendered bytes straight into this shape, without building
 //! a `serde_json::Value` tree: `System` into typed fields and the event's values into a small
-//! list, which is what makes conversion affordable next to plain JSON rendering.
+//! list. Most records skip the JSON altogether: the `template` module fills the same shape
+//! from their template values, and a test checks that both ways give equal records.
 
 use std::fmt;
 

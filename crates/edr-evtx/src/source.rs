@@ -7,8 +7,8 @@
 //! copied while Windows was writing) often carry stale CRCs over readable records.
 //!
 //! A record is built from its template values where its template allows (see the `template`
-//! module) and otherwise rendered to JSON by the `evtx` crate and read back; both give the
-//! same [`Record`].
+//! module). Otherwise the `evtx` crate renders it to JSON, which is read back. Both paths give
+//! the same [`Record`].
 
 use std::path::{Path, PathBuf};
 
@@ -46,7 +46,7 @@ pub struct ReadReport {
     pub rendered_records: u64,
 }
 
-/// How [`read_file_with`] turns a parsed record into a [`Record`].
+/// The method [`read_file_with`] uses to turn a parsed record into a [`Record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordBuild {
     /// From the record's template values where its template has a shape the token reader
@@ -62,7 +62,7 @@ pub fn read_file(path: &Path, sink: impl FnMut(Record)) -> Result<ReadReport, So
     read_file_with(path, RecordBuild::Tokens, sink)
 }
 
-/// [`read_file`], building records as `build` says.
+/// Reads like [`read_file`], building records with the method `build`.
 pub fn read_file_with(
     path: &Path,
     build: RecordBuild,

@@ -1,26 +1,31 @@
 //! Building a [`Record`] straight from a record's BinXML template instance, without rendering
 //! the record to JSON and parsing that text back.
 //!
-//! Almost every record written by Windows is one template instance: the chunk holds the
+//! Almost every record written by Windows is one template instance. The chunk stores the
 //! template definition (the element tree with numbered substitution slots) once, and each
-//! record holds only the substitution values. This module reads a definition once per chunk
+//! record stores only the substitution values. This module reads a definition once per chunk
 //! into a [`Plan`] (which slot fills which `System` value and which field) and then fills a
 //! `Record` from each record's typed values.
 //!
-//! The result must equal what [`Record::from_slice`] reads from the `evtx` crate's JSON
-//! rendering of the same record, because that rendering is the reference. So the plan takes
-//! only the shapes whose JSON form is simple and known: an `Event` with `System` and
-//! `EventData` (`Data` elements named by a literal `Name` attribute) or `UserData` (one wrapper
-//! of plain elements), each value one substitution or literal text, of a scalar type. For
-//! anything else ([`Plan::compile`] or [`Plan::build`] returns `None`) the caller renders the
-//! record to JSON as before. Records without templates, such as forwarded (WEC) records,
-//! always take that path.
+//! The result must equal what [`Record::from_slice`] reads from the `evtx` crate's JSON rendering
+//! of the same record, because that rendering is the reference. So the plan takes only the shapes
+//! whose JSON form is simple and known: an `Event` with `System` and `EventData` (`Data` elements
+//! named by a literal `Name` attribute) or `UserData` (one wrapper of plain elements), each value
+//! one substitution or literal text, of a scalar type. The usual `Event` template passes
+//! `EventData` or `UserData` as a nested template instance in a BinXML value, which takes a second
+//! plan. For anything else ([`Plan::compile`] or [`Plan::build`] returns `None`) the caller renders
+//! the record to JSON as before. Records without templates, such as forwarded (WEC) records, always
+//! take that path.
 //!
-//! Definition layout (MS-EVEN6 2.2.12 and 2.2.17): at the definition offset in the chunk, a
-//! 4-byte offset of the next definition, the 16-byte template GUID, a 4-byte data size, then a
-//! BinXML fragment whose element-start tokens carry a 2-byte dependency id. Names are offsets
-//! into the chunk's string table (4-byte link, 2-byte hash, 2-byte length, UTF-16LE), stored
-//! inline the first time they are used.
+//! NOTE: this path does not charge the `evtx` crate's render budget, so a record that the
+//! renderer would reject for its size still converts. Plans expand nothing (arrays and deeper
+//! nesting fall back), so a record's cost stays bounded by its size.
+//!
+//! Definition layout (MS-EVEN6 BinXML, as the `evtx` crate 0.15.1 reads it): at the definition
+//! offset in the chunk, a 4-byte offset of the next definition, the 16-byte template GUID, a 4-byte
+//! data size, then a BinXML fragment whose element-start tokens carry a 2-byte dependency id. Names
+//! are offsets into the chunk's string table (4-byte link, 2-byte hash, 2-byte length, UTF-16LE),
+//! stored inline the first time they are used.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,7 +110,7 @@ struct NestedInstance<'a> {
 }
 
 impl<'a> NestedInstance<'a> {
-    /// Reads `fragment`, a slice of `chunk`, as one template instance (MS-EVEN6 2.2.12).
+    /// Reads `fragment`, a slice of `chunk`, as one template instance.
     fn read(chunk: &'a [u8], fragment: &'a [u8]) -> Option<NestedInstance<'a>> {
         // The fragment's offset in the chunk: definition offsets inside it are chunk offsets.
         let start = (fragment.as_ptr() as usize).checked_sub(chunk.as_ptr() as usize)?;
@@ -326,17 +331,17 @@ fn read_definition(chunk: &[u8], offset: u32) -> Option<Element> {
 
 // === The plan ===
 
-/// Where one value of a record comes from.
+/// The origin of one value of a record.
 #[derive(Debug, Clone)]
 struct Source {
-    /// Dependency slots of the element and its ancestors: a NullType value in any of them
-    /// leaves the value out.
-    dependencies: Vec<u16>,
+    /// The element's dependency slot: a NullType value there leaves the value out. Plans only
+    /// take elements whose ancestors have no dependency.
+    dependency: Option<u16>,
     /// The pieces of the text or attribute; empty for an empty element.
     pieces: Vec<Piece>,
 }
 
-/// Which sources fill the `System` part of a [`Record`].
+/// The sources of the `System` values of a [`Record`].
 #[derive(Debug, Default)]
 struct SystemPlan {
     provider: Option<Source>,
@@ -358,7 +363,7 @@ pub(crate) struct Plan {
     system: SystemPlan,
     /// `EventData` or `UserData` written in this template.
     inline: Option<BodyPlan>,
-    /// The slot that holds `EventData` or `UserData` as a nested template instance.
+    /// The slot that contains `EventData` or `UserData` as a nested template instance.
     body: Option<u16>,
 }
 
@@ -389,7 +394,7 @@ impl BodyPlan {
         }
     }
 
-    /// The fields of one record, in template order.
+    /// Builds the fields of one record, in template order.
     fn fields(&self, values: &impl Values) -> Option<Fields> {
         let mut fields = Vec::with_capacity(self.fields.len());
         for (name, source) in &self.fields {
@@ -436,9 +441,9 @@ impl Plan {
         seen_system.then_some(plan)
     }
 
-    /// Fills a record from the values of one instance, without the fields of a nested body;
-    /// `None` when a value has a type or shape whose JSON rendering this plan would not
-    /// reproduce.
+    /// Fills a record from the values of one instance, without the fields of a nested body.
+    /// Returns `None` when a value has a type or shape whose JSON rendering this plan would
+    /// not reproduce.
     fn build(&self, values: &[BinXmlValue<'_>], record_id: u64, time_ms: i64) -> Option<Record> {
         let system = &self.system;
         let text = |source: &Option<Source>| -> Option<Option<String>> {
@@ -542,7 +547,7 @@ fn compile_event_data(event_data: &Element) -> Option<Vec<(String, Source)>> {
     Some(fields)
 }
 
-/// `UserData` holds one wrapper element whose children, without attributes, are the fields.
+/// `UserData` contains one wrapper element whose children, without attributes, are the fields.
 fn compile_user_data(user_data: &Element) -> Option<Vec<(String, Source)>> {
     let [wrapper] = user_data.children.as_slice() else {
         return None;
@@ -565,13 +570,14 @@ fn compile_user_data(user_data: &Element) -> Option<Vec<(String, Source)>> {
     Some(fields)
 }
 
-/// The text of an element without child elements or attributes that change its JSON form.
+/// Returns the source of an element's text; `None` when it has child elements or several
+/// pieces of text.
 fn element_text(element: &Element) -> Option<Source> {
     if !element.children.is_empty() || element.text.len() > 1 {
         return None;
     }
     Some(Source {
-        dependencies: element.dependency.into_iter().collect(),
+        dependency: element.dependency,
         pieces: element.text.clone(),
     })
 }
@@ -589,7 +595,7 @@ fn attribute_source(element: &Element, name: &str) -> Option<Option<Source>> {
         return None;
     }
     Some(Some(Source {
-        dependencies: element.dependency.into_iter().collect(),
+        dependency: element.dependency,
         pieces: pieces.clone(),
     }))
 }
@@ -641,9 +647,8 @@ fn resolve(source: Option<&Source>, values: &impl Values) -> Option<FieldValue> 
 /// an empty element, and `None` when the value cannot be built.
 fn resolve_present(source: &Source, values: &impl Values) -> Option<Option<FieldValue>> {
     let left_out = source
-        .dependencies
-        .iter()
-        .any(|&index| values.is_null_type(usize::from(index)));
+        .dependency
+        .is_some_and(|index| values.is_null_type(usize::from(index)));
     if left_out {
         return Some(None);
     }
@@ -691,7 +696,7 @@ fn field_value(value: &BinXmlValue<'_>) -> Option<FieldValue> {
 }
 
 /// [`field_value`] for a value still in its stored form, decoded as the `evtx` crate decodes
-/// substitution values (MS-EVEN6 2.2.18 value types).
+/// substitution values.
 fn raw_field_value(value_type: u8, bytes: &[u8]) -> Option<FieldValue> {
     let value = match (value_type, bytes.len()) {
         (0x00, _) => BinXmlValue::NullType,
