@@ -82,7 +82,7 @@ impl TemplateCache {
         if let Some(index) = plan.body {
             match values.get(usize::from(index)) {
                 None | Some(BinXmlValue::NullType) => {}
-                Some(BinXmlValue::BinXmlType(fragment)) if fragment.is_empty() => {}
+                Some(BinXmlValue::BinXmlType([])) => {}
                 Some(BinXmlValue::BinXmlType(fragment)) => {
                     let nested = NestedInstance::read(chunk, fragment)?;
                     let body = self
@@ -141,8 +141,10 @@ impl<'a> NestedInstance<'a> {
         let count = reader.u32()? as usize;
         let descriptors = reader.bytes(count.checked_mul(4)?)?;
         let mut values = Vec::with_capacity(count);
-        for descriptor in descriptors.as_chunks::<4>().0 {
-            let [low, high, value_type, _] = *descriptor;
+        for descriptor in descriptors.chunks_exact(4) {
+            let &[low, high, value_type, _] = descriptor else {
+                return None;
+            };
             let size = usize::from(u16::from_le_bytes([low, high]));
             values.push((value_type, reader.bytes(size)?));
         }
@@ -680,7 +682,7 @@ fn field_value(value: &BinXmlValue<'_>) -> Option<FieldValue> {
         BinXmlValue::UInt32Type(n) => FieldValue::Unsigned(u64::from(*n)),
         BinXmlValue::UInt64Type(n) => FieldValue::Unsigned(*n),
         BinXmlValue::BoolType(flag) => FieldValue::Bool(*flag),
-        BinXmlValue::BinaryType(bytes) if bytes.is_empty() => FieldValue::Null,
+        BinXmlValue::BinaryType([]) => FieldValue::Null,
         BinXmlValue::GuidType(bytes) => FieldValue::Str(guid_text(bytes)),
         BinXmlValue::HexInt32Type(n) => FieldValue::Str(format!("0x{n:x}")),
         BinXmlValue::HexInt64Type(n) => FieldValue::Str(format!("0x{n:x}")),
@@ -777,8 +779,8 @@ fn sid_text(bytes: &[u8]) -> Option<String> {
     }
     let authority = u64::from_be_bytes([0, 0, a0, a1, a2, a3, a4, a5]);
     let mut text = format!("S-{revision}-{authority}");
-    for sub in subs.as_chunks::<4>().0 {
-        write!(text, "-{}", u32::from_le_bytes(*sub)).ok()?;
+    for sub in subs.chunks_exact(4) {
+        write!(text, "-{}", u32::from_le_bytes(sub.try_into().ok()?)).ok()?;
     }
     Some(text)
 }
@@ -792,24 +794,28 @@ fn signed(n: i64) -> FieldValue {
 
 /// Decodes UTF-16LE; `None` for an odd length or unpaired surrogates.
 fn utf16_to_string(bytes: &[u8]) -> Option<String> {
-    let (units, rest) = bytes.as_chunks::<2>();
-    if !rest.is_empty() {
+    if bytes.len() % 2 != 0 {
         return None;
     }
     // Most event text is ASCII, which needs no surrogate handling: copy the low bytes.
-    if units.iter().all(|&[low, high]| high == 0 && low < 0x80) {
-        let ascii: Vec<u8> = units.iter().map(|&[low, _]| low).collect();
+    if bytes
+        .chunks_exact(2)
+        .all(|unit| unit[1] == 0 && unit[0] < 0x80)
+    {
+        let ascii: Vec<u8> = bytes.iter().step_by(2).copied().collect();
         return String::from_utf8(ascii).ok();
     }
-    let units: Vec<u16> = units.iter().map(|&unit| u16::from_le_bytes(unit)).collect();
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|unit| u16::from_le_bytes([unit[0], unit[1]]))
+        .collect();
     String::from_utf16(&units).ok()
 }
 
 /// [`utf16_to_string`] of the code units before the first NUL unit, where the `evtx` crate
 /// stops a sized string.
 fn utf16_until_nul(bytes: &[u8]) -> Option<String> {
-    let (units, _) = bytes.as_chunks::<2>();
-    match units.iter().position(|unit| *unit == [0, 0]) {
+    match bytes.chunks_exact(2).position(|unit| *unit == [0, 0]) {
         Some(end) => utf16_to_string(&bytes[..end * 2]),
         None => utf16_to_string(bytes),
     }
