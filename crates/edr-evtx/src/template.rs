@@ -9,13 +9,13 @@
 //!
 //! The result must equal what [`Record::from_slice`] reads from the `evtx` crate's JSON rendering
 //! of the same record, because that rendering is the reference. So the plan takes only the shapes
-//! whose JSON form is simple and known: an `Event` with `System` and `EventData` (`Data` elements
-//! named by a literal `Name` attribute) or `UserData` (one wrapper of plain elements), each value
-//! one substitution or literal text, of a scalar type. The usual `Event` template passes
-//! `EventData` or `UserData` as a nested template instance in a BinXML value, which takes a second
-//! plan. For anything else ([`Plan::compile`] or [`Plan::build`] returns `None`) the caller renders
-//! the record to JSON as before. Records without templates, such as forwarded (WEC) records, always
-//! take that path.
+//! whose JSON form is simple and known. That is an `Event` with `System` and `EventData` (`Data`
+//! elements named by a literal `Name` attribute) or `UserData` (one wrapper of plain elements).
+//! Each value must be one substitution or literal text, of a scalar type. The usual `Event`
+//! template passes `EventData` or `UserData` as a nested template instance in a BinXML value, which
+//! takes a second plan. For anything else ([`Plan::compile`] or [`Plan::build`] returns `None`) the
+//! caller renders the record to JSON as before. Records without templates, such as forwarded (WEC)
+//! records, always take that path.
 //!
 //! NOTE: this path does not charge the `evtx` crate's render budget, so a record that the
 //! renderer would reject for its size still converts. Plans expand nothing (arrays and deeper
@@ -118,6 +118,7 @@ impl<'a> NestedInstance<'a> {
         if end > chunk.len() {
             return None;
         }
+
         let mut reader = Reader {
             chunk,
             position: start,
@@ -132,12 +133,14 @@ impl<'a> NestedInstance<'a> {
         }
         reader.bytes(5)?;
         let definition = reader.u32()?;
+
         if reader.position == definition as usize {
             // The definition is stored here, on its first use in the chunk: skip it.
             reader.bytes(20)?;
             let size = reader.u32()? as usize;
             reader.bytes(size)?;
         }
+
         let count = reader.u32()? as usize;
         let descriptors = reader.bytes(count.checked_mul(4)?)?;
         let mut values = Vec::with_capacity(count);
@@ -148,6 +151,7 @@ impl<'a> NestedInstance<'a> {
             let size = usize::from(u16::from_le_bytes([low, high]));
             values.push((value_type, reader.bytes(size)?));
         }
+
         // Anything after the instance but the end of the fragment is a shape not taken here.
         match reader.peek() {
             None | Some(0x00) => Some(NestedInstance { definition, values }),
@@ -584,8 +588,8 @@ fn element_text(element: &Element) -> Option<Source> {
     })
 }
 
-/// The source of attribute `name`, `Some(None)` when the element has no such attribute, and
-/// `None` when the element has children or several pieces in that attribute.
+/// Returns the source of attribute `name`: `Some(None)` when the element has no such
+/// attribute, and `None` when the element has children or several pieces in that attribute.
 fn attribute_source(element: &Element, name: &str) -> Option<Option<Source>> {
     if !element.children.is_empty() {
         return None;
@@ -604,7 +608,7 @@ fn attribute_source(element: &Element, name: &str) -> Option<Option<Source>> {
 
 /// Substitution values of one template instance.
 trait Values {
-    /// Whether value `index` is NullType, which leaves out elements that depend on it.
+    /// Returns whether value `index` is NullType, which leaves out elements that depend on it.
     fn is_null_type(&self, index: usize) -> bool;
     /// Value `index` as its JSON rendering parses, `Null` past the values; `None` for a type
     /// whose rendering this module does not reproduce.
@@ -637,7 +641,8 @@ impl Values for NestedInstance<'_> {
     }
 }
 
-/// The value of `source`, `Null` when it is absent or empty; `None` when it cannot be built.
+/// Returns the value of `source`, `Null` when it is absent or empty, and `None` when it cannot
+/// be built.
 fn resolve(source: Option<&Source>, values: &impl Values) -> Option<FieldValue> {
     match source {
         Some(source) => Some(resolve_present(source, values)?.unwrap_or(FieldValue::Null)),
