@@ -1,7 +1,9 @@
 //! The Windows Event Log (EVTX) source: reads EVTX files and maps their records to OCSF 1.8.0.
 //!
 //! - [`source::read_file`] reads a file record by record on the `evtx` crate, skipping and
-//!   counting damaged chunks (with their chunk numbers) and unreadable records.
+//!   counting damaged chunks (with their chunk numbers) and unreadable records. It builds most
+//!   records from their template values (the private `template` module) and renders the rest
+//!   to JSON.
 //! - [`record::Record`] is one record split into its `System` header and its fields, with
 //!   accessors that accept both template-rendered values and the strings of forwarded (WEC)
 //!   records.
@@ -16,6 +18,7 @@ pub mod convert;
 pub mod map;
 pub mod record;
 pub mod source;
+mod template;
 
 use std::path::Path;
 

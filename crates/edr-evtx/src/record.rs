@@ -8,7 +8,8 @@
 //!
 //! [`Record::from_slice`] reads the rendered bytes straight into this shape, without building
 //! a `serde_json::Value` tree: `System` into typed fields and the event's values into a small
-//! list, which is what makes conversion affordable next to plain JSON rendering.
+//! list. Most records skip the JSON altogether: the `template` module fills the same shape
+//! from their template values, and a test checks that both ways give equal records.
 
 use std::fmt;
 
@@ -60,7 +61,8 @@ impl FieldValue {
         }
     }
 
-    fn as_u64(&self) -> Option<u64> {
+    /// Reads the value as a number: an integer, or decimal or `0x` hex text.
+    pub(crate) fn as_u64(&self) -> Option<u64> {
         match self {
             FieldValue::Unsigned(n) => Some(*n),
             FieldValue::Signed(n) => u64::try_from(*n).ok(),
@@ -75,6 +77,11 @@ impl FieldValue {
 pub struct Fields(Vec<(String, FieldValue)>);
 
 impl Fields {
+    /// Wraps named values, in document order, with unique names.
+    pub(crate) fn from_vec(fields: Vec<(String, FieldValue)>) -> Fields {
+        Fields(fields)
+    }
+
     /// Removes and returns the value named `name`.
     pub fn remove(&mut self, name: &str) -> Option<FieldValue> {
         let index = self.0.iter().position(|(key, _)| key == name)?;
@@ -99,6 +106,11 @@ impl Fields {
         self.0.len()
     }
 
+    /// Returns the named values in document order.
+    pub fn into_vec(self) -> Vec<(String, FieldValue)> {
+        self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -114,7 +126,7 @@ impl Fields {
 }
 
 /// A record's header and fields.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub provider: String,
     /// The channel, such as `Security`; empty for records without one.
@@ -268,7 +280,12 @@ impl Record {
 
     /// Takes the fields no mapper took, as JSON for `unmapped`.
     pub fn remaining_fields(&mut self) -> Map<String, Value> {
-        std::mem::take(&mut self.fields).into_json()
+        self.take_fields().into_json()
+    }
+
+    /// Takes the fields no mapper took.
+    pub fn take_fields(&mut self) -> Fields {
+        std::mem::take(&mut self.fields)
     }
 }
 

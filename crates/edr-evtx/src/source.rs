@@ -5,6 +5,10 @@
 //! rendered is counted and skipped; only a file that cannot be opened or has no valid file
 //! header fails as a whole. Chunk CRCs are not enforced, because real logs (for example ones
 //! copied while Windows was writing) often carry stale CRCs over readable records.
+//!
+//! A record is built from its template values where its template allows (see the `template`
+//! module). Otherwise the `evtx` crate renders it to JSON, which is read back. Both paths give
+//! the same [`Record`].
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +16,7 @@ use evtx::err::EvtxError;
 use evtx::{EvtxParser, ParserSettings};
 
 use crate::record::Record;
+use crate::template::TemplateCache;
 
 /// Failure to read an EVTX file as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +41,33 @@ pub struct ReadReport {
     pub skipped_chunks: Vec<SkippedChunk>,
     /// Records that could not be rendered or had no `System` header.
     pub bad_records: u64,
+    /// Records handed to the sink that were built by rendering them to JSON, because they
+    /// have no template (forwarded records) or a template the token reader does not take.
+    pub rendered_records: u64,
+}
+
+/// The method [`read_file_with`] uses to turn a parsed record into a [`Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordBuild {
+    /// From the record's template values where its template has a shape the token reader
+    /// takes, otherwise by rendering it to JSON. This is what [`read_file`] does.
+    Tokens,
+    /// Always by rendering the record to JSON with the `evtx` crate and parsing that JSON:
+    /// slower, and the reference that [`RecordBuild::Tokens`] must match.
+    Json,
 }
 
 /// Reads every record of the EVTX file at `path`, in file order, and hands each to `sink`.
-pub fn read_file(path: &Path, mut sink: impl FnMut(Record)) -> Result<ReadReport, SourceError> {
+pub fn read_file(path: &Path, sink: impl FnMut(Record)) -> Result<ReadReport, SourceError> {
+    read_file_with(path, RecordBuild::Tokens, sink)
+}
+
+/// Reads like [`read_file`], building records with the method `build`.
+pub fn read_file_with(
+    path: &Path,
+    build: RecordBuild,
+    mut sink: impl FnMut(Record),
+) -> Result<ReadReport, SourceError> {
     let settings = ParserSettings::new().num_threads(1);
     let mut parser = EvtxParser::from_path(path)
         .map_err(|source| SourceError::Open {
@@ -49,18 +77,26 @@ pub fn read_file(path: &Path, mut sink: impl FnMut(Record)) -> Result<ReadReport
         .with_configuration(settings);
 
     let mut report = ReadReport::default();
-    let rendered = parser.serialized_records(|record| {
+    // The parser clones this closure for each chunk, so each chunk starts with an empty cache.
+    let mut templates = TemplateCache::default();
+    let rendered = parser.serialized_records(move |record| {
         let record = record?;
         let time_ms = record.timestamp.as_millisecond();
         let record_id = record.event_record_id;
+        if build == RecordBuild::Tokens
+            && let Some(built) = templates.build(&record, record_id, time_ms)
+        {
+            return Ok((Ok(built), false));
+        }
         let bytes = record.into_json_bytes()?;
-        Ok(Record::from_slice(&bytes.data, record_id, time_ms))
+        Ok((Record::from_slice(&bytes.data, record_id, time_ms), true))
     });
     for item in rendered {
         match item {
-            Ok(record) => match record {
+            Ok((record, was_rendered)) => match record {
                 Ok(record) => {
                     report.records += 1;
+                    report.rendered_records += u64::from(was_rendered);
                     sink(record);
                 }
                 Err(error) => {

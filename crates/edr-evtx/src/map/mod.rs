@@ -94,8 +94,12 @@ pub(crate) fn parse_utc_time(text: &str) -> Option<i64> {
         clock_parts.next()??,
         clock_parts.next()??,
     );
-    let digits: String = fraction.chars().take(3).collect();
-    let millis = format!("{digits:0<3}").parse::<i64>().ok()?;
+    // Milliseconds are the first three digits of the fraction, padded with zeros.
+    let mut millis = 0;
+    let mut digits = fraction.chars();
+    for _ in 0..3 {
+        millis = millis * 10 + i64::from(digits.next().map_or(Some(0), |d| d.to_digit(10))?);
+    }
     if !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23
