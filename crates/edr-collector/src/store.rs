@@ -28,7 +28,7 @@ pub(crate) mod ingest;
 pub(crate) mod query;
 pub(crate) mod retention;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Page cache of the ingest connection, in KiB.
 const INGEST_CACHE_KIB: i64 = 64 * 1024;
@@ -130,14 +130,22 @@ CREATE TABLE IF NOT EXISTS command_results (
 );
 ";
 
-/// Schema version 3 drops the indexes on `severity_id`, `process_uid` and `user_name`. No
-/// query reads them (`--where` matches the JSON), and each insert into an index ordered by a
-/// random key such as a process uid dirties a different page, which every commit writes to
-/// the WAL in full. The columns stay, for output and export.
+/// Schema version 3 dropped the indexes on `severity_id`, `process_uid` and `user_name`
+/// because no query read them; each insert into an index ordered by a random key such as a
+/// process uid dirties a different page, which every commit writes to the WAL in full.
 const SCHEMA_V3: &str = "
 DROP INDEX IF EXISTS events_severity;
 DROP INDEX IF EXISTS events_process;
 DROP INDEX IF EXISTS events_user;
+";
+
+/// Schema version 4 restores them, and `events --where` on `severity_id`, `process.uid` and
+/// `actor.user.name` now reads them: an analyst pivoting on one process or user across
+/// millions of events must not scan the JSON of every row. Ingest pays for it (ADR 0005).
+const SCHEMA_V4: &str = "
+CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id);
+CREATE INDEX IF NOT EXISTS events_process ON events (process_uid) WHERE process_uid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_user ON events (user_name) WHERE user_name IS NOT NULL;
 ";
 
 /// How SQLite syncs the write-ahead log, which decides what an ack promises.
@@ -265,7 +273,7 @@ impl Store {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(sqlite)?;
         // Each step brings the schema from one version to the next; a new database runs all.
-        let steps: [&str; 3] = [SCHEMA, SCHEMA_V2, SCHEMA_V3];
+        let steps: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
         match usize::try_from(version) {
             Ok(done) if done < steps.len() => {
                 for step in &steps[done..] {
@@ -652,17 +660,12 @@ mod tests {
     }
 
     #[test]
-    fn version_2_database_loses_unused_indexes() {
+    fn version_3_database_gets_lookup_indexes() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::create(dir.path()).unwrap());
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch(
-            "CREATE INDEX events_severity ON events (severity_id);
-             CREATE INDEX events_process ON events (process_uid) WHERE process_uid IS NOT NULL;
-             CREATE INDEX events_user ON events (user_name) WHERE user_name IS NOT NULL;
-             PRAGMA user_version = 2;",
-        )
-        .unwrap();
+        conn.execute_batch(SCHEMA_V3).unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
         drop(conn);
 
         let store = Store::open(dir.path()).unwrap();
@@ -682,8 +685,73 @@ mod tests {
             .collect();
         assert_eq!(
             indexes,
-            ["events_class", "events_sensor_seq", "events_time"]
+            [
+                "events_class",
+                "events_process",
+                "events_sensor_seq",
+                "events_severity",
+                "events_time",
+                "events_user"
+            ]
         );
+    }
+
+    #[test]
+    fn where_on_indexed_fields_matches_the_json() {
+        use query::EventFilter;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        // The second row's process_uid comes from actor.process.uid, so `process.uid=p1` must
+        // not match it although its column holds p1.
+        let rows = [
+            (1, Some("p1"), None, None, r#"{"process":{"uid":"p1"}}"#),
+            (
+                2,
+                Some("p1"),
+                None,
+                None,
+                r#"{"actor":{"process":{"uid":"p1"}}}"#,
+            ),
+            (
+                3,
+                Some("p2"),
+                Some("alice"),
+                Some(3),
+                r#"{"process":{"uid":"p2"},"actor":{"user":{"name":"alice"}},"severity_id":3}"#,
+            ),
+            (4, None, Some("alice"), None, r#"{"user":{"name":"alice"}}"#),
+        ];
+        for (seq, process_uid, user_name, severity_id, json) in rows {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, activity_id,
+                                         severity_id, process_uid, user_name, json)
+                     VALUES ('s', ?1, ?1, 0, 1007, 1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![seq, severity_id, process_uid, user_name, json],
+                )
+                .unwrap();
+        }
+        let seqs = |path: &str, value: &str| {
+            let filter = EventFilter {
+                conditions: vec![(path.to_owned(), value.to_owned())],
+                ..EventFilter::default()
+            };
+            let mut found = Vec::new();
+            store
+                .for_each_event(&filter, |row| {
+                    found.push(row.seq);
+                    Ok(())
+                })
+                .unwrap();
+            found
+        };
+        assert_eq!(seqs("$.process.uid", "p1"), [1]);
+        assert_eq!(seqs("$.actor.process.uid", "p1"), [2]);
+        assert_eq!(seqs("$.actor.user.name", "alice"), [3]);
+        assert_eq!(seqs("$.user.name", "alice"), [4]);
+        assert_eq!(seqs("$.severity_id", "3"), [3]);
+        assert!(seqs("$.severity_id", "high").is_empty());
     }
 
     #[test]

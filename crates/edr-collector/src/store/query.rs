@@ -91,6 +91,22 @@ impl Store {
             sql.push_str(&format!(" AND time < ?{}", values.len()));
         }
         for (path, value) in &filter.conditions {
+            // The indexed column narrows the rows; `json_extract` below still decides, because
+            // `process_uid` falls back to `actor.process.uid` and `user_name` to `user.name`
+            // when the event has no `process.uid` or `actor.user.name`.
+            let column = match path.as_str() {
+                "$.severity_id" => value
+                    .parse::<i64>()
+                    .ok()
+                    .map(|n| ("severity_id", Value::Integer(n))),
+                "$.process.uid" => Some(("process_uid", Value::Text(value.clone()))),
+                "$.actor.user.name" => Some(("user_name", Value::Text(value.clone()))),
+                _ => None,
+            };
+            if let Some((column, column_value)) = column {
+                values.push(column_value);
+                sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+            }
             values.push(Value::Text(path.clone()));
             let path_index = values.len();
             values.push(Value::Text(value.clone()));
