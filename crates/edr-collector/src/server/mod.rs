@@ -254,6 +254,8 @@ async fn accept_loop(
     tx: tokio::sync::mpsc::Sender<Result<TlsConnection, std::io::Error>>,
 ) {
     let mut rejections = RejectionLog::default();
+    // Any client can fail a handshake on purpose, so these warnings are rate-limited too.
+    let handshake_failures = Arc::new(std::sync::Mutex::new(RejectionLog::default()));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -275,13 +277,20 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let admission = admission.clone();
         let tx = tx.clone();
+        let handshake_failures = Arc::clone(&handshake_failures);
         tokio::spawn(async move {
             match admission.handshake(&acceptor, tcp, slots).await {
                 Ok(tls) => {
                     let _ = tx.send(Ok(idle::IdleTimeout::new(tls, idle_timeout))).await;
                 }
                 Err(err) => {
-                    tracing::warn!(%peer, error = %err, "closed a connection before TLS was established")
+                    let allowed = handshake_failures
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .allow();
+                    if let Some(suppressed) = allowed {
+                        tracing::warn!(%peer, error = %err, suppressed, "closed a connection before TLS was established")
+                    }
                 }
             }
         });
