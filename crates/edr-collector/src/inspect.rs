@@ -193,11 +193,16 @@ pub(crate) fn events(args: &EventsArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    if let Some(err) = write_error {
-        return Err(err).context("failed to write events to standard output");
+    let written = match write_error {
+        Some(err) => Err(err),
+        None => out.flush(),
+    };
+    match written {
+        // The reader closed the pipe because it has what it needs, as `head` does.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => Err(err).context("failed to write events to standard output"),
+        Ok(()) => Ok(()),
     }
-    out.flush()?;
-    Ok(())
 }
 
 /// Formats Unix milliseconds as an RFC 3339 time with milliseconds.
