@@ -256,7 +256,7 @@ pub(crate) enum ExportFormat {
     Parquet,
 }
 
-/// Longest duration that any option accepts. It is far above any sensible timeout, TTL or
+/// Maximum duration that any option accepts. It is far above any sensible timeout, TTL or
 /// retention age, and short enough that adding it to the current time cannot overflow a clock.
 const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
