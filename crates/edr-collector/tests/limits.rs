@@ -246,3 +246,23 @@ async fn failed_handshakes_are_logged_rate_limited() {
         "{warnings} warnings for 40 failed handshakes"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_serve_gracefully() {
+    let mut collector = Collector::start();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &collector.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let status = collector.child.wait().unwrap();
+    // The log is read by another thread, so allow it a moment to take the last lines.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = collector.log.lock().unwrap().join("\n");
+
+    assert!(status.success(), "serve exited with {status}: {log}");
+    assert!(log.contains("received SIGTERM, shutting down"), "{log}");
+    assert!(log.contains("edr-collector stopped"), "{log}");
+}

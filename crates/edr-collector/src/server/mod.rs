@@ -231,10 +231,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         .add_service(enrollment)
         .add_service(telemetry)
         .add_service(command)
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("received Ctrl-C, shutting down");
-        })
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown_signal())
         .await
         .context("the gRPC server failed")?;
     tracing::info!("edr-collector stopped");
@@ -295,6 +292,29 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Waits for Ctrl-C, or on Unix for SIGTERM, which service managers such as systemd send to
+/// stop a service, and logs which one arrived.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C, shutting down"),
+                    _ = terminate.recv() => tracing::info!("received SIGTERM, shutting down"),
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "failed to install the SIGTERM handler; only Ctrl-C stops the Collector gracefully");
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("received Ctrl-C, shutting down");
 }
 
 /// Reloads the revocation list from the database forever.
