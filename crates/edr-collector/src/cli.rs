@@ -66,20 +66,20 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value = "full")]
         sync: SyncMode,
         /// Largest gRPC message accepted, after decompression, in bytes.
-        #[arg(long, default_value_t = 16 * 1024 * 1024)]
-        max_message_bytes: usize,
+        #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+        max_message_bytes: u64,
         /// Maximum number of records accepted in one event batch.
         #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
         max_records_per_batch: u64,
         /// A telemetry stream that sends nothing for this long is closed, for example 2m.
-        #[arg(long, default_value = "2m")]
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
         stream_idle_timeout: humantime::Duration,
         /// A connection that sends no bytes for this long is closed, including one that never
         /// sends a request; HTTP/2 pings every 20 s keep healthy idle connections alive.
-        #[arg(long, default_value = "60s")]
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
         connection_idle_timeout: humantime::Duration,
         /// Maximum number of concurrent RPCs on one connection.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
         max_streams_per_connection: u32,
         /// Maximum number of connections open at once; a new connection above it is closed
         /// at once. Each connection uses one file descriptor, so keep `ulimit -n` above it.
@@ -90,7 +90,7 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
         max_pending_handshakes: u64,
         /// Time a client has from connecting to finishing the TLS handshake, for example 10s.
-        #[arg(long, default_value = "10s")]
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
         handshake_timeout: humantime::Duration,
         /// Address for the Prometheus metrics listener (plain HTTP), for example
         /// 127.0.0.1:9464; no listener when absent.
@@ -98,14 +98,14 @@ pub(crate) enum Command {
         metrics_listen: Option<SocketAddr>,
         /// Delete events whose OCSF time is older than this, for example 30d; kept forever
         /// when absent.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_duration)]
         retention_max_age: Option<humantime::Duration>,
         /// Delete the oldest events while the database uses more than this many bytes; no
         /// size limit when absent.
         #[arg(long)]
         retention_max_bytes: Option<u64>,
         /// How often retention runs, for example 5m.
-        #[arg(long, default_value = "5m")]
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
         retention_interval: humantime::Duration,
         /// Lifetime of the client certificates issued at enrollment and renewal, 10s to 365d.
         /// Sensors renew once two thirds of it have passed.
@@ -121,7 +121,7 @@ pub(crate) enum TokenCommand {
         #[arg(long)]
         data_dir: PathBuf,
         /// How long the token stays valid, for example 30m, 24h, 7d.
-        #[arg(long, default_value = "24h")]
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: humantime::Duration,
         /// How many sensors may enroll with the token.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -214,7 +214,7 @@ pub(crate) enum QueueCommand {
         /// Sensor id, as shown by `sensors list`.
         sensor: String,
         /// How long the command stays valid, for example 30s, 5m.
-        #[arg(long, default_value = "5m")]
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
         ttl: humantime::Duration,
     },
 }
@@ -254,4 +254,129 @@ pub(crate) enum ExportFormat {
     Jsonl,
     /// Apache Parquet with zstd compression.
     Parquet,
+}
+
+/// Maximum duration that any option accepts. It is far above any sensible timeout, TTL or
+/// retention age, and short enough that adding it to the current time cannot overflow a clock.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses a duration option. Zero is rejected because every duration here is a timeout, an
+/// interval or a lifetime, and zero would close every connection, expire every token or command
+/// at once, or stop the retention task.
+fn parse_duration(value: &str) -> Result<humantime::Duration, String> {
+    let duration: humantime::Duration = value.parse().map_err(|err| format!("{err}"))?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero, for example 30s or 5m".to_owned());
+    }
+    if *duration > MAX_DURATION {
+        return Err("the duration must be at most 100 years, for example 30d".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    fn parses(args: &[&str]) -> bool {
+        let mut argv = vec!["edr-collector"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).is_ok()
+    }
+
+    fn serve_with(option: &str, value: &str) -> bool {
+        parses(&[
+            "serve",
+            "--data-dir",
+            "d",
+            "--listen",
+            "127.0.0.1:0",
+            option,
+            value,
+        ])
+    }
+
+    #[test]
+    fn serve_rejects_zero_durations() {
+        for option in [
+            "--stream-idle-timeout",
+            "--connection-idle-timeout",
+            "--handshake-timeout",
+            "--retention-max-age",
+            "--retention-interval",
+        ] {
+            assert!(!serve_with(option, "0s"), "{option} 0s was accepted");
+            assert!(!serve_with(option, "0"), "{option} 0 was accepted");
+            assert!(serve_with(option, "10s"), "{option} 10s was rejected");
+        }
+    }
+
+    #[test]
+    fn serve_rejects_overflowing_durations() {
+        for option in [
+            "--stream-idle-timeout",
+            "--connection-idle-timeout",
+            "--handshake-timeout",
+            "--retention-max-age",
+            "--retention-interval",
+        ] {
+            assert!(
+                !serve_with(option, "500000000000y"),
+                "{option} 500000000000y was accepted"
+            );
+        }
+        assert!(serve_with("--retention-max-age", "10y"));
+    }
+
+    #[test]
+    fn serve_rejects_zero_limits() {
+        assert!(!serve_with("--max-message-bytes", "0"));
+        assert!(!serve_with("--max-streams-per-connection", "0"));
+        assert!(serve_with("--max-message-bytes", "1024"));
+        assert!(serve_with("--max-streams-per-connection", "1"));
+    }
+
+    #[test]
+    fn token_ttl_rejects_zero() {
+        assert!(!parses(&[
+            "token",
+            "create",
+            "--data-dir",
+            "d",
+            "--ttl",
+            "0s"
+        ]));
+        assert!(parses(&[
+            "token",
+            "create",
+            "--data-dir",
+            "d",
+            "--ttl",
+            "1h"
+        ]));
+    }
+
+    #[test]
+    fn ping_ttl_rejects_zero() {
+        assert!(!parses(&[
+            "command",
+            "ping",
+            "--data-dir",
+            "d",
+            "S",
+            "--ttl",
+            "0s"
+        ]));
+        assert!(parses(&[
+            "command",
+            "ping",
+            "--data-dir",
+            "d",
+            "S",
+            "--ttl",
+            "30s"
+        ]));
+    }
 }

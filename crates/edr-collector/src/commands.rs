@@ -86,7 +86,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                 server_names,
                 sync_mode: sync,
                 limits: crate::server::Limits {
-                    max_message_bytes,
+                    max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
                     max_records_per_batch: usize::try_from(max_records_per_batch)
                         .unwrap_or(usize::MAX),
                     stream_idle_timeout: stream_idle_timeout.into(),

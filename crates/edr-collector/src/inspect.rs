@@ -33,6 +33,11 @@ pub(crate) enum FilterError {
         "invalid --where field \"{field}\": use dot-separated OCSF attribute names of letters, digits and underscores, with optional [N] indexes, such as process.file.name or actor.user.groups[0].name"
     )]
     WhereField { field: String },
+    /// `--since` is at or after `--until`, so no event could match.
+    #[error(
+        "--since {since} is not before --until {until}, so no event can match: swap them or widen the range"
+    )]
+    EmptyRange { since: String, until: String },
 }
 
 /// Builds the event filter from the shared time arguments.
@@ -40,17 +45,27 @@ pub(crate) fn time_filter(
     range: &TimeRange,
     now: OffsetDateTime,
 ) -> Result<EventFilter, FilterError> {
+    let since_ms = range
+        .since
+        .as_deref()
+        .map(|value| parse_time("since", value, now))
+        .transpose()?;
+    let until_ms = range
+        .until
+        .as_deref()
+        .map(|value| parse_time("until", value, now))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && since >= until
+    {
+        return Err(FilterError::EmptyRange {
+            since: range.since.clone().unwrap_or_default(),
+            until: range.until.clone().unwrap_or_default(),
+        });
+    }
     Ok(EventFilter {
-        since_ms: range
-            .since
-            .as_deref()
-            .map(|value| parse_time("since", value, now))
-            .transpose()?,
-        until_ms: range
-            .until
-            .as_deref()
-            .map(|value| parse_time("until", value, now))
-            .transpose()?,
+        since_ms,
+        until_ms,
         ..EventFilter::default()
     })
 }
@@ -178,11 +193,16 @@ pub(crate) fn events(args: &EventsArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    if let Some(err) = write_error {
-        return Err(err).context("failed to write events to standard output");
+    let written = match write_error {
+        Some(err) => Err(err),
+        None => out.flush(),
+    };
+    match written {
+        // The reader closed the pipe because it has what it needs, as `head` does.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => Err(err).context("failed to write events to standard output"),
+        Ok(()) => Ok(()),
     }
-    out.flush()?;
-    Ok(())
 }
 
 /// Formats Unix milliseconds as an RFC 3339 time with milliseconds.
@@ -278,6 +298,21 @@ mod tests {
         assert_eq!(parse_class("process_activity").unwrap(), 1007);
         let err = parse_class("nope").unwrap_err().to_string();
         assert!(err.contains("\"nope\""), "{err}");
+    }
+
+    #[test]
+    fn inverted_time_range_is_rejected() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let range = |since: &str, until: &str| TimeRange {
+            since: Some(since.to_string()),
+            until: Some(until.to_string()),
+        };
+        let err =
+            time_filter(&range("2030-01-01T00:00:00Z", "2020-01-01T00:00:00Z"), now).unwrap_err();
+        assert!(matches!(err, FilterError::EmptyRange { .. }), "{err}");
+        let err = time_filter(&range("1h", "1h"), now).unwrap_err();
+        assert!(matches!(err, FilterError::EmptyRange { .. }), "{err}");
+        assert!(time_filter(&range("2h", "1h"), now).is_ok());
     }
 
     #[test]

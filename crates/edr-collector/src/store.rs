@@ -173,6 +173,10 @@ pub(crate) enum StoreError {
     /// The schema version is newer or older than this build understands.
     #[error("the database \"{}\" has schema version {found}, this Collector expects {SCHEMA_VERSION}: use a matching Collector version", path.display())]
     SchemaVersion { path: PathBuf, found: i64 },
+    /// The file is an SQLite database with tables but no schema version, so another program
+    /// wrote it.
+    #[error("\"{}\" is an SQLite database that this Collector did not create (it has tables but no schema version): move it away, or pass the --data-dir of an existing Collector or a new directory", path.display())]
+    Foreign { path: PathBuf },
     /// No token with this id exists.
     #[error("no enrollment token with id \"{id}\": list tokens with `edr-collector token list`")]
     UnknownTokenId { id: String },
@@ -263,14 +267,24 @@ impl Store {
         };
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+
+        // Checked before any write, because switching the journal mode or creating the tables
+        // would change a database that belongs to another program.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sqlite)?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(sqlite)?;
+        if version == 0 && tables > 0 {
+            return Err(StoreError::Foreign { path });
+        }
+
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sqlite)?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(sqlite)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(sqlite)?;
         // Each step brings the schema from one version to the next; a new database runs all.
         let steps: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
@@ -752,6 +766,36 @@ mod tests {
         assert_eq!(seqs("$.user.name", "alice"), [4]);
         assert_eq!(seqs("$.severity_id", "3"), [3]);
         assert!(seqs("$.severity_id", "high").is_empty());
+    }
+
+    #[test]
+    fn foreign_database_is_rejected_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE events (x); CREATE TABLE notes (y);")
+            .unwrap();
+        drop(conn);
+
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+        let err = Store::create(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+
+        let conn = Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master ORDER BY name")
+            .unwrap();
+        let tables: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(tables, ["events", "notes"]);
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(journal, "delete");
     }
 
     #[test]

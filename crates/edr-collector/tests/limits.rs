@@ -214,3 +214,55 @@ async fn stalled_handshakes_are_capped_and_timed_out() {
     assert_eq!(other_session.send(event_batch(1..=2)).await.unwrap(), 2);
     assert_eq!(session.send(event_batch(7..=8)).await.unwrap(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_handshakes_are_logged_rate_limited() {
+    use tokio::io::AsyncWriteExt;
+
+    let collector = Collector::start();
+    let addr = collector.url.trim_start_matches("https://").to_string();
+
+    // Bytes that are not a TLS record make each handshake fail at once.
+    for _ in 0..40 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        wait_closed(&mut tcp).await;
+    }
+    // The log line is written after the socket is closed, so allow it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let warnings = collector
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("closed a connection before TLS was established"))
+        .count();
+    assert!(warnings >= 1, "no warning about the failed handshakes");
+    assert!(
+        warnings <= 2,
+        "{warnings} warnings for 40 failed handshakes"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_serve_gracefully() {
+    let mut collector = Collector::start();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &collector.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let status = collector.child.wait().unwrap();
+    // The log is read by another thread, so allow it a moment to take the last lines.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = collector.log.lock().unwrap().join("\n");
+
+    assert!(status.success(), "serve exited with {status}: {log}");
+    assert!(log.contains("received SIGTERM, shutting down"), "{log}");
+    assert!(log.contains("edr-collector stopped"), "{log}");
+}

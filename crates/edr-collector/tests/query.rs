@@ -445,3 +445,24 @@ async fn retention_deletes_old_events_for_good() {
     assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
     assert!(stored_seqs(&collector, &identity.sensor_id).is_empty());
 }
+
+#[test]
+fn events_into_closed_pipe_exits_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    let data_dir = root.path().join("data");
+    let init = run(&["init", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(init.status.success(), "init failed: {init:?}");
+    let mut child = std::process::Command::new(BIN)
+        .args(["events", "--data-dir", data_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // With the read end closed, every write fails with a broken pipe, as after `| head -1`.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stderr(&output), "");
+}

@@ -68,7 +68,9 @@ pub fn read_file_with(
     build: RecordBuild,
     mut sink: impl FnMut(Record),
 ) -> Result<ReadReport, SourceError> {
-    let settings = ParserSettings::new().num_threads(1);
+    // The default settings parse on the calling thread. Setting `num_threads` in a build without
+    // the evtx `multithreading` feature only logs a warning for every file.
+    let settings = ParserSettings::new();
     let mut parser = EvtxParser::from_path(path)
         .map_err(|source| SourceError::Open {
             path: path.to_owned(),

@@ -3,7 +3,8 @@
 //! # Enrollment
 //!
 //! 1. Parse the token; a malformed token fails before anything touches the network or disk.
-//! 2. Reject a state directory that already contains an identity.
+//! 2. Reject a state directory that already contains an identity, or that cannot be created
+//!    because a file is in the way.
 //! 3. Generate an ECDSA P-256 key pair and a CSR. The private key never leaves this process
 //!    except into the identity store.
 //! 4. Connect over TLS without a client certificate, trusting only a CA whose certificate's
@@ -118,6 +119,7 @@ pub async fn enroll(
             sensor_id,
         });
     }
+    store.check_creatable()?;
 
     let (key, csr_pem) = generate_key_and_csr()?;
     let tls = edr_pki::tls::enrollment_client_config(token.ca_sha256())?;
@@ -275,5 +277,49 @@ fn rejected(url: &CollectorUrl, rpc: &'static str, status: tonic::Status) -> Enr
         rpc,
         code: status.code(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use edr_pki::{CaFingerprint, EnrollmentToken};
+    use edr_proto::v1::{CapabilityManifest, HostFacts};
+
+    use super::{EnrollmentError, enroll};
+    use crate::identity::{FilePermissions, IdentityError, IdentityStore};
+
+    #[test]
+    fn state_dir_under_file_fails_before_connecting() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("file");
+        std::fs::write(&file, "not a folder").unwrap();
+        let store = IdentityStore::new(file.join("state"), Arc::new(FilePermissions));
+        let token = EnrollmentToken::generate(CaFingerprint([0; 32]))
+            .unwrap()
+            .to_text();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+
+        // Nothing listens on port 1, so an attempt to connect would fail with a Connect error.
+        let err = runtime
+            .block_on(enroll(
+                &store,
+                "https://127.0.0.1:1",
+                &token,
+                HostFacts::default(),
+                CapabilityManifest::default(),
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EnrollmentError::Identity(IdentityError::NotADirectory { blocker, .. }) if *blocker == file
+            ),
+            "{err}"
+        );
     }
 }

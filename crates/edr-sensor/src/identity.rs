@@ -133,6 +133,9 @@ pub enum IdentityError {
         found: String,
         expected: &'static str,
     },
+    /// A file is where the state directory or one of its parent folders has to be.
+    #[error("the state directory \"{}\" cannot be created because \"{}\" is a file, not a folder: choose another state directory", dir.display(), blocker.display())]
+    NotADirectory { dir: PathBuf, blocker: PathBuf },
     /// Sealing, unsealing or securing the directory failed.
     #[error("failed to protect the sensor identity in \"{}\": {source}", path.display())]
     Protection {
@@ -274,6 +277,36 @@ impl IdentityStore {
             enrolled_at: file.enrolled_at,
             renewed_at: file.renewed_at,
         })
+    }
+
+    /// Checks that the state directory exists as a folder or can be created, because no file is
+    /// in the way. It creates nothing, so enrollment can run it before the token use is spent.
+    pub fn check_creatable(&self) -> Result<(), IdentityError> {
+        for ancestor in self.dir.ancestors() {
+            match fs::metadata(ancestor) {
+                Ok(metadata) if metadata.is_dir() => return Ok(()),
+                Ok(_) => {
+                    return Err(IdentityError::NotADirectory {
+                        dir: self.dir.clone(),
+                        blocker: ancestor.to_owned(),
+                    });
+                }
+                // A parent that is a file gives NotADirectory here; the loop reaches it next.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) => {}
+                Err(source) => {
+                    return Err(IdentityError::Io {
+                        action: "inspect",
+                        path: ancestor.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Seals the key and replaces the identity file atomically, creating the state directory

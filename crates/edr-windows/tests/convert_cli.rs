@@ -90,3 +90,33 @@ fn convert_missing_path_fails() {
         "{message}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn convert_skips_looping_and_dangling_links() {
+    let folder = tempfile::tempdir().unwrap();
+    let inner = folder.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::write(inner.join("notes.txt"), "not telemetry").unwrap();
+    std::os::unix::fs::symlink("..", inner.join("up")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/edr-link-target", inner.join("gone.evtx")).unwrap();
+    let output = folder.path().join("events.jsonl");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .arg("convert")
+        .arg(folder.path())
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "convert failed: {summary}");
+    assert!(
+        summary.contains("symbolic links skipped (to a folder, or dangling): 2"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("other files ignored (neither EVTX nor ETL): 1"),
+        "{summary}"
+    );
+}

@@ -200,7 +200,8 @@ impl<S: Connected> Connected for Admitted<S> {
 /// the number suppressed since the last one.
 pub(crate) const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Logs rejected connections at most once per [`REJECTION_LOG_INTERVAL`].
+/// Logs rejected connections, or failed handshakes, at most once per
+/// [`REJECTION_LOG_INTERVAL`].
 #[derive(Debug, Default)]
 pub(crate) struct RejectionLog {
     last: Option<tokio::time::Instant>,
@@ -209,16 +210,25 @@ pub(crate) struct RejectionLog {
 
 impl RejectionLog {
     pub(crate) fn record(&mut self, peer: SocketAddr, err: &AdmissionError) {
+        if let Some(suppressed) = self.allow() {
+            tracing::warn!(%peer, error = %err, suppressed, "closed a new connection");
+        }
+    }
+
+    /// Returns the number of lines suppressed since the last one when a line may be logged
+    /// now, or `None` when this one has to be suppressed.
+    pub(crate) fn allow(&mut self) -> Option<u64> {
         let now = tokio::time::Instant::now();
         if self
             .last
             .is_some_and(|last| now.duration_since(last) < REJECTION_LOG_INTERVAL)
         {
             self.suppressed += 1;
-            return;
+            return None;
         }
-        tracing::warn!(%peer, error = %err, suppressed = self.suppressed, "closed a new connection");
+        let suppressed = self.suppressed;
         self.last = Some(now);
         self.suppressed = 0;
+        Some(suppressed)
     }
 }

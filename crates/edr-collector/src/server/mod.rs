@@ -231,10 +231,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         .add_service(enrollment)
         .add_service(telemetry)
         .add_service(command)
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("received Ctrl-C, shutting down");
-        })
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown_signal())
         .await
         .context("the gRPC server failed")?;
     tracing::info!("edr-collector stopped");
@@ -254,6 +251,8 @@ async fn accept_loop(
     tx: tokio::sync::mpsc::Sender<Result<TlsConnection, std::io::Error>>,
 ) {
     let mut rejections = RejectionLog::default();
+    // Any client can fail a handshake on purpose, so these warnings are rate-limited too.
+    let handshake_failures = Arc::new(std::sync::Mutex::new(RejectionLog::default()));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -275,17 +274,47 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let admission = admission.clone();
         let tx = tx.clone();
+        let handshake_failures = Arc::clone(&handshake_failures);
         tokio::spawn(async move {
             match admission.handshake(&acceptor, tcp, slots).await {
                 Ok(tls) => {
                     let _ = tx.send(Ok(idle::IdleTimeout::new(tls, idle_timeout))).await;
                 }
                 Err(err) => {
-                    tracing::warn!(%peer, error = %err, "closed a connection before TLS was established")
+                    let allowed = handshake_failures
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .allow();
+                    if let Some(suppressed) = allowed {
+                        tracing::warn!(%peer, error = %err, suppressed, "closed a connection before TLS was established")
+                    }
                 }
             }
         });
     }
+}
+
+/// Waits for Ctrl-C, or on Unix for SIGTERM, which service managers such as systemd send to
+/// stop a service, and logs which one arrived.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C, shutting down"),
+                    _ = terminate.recv() => tracing::info!("received SIGTERM, shutting down"),
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "failed to install the SIGTERM handler; only Ctrl-C stops the Collector gracefully");
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("received Ctrl-C, shutting down");
 }
 
 /// Reloads the revocation list from the database forever.

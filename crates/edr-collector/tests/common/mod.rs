@@ -30,8 +30,13 @@ pub struct Collector {
     pub child: Child,
     pub url: String,
     pub metrics_addr: Option<String>,
+    /// Every line that `serve` wrote to standard error, across restarts.
+    pub log: ServeLog,
     extra: Vec<String>,
 }
+
+/// Lines of a `serve` process's standard error, shared with the thread that reads them.
+pub type ServeLog = Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Starts `edr-collector serve` and waits for its start-up line; returns the child, the URL
 /// and the metrics address when one is served.
@@ -39,6 +44,7 @@ pub fn spawn_serve(
     data_dir: &Path,
     listen: &str,
     extra: &[&str],
+    log: &ServeLog,
 ) -> (Child, String, Option<String>) {
     let mut child = Command::new(BIN)
         .args([
@@ -55,6 +61,7 @@ pub fn spawn_serve(
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::clone(log);
     std::thread::spawn(move || {
         let field = |line: &str, name: &str| {
             let pos = line.find(name)?;
@@ -74,6 +81,7 @@ pub fn spawn_serve(
             if std::env::var_os("EDR_TEST_QUIET").is_none() {
                 eprintln!("[collector] {line}");
             }
+            log.lock().unwrap().push(line);
         }
     });
     let (addr, metrics) = rx
@@ -93,12 +101,14 @@ impl Collector {
         let data_dir = root.path().join("data");
         let init = run(&["init", "--data-dir", data_dir.to_str().unwrap()]);
         assert!(init.status.success(), "init failed: {init:?}");
-        let (child, url, metrics_addr) = spawn_serve(&data_dir, "127.0.0.1:0", extra);
+        let log = ServeLog::default();
+        let (child, url, metrics_addr) = spawn_serve(&data_dir, "127.0.0.1:0", extra, &log);
         Self {
             root,
             child,
             url,
             metrics_addr,
+            log,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -109,7 +119,7 @@ impl Collector {
         let _ = self.child.wait();
         let addr = self.url.trim_start_matches("https://").to_string();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let (child, url, metrics_addr) = spawn_serve(&self.data_dir(), &addr, &extra);
+        let (child, url, metrics_addr) = spawn_serve(&self.data_dir(), &addr, &extra, &self.log);
         self.child = child;
         self.url = url;
         self.metrics_addr = metrics_addr;

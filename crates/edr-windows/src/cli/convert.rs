@@ -52,6 +52,8 @@ pub(crate) struct ConvertArgs {
 pub(crate) struct Inputs {
     pub(crate) files: Vec<(PathBuf, InputFormat)>,
     pub(crate) other: u64,
+    /// Symbolic links found inside folders that lead to a folder or to nothing.
+    pub(crate) links_skipped: u64,
 }
 
 /// Totals over all files.
@@ -184,22 +186,44 @@ fn convert_one(
     }
 }
 
+/// Adds the EVTX and ETL files at `path`, a file or a folder searched recursively.
+///
+/// Inside a folder, a symbolic link to a folder is not followed, because a link to a parent
+/// folder would make the search endless, and a dangling link is skipped. Both are counted in
+/// [`Inputs::links_skipped`]. A link named on the command line is followed.
 pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for entry in entries {
-            collect(&entry, inputs)?;
-        }
-        return Ok(());
-    }
     if !path.exists() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no such file or folder",
         ));
+    }
+    collect_entry(path, inputs)
+}
+
+fn collect_entry(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
+    if path.is_dir() {
+        let listing = std::fs::read_dir(path).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("cannot list folder {}: {error}", path.display()),
+            )
+        })?;
+        let mut entries: Vec<PathBuf> = Vec::new();
+        for entry in listing.flatten() {
+            let is_link = entry.file_type().is_ok_and(|kind| kind.is_symlink());
+            // `metadata` follows the link, so it fails for a dangling one.
+            if is_link && std::fs::metadata(entry.path()).map_or(true, |target| target.is_dir()) {
+                inputs.links_skipped += 1;
+                continue;
+            }
+            entries.push(entry.path());
+        }
+        entries.sort();
+        for entry in entries {
+            collect_entry(&entry, inputs)?;
+        }
+        return Ok(());
     }
     // The content decides, not the extension; a file that cannot be read is passed on so that
     // its error shows in the summary.
@@ -278,6 +302,12 @@ fn print_summary(summary: &Summary, inputs: &Inputs) {
     }
     for (path, error) in &summary.failed {
         lines.push(format!("not converted: {}: {error}", path.display()));
+    }
+    if inputs.links_skipped > 0 {
+        lines.push(format!(
+            "symbolic links skipped (to a folder, or dangling): {}",
+            inputs.links_skipped
+        ));
     }
     if inputs.other > 0 {
         lines.push(format!(

@@ -390,6 +390,12 @@ fn print_summary(sensor_id: &str, counts: &Counts, lost: u64, inputs: &Inputs) {
     for (path, error) in &counts.failed_files {
         lines.push(format!("not read: {}: {error}", path.display()));
     }
+    if inputs.links_skipped > 0 {
+        lines.push(format!(
+            "skipped: {} symbolic links to a folder, or dangling",
+            inputs.links_skipped
+        ));
+    }
     if inputs.other > 0 {
         lines.push(format!(
             "skipped: {} files that are neither EVTX nor ETL",
