@@ -130,9 +130,9 @@ CREATE TABLE IF NOT EXISTS command_results (
 );
 ";
 
-/// Schema version 3 dropped the indexes on `severity_id`, `process_uid` and `user_name`
-/// because no query read them; each insert into an index ordered by a random key such as a
-/// process uid dirties a different page, which every commit writes to the WAL in full.
+/// Schema version 3 dropped the indexes on `severity_id`, `process_uid` and `user_name`,
+/// which no query read then. Each insert into an index ordered by a random key such as a
+/// process uid dirties a different page, and every commit writes that page to the WAL.
 const SCHEMA_V3: &str = "
 DROP INDEX IF EXISTS events_severity;
 DROP INDEX IF EXISTS events_process;

@@ -91,9 +91,9 @@ impl Store {
             sql.push_str(&format!(" AND time < ?{}", values.len()));
         }
         for (path, value) in &filter.conditions {
-            // The indexed column narrows the rows; `json_extract` below still decides, because
-            // `process_uid` falls back to `actor.process.uid` and `user_name` to `user.name`
-            // when the event has no `process.uid` or `actor.user.name`.
+            // The indexed column narrows the rows and `json_extract` below decides. The column
+            // alone is not enough: `process_uid` falls back to `actor.process.uid`, and
+            // `user_name` to `user.name`, when the event lacks the first field.
             let column = match path.as_str() {
                 "$.severity_id" => value
                     .parse::<i64>()
