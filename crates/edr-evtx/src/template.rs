@@ -459,6 +459,9 @@ impl Plan {
         let system = &self.system;
         let text = |source: &Option<Source>| -> Option<Option<String>> {
             match resolve(source.as_ref(), &values)? {
+                // The `evtx` crate leaves out an attribute whose value is empty. The element
+                // texts read here (`Channel`, `Computer`) default to "" either way.
+                FieldValue::Str(text) if text.is_empty() => Some(None),
                 FieldValue::Str(text) => Some(Some(text)),
                 FieldValue::Null => Some(None),
                 _ => None,
@@ -602,8 +605,12 @@ fn attribute_source(element: &Element, name: &str) -> Option<Option<Source>> {
     let Some((_, pieces)) = element.attributes.iter().find(|(key, _)| key == name) else {
         return Some(None);
     };
-    if pieces.len() > 1 {
-        return None;
+    // NOTE: how the `evtx` crate renders an attribute of literal empty text is not checked,
+    // so such a record is rendered to JSON.
+    match pieces.as_slice() {
+        [Piece::Slot { .. }] => {}
+        [Piece::Text(text)] if !text.is_empty() => {}
+        _ => return None,
     }
     Some(Some(Source {
         dependency: element.dependency,
@@ -1090,6 +1097,36 @@ mod tests {
         let values = [BinXmlValue::UInt16Type(1)];
         let record = plan.build(&values, 1, 0).unwrap();
         assert_eq!(record.computer, "host");
+    }
+
+    #[test]
+    fn empty_attribute_value_left_out() {
+        // `<Event><System><EventID>{0}</EventID><Security UserID="{1}"/></System></Event>`.
+        let mut d = Definition::new();
+        d.open("Event", 0xffff, false);
+        d.0.push(0x02);
+        d.open("System", 0xffff, false);
+        d.0.push(0x02);
+        d.open("EventID", 0xffff, false);
+        d.0.push(0x02);
+        d.slot(0, false);
+        d.0.push(0x04);
+        d.open("Security", 0xffff, true);
+        d.0.push(0x06);
+        d.name("UserID");
+        d.slot(1, true);
+        d.0.push(0x03);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
+
+        let empty = utf16("");
+        let values = [
+            BinXmlValue::UInt16Type(1),
+            BinXmlValue::StringType(Utf16LeSlice::new(&empty, 0)),
+        ];
+        let record = plan.build(&values, 1, 0).unwrap();
+        assert_eq!(record.user_sid, None);
     }
 
     #[test]
