@@ -222,11 +222,6 @@ impl<'a> Reader<'a> {
         Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
     }
 
-    fn utf16(&mut self, units: usize) -> Option<String> {
-        let bytes = self.bytes(units.checked_mul(2)?)?;
-        utf16_to_string(bytes)
-    }
-
     /// Reads a name reference and returns the name from the chunk's string table.
     fn name(&mut self) -> Option<String> {
         let offset = self.u32()? as usize;
@@ -242,7 +237,9 @@ impl<'a> Reader<'a> {
             end: self.chunk.len(),
         };
         let length = table.u16()? as usize;
-        table.utf16(length)
+        // The `evtx` crate ends a name at its first NUL unit, whatever its stored length.
+        let bytes = table.bytes(length.checked_mul(2)?)?;
+        utf16_until_nul(bytes)
     }
 
     /// Reads value text (token 0x05) or a substitution (0x0d, 0x0e); `None` for other tokens.
@@ -254,7 +251,9 @@ impl<'a> Reader<'a> {
                     return None;
                 }
                 let length = self.u16()? as usize;
-                Some(Piece::Text(self.utf16(length)?))
+                // The `evtx` crate ends literal text at its first NUL unit, as it ends values.
+                let bytes = self.bytes(length.checked_mul(2)?)?;
+                Some(Piece::Text(utf16_until_nul(bytes)?))
             }
             0x0d | 0x0e => {
                 let index = self.u16()?;
@@ -404,9 +403,15 @@ impl BodyPlan {
     fn fields(&self, values: &impl Values) -> Option<Fields> {
         let mut fields = Vec::with_capacity(self.fields.len());
         for (name, source) in &self.fields {
-            if let Some(value) = resolve_present(source, values)? {
-                fields.push((name.clone(), value));
+            let Some(mut value) = resolve_present(source, values)? else {
+                continue;
+            };
+            // The `evtx` crate (0.15.1) renders an empty `Data` element, or one whose value is
+            // NullType, empty binary or missing, as `""`, but the other elements as `null`.
+            if !self.is_user_data && value == FieldValue::Null {
+                value = FieldValue::Str(String::new());
             }
+            fields.push((name.clone(), value));
         }
         Some(Fields::from_vec(fields))
     }
@@ -454,6 +459,9 @@ impl Plan {
         let system = &self.system;
         let text = |source: &Option<Source>| -> Option<Option<String>> {
             match resolve(source.as_ref(), &values)? {
+                // The `evtx` crate leaves out an attribute whose value is empty. The element
+                // texts read here (`Channel`, `Computer`) default to "" either way.
+                FieldValue::Str(text) if text.is_empty() => Some(None),
                 FieldValue::Str(text) => Some(Some(text)),
                 FieldValue::Null => Some(None),
                 _ => None,
@@ -597,8 +605,12 @@ fn attribute_source(element: &Element, name: &str) -> Option<Option<Source>> {
     let Some((_, pieces)) = element.attributes.iter().find(|(key, _)| key == name) else {
         return Some(None);
     };
-    if pieces.len() > 1 {
-        return None;
+    // NOTE: how the `evtx` crate renders an attribute of literal empty text is not checked,
+    // so such a record is rendered to JSON.
+    match pieces.as_slice() {
+        [Piece::Slot { .. }] => {}
+        [Piece::Text(text)] if !text.is_empty() => {}
+        _ => return None,
     }
     Some(Some(Source {
         dependency: element.dependency,
@@ -952,7 +964,10 @@ mod tests {
         assert_eq!(record.record_id, 7);
         assert_eq!(record.time_ms, 11);
         assert_eq!(record.peek_str("Image"), Some("C:\\a.exe"));
-        assert_eq!(record.fields.get("Extra"), Some(&FieldValue::Null));
+        assert_eq!(
+            record.fields.get("Extra"),
+            Some(&FieldValue::Str(String::new()))
+        );
     }
 
     #[test]
@@ -966,7 +981,152 @@ mod tests {
         ];
         let record = plan.build(&values, 1, 0).unwrap();
         assert_eq!(record.fields.get("Extra"), None);
-        assert_eq!(record.fields.get("Image"), Some(&FieldValue::Null));
+        assert_eq!(
+            record.fields.get("Image"),
+            Some(&FieldValue::Str(String::new()))
+        );
+    }
+
+    #[test]
+    fn empty_data_value_is_empty_string() {
+        let plan = Plan::compile(&definition(3), 0).unwrap();
+        let empty_values = [
+            ("NullType", BinXmlValue::NullType),
+            ("empty binary", BinXmlValue::BinaryType(&[])),
+        ];
+        for (kind, value) in empty_values {
+            let values = [BinXmlValue::UInt16Type(1), value];
+            let record = plan.build(&values, 1, 0).unwrap();
+            assert_eq!(
+                record.fields.get("Image"),
+                Some(&FieldValue::Str(String::new())),
+                "{kind}"
+            );
+        }
+
+        let values = [BinXmlValue::UInt16Type(1)];
+        let record = plan.build(&values, 1, 0).unwrap();
+        assert_eq!(
+            record.fields.get("Image"),
+            Some(&FieldValue::Str(String::new())),
+            "value missing from the instance"
+        );
+    }
+
+    #[test]
+    fn empty_user_data_value_is_null() {
+        // `<Event><System><EventID>{0}</EventID></System>`
+        // `<UserData><Wrapper><Field>{1}</Field></Wrapper></UserData></Event>`.
+        let mut d = Definition::new();
+        d.open("Event", 0xffff, false);
+        d.0.push(0x02);
+        d.open("System", 0xffff, false);
+        d.0.push(0x02);
+        d.open("EventID", 0xffff, false);
+        d.0.push(0x02);
+        d.slot(0, false);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        d.open("UserData", 0xffff, false);
+        d.0.push(0x02);
+        d.open("Wrapper", 0xffff, false);
+        d.0.push(0x02);
+        d.open("Field", 0xffff, false);
+        d.0.push(0x02);
+        d.slot(1, true);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
+
+        let values = [BinXmlValue::UInt16Type(1), BinXmlValue::NullType];
+        let record = plan.build(&values, 1, 0).unwrap();
+        assert!(record.is_user_data);
+        assert_eq!(record.fields.get("Field"), Some(&FieldValue::Null));
+    }
+
+    #[test]
+    fn literal_text_ends_at_nul() {
+        let mut d = Definition::new();
+        d.open("Event", 0xffff, false);
+        d.0.push(0x02);
+        d.open("System", 0xffff, false);
+        d.0.push(0x02);
+        d.open("EventID", 0xffff, false);
+        d.0.push(0x02);
+        d.slot(0, false);
+        d.0.push(0x04);
+        d.open("Channel", 0xffff, false);
+        d.0.push(0x02);
+        d.text("Security\0Extra");
+        d.0.push(0x04);
+        d.0.push(0x04);
+        d.open("EventData", 0xffff, false);
+        d.0.push(0x02);
+        d.data("Image\0\u{1}Name", 1);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
+
+        let values = [BinXmlValue::UInt16Type(1), BinXmlValue::UInt8Type(2)];
+        let record = plan.build(&values, 1, 0).unwrap();
+        assert_eq!(record.channel, "Security");
+        assert_eq!(record.fields.get("Image"), Some(&FieldValue::Unsigned(2)));
+    }
+
+    #[test]
+    fn element_name_ends_at_nul() {
+        let mut d = Definition::new();
+        d.open("Event", 0xffff, false);
+        d.0.push(0x02);
+        d.open("System", 0xffff, false);
+        d.0.push(0x02);
+        d.open("EventID", 0xffff, false);
+        d.0.push(0x02);
+        d.slot(0, false);
+        d.0.push(0x04);
+        d.open("Computer\0\u{1}\u{2}", 0xffff, false);
+        d.0.push(0x02);
+        d.text("host");
+        d.0.push(0x04);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
+
+        let values = [BinXmlValue::UInt16Type(1)];
+        let record = plan.build(&values, 1, 0).unwrap();
+        assert_eq!(record.computer, "host");
+    }
+
+    #[test]
+    fn empty_attribute_value_left_out() {
+        // `<Event><System><EventID>{0}</EventID><Security UserID="{1}"/></System></Event>`.
+        let mut d = Definition::new();
+        d.open("Event", 0xffff, false);
+        d.0.push(0x02);
+        d.open("System", 0xffff, false);
+        d.0.push(0x02);
+        d.open("EventID", 0xffff, false);
+        d.0.push(0x02);
+        d.slot(0, false);
+        d.0.push(0x04);
+        d.open("Security", 0xffff, true);
+        d.0.push(0x06);
+        d.name("UserID");
+        d.slot(1, true);
+        d.0.push(0x03);
+        d.0.push(0x04);
+        d.0.push(0x04);
+        let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
+
+        let empty = utf16("");
+        let values = [
+            BinXmlValue::UInt16Type(1),
+            BinXmlValue::StringType(Utf16LeSlice::new(&empty, 0)),
+        ];
+        let record = plan.build(&values, 1, 0).unwrap();
+        assert_eq!(record.user_sid, None);
     }
 
     #[test]

@@ -97,3 +97,27 @@ fn unmapped_record_keeps_fields() {
         schema.validate(&event).unwrap();
     }
 }
+
+#[test]
+fn huge_message_total_lists_bounded_gaps() {
+    // A damaged or crafted record can claim 2^32 - 1 parts: listing every gap would take
+    // gigabytes.
+    let mut converter = Converter::new();
+    let mut out = Vec::new();
+    converter.convert(part(1, 2, u32::MAX, "b4", "BBB"), &mut out);
+    converter.finish(&mut out);
+    assert_eq!(out.len(), 1);
+
+    let event = serde_json::to_value(&out[0]).unwrap();
+    let listed = event["unmapped"]["MissingMessageNumbers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(listed.len(), 1024);
+    assert_eq!(listed[0], 1);
+    assert_eq!(listed[1], 3);
+    assert_eq!(
+        event["unmapped"]["MissingMessageCount"],
+        json!(u64::from(u32::MAX) - 1)
+    );
+    assert_eq!(event["script"]["script_content"]["is_truncated"], true);
+}

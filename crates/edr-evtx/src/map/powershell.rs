@@ -16,6 +16,10 @@ use crate::record::Record;
 /// Maximum script blocks waiting for parts; beyond it the oldest is emitted truncated.
 const MAX_PENDING_SCRIPTS: usize = 1024;
 
+/// Maximum missing part numbers listed in `MissingMessageNumbers`. `MessageTotal` comes from the
+/// record, so listing every gap of a block that claims 2^32 parts would take gigabytes.
+const MAX_LISTED_MISSING: usize = 1024;
+
 /// Maps one record; returns whether a mapper handled it (events may follow later).
 pub(crate) fn map(
     converter: &mut Converter,
@@ -105,7 +109,13 @@ pub(crate) fn assemble(script: PendingScript, truncated: bool) -> Box<Event> {
         path,
         script_id,
     } = script;
-    let missing: Vec<u32> = (1..=total).filter(|n| !parts.contains_key(n)).collect();
+    // Stops after the listed maximum, so it visits at most that many numbers plus the parts.
+    let missing: Vec<u32> = (1..=total)
+        .filter(|n| !parts.contains_key(n))
+        .take(MAX_LISTED_MISSING)
+        .collect();
+    let present = parts.range(1..=total).count();
+    let missing_count = u64::from(total) - present as u64;
     let value: String = parts.into_values().collect();
     let mut event = base_event(&first, Class::ScriptActivity, 1);
     event.script = Some(Script {
@@ -125,6 +135,9 @@ pub(crate) fn assemble(script: PendingScript, truncated: bool) -> Box<Event> {
     }
     if !missing.is_empty() {
         event.add_unmapped("MissingMessageNumbers", Value::from(missing));
+    }
+    if missing_count > MAX_LISTED_MISSING as u64 {
+        event.add_unmapped("MissingMessageCount", Value::from(missing_count));
     }
     event.actor = Some(crate::convert::writer_actor(&first));
     keep_remaining(&mut first, &mut event);
