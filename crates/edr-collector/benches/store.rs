@@ -4,7 +4,9 @@
 //! The events are converted from the recorded EVTX files under `EDR_DATA_DIR` (default
 //! `<workspace>/../shared/data`). Each iteration validates and stores one transaction of
 //! `BATCHES_PER_COMMIT` batches of `BATCH_RECORDS` events with new sequence numbers, so the
-//! table grows as it does under a real stream.
+//! table grows as it does under a real stream. The `ingest_*` functions also compress the
+//! events with a dictionary trained on the first batches, as `serve` does once it has one;
+//! `ingest_sync_full_uncompressed` stores plain JSON, as `serve` does before that.
 //!
 //! Run with `cargo bench -p edr-collector --bench store`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -43,10 +45,20 @@ fn store(c: &mut Criterion) {
         );
     });
 
-    for (name, full_sync) in [("ingest_sync_full", true), ("ingest_sync_normal", false)] {
+    for (name, full_sync, compressed) in [
+        ("ingest_sync_full", true, true),
+        ("ingest_sync_normal", false, true),
+        ("ingest_sync_full_uncompressed", true, false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut store = IngestStore::create(dir.path(), full_sync).unwrap();
         let mut next_seq = 1;
+        if compressed {
+            // The events the dictionary is trained on are not stored, as in a Collector
+            // whose first events were stored before it had a dictionary.
+            let mut sample_seq = 1;
+            store.train(make_batches(&events, &mut sample_seq)).unwrap();
+        }
         group.bench_function(name, |b| {
             b.iter_batched(
                 || make_batches(&events, &mut next_seq),

@@ -6,6 +6,7 @@ use std::path::Path;
 use edr_proto::v1::EventBatch;
 
 use crate::ingest::{ValidBatch, validate};
+use crate::store::codec::{EventCodec, Trainer};
 use crate::store::{Store, SyncMode};
 
 /// Largest batch the benchmarks validate, as `serve --max-records-per-batch` allows by default.
@@ -15,6 +16,7 @@ const MAX_RECORDS: usize = 50_000;
 #[derive(Debug)]
 pub struct IngestStore {
     store: Store,
+    codec: EventCodec,
 }
 
 impl IngestStore {
@@ -27,15 +29,41 @@ impl IngestStore {
         } else {
             SyncMode::Normal
         })?;
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            codec: EventCodec::default(),
+        })
     }
 
-    /// Validates `batches` of `sensor_id` and stores them in one transaction, as the ingest
-    /// writer does with a group; returns the number of events inserted.
+    /// Trains a compression dictionary from `batches`, stores it and compresses every later
+    /// batch with it, as `serve` does after its first events. Returns the dictionary id.
+    pub fn train(&mut self, batches: Vec<EventBatch>) -> anyhow::Result<u32> {
+        let mut trainer = Trainer::default();
+        for batch in batches {
+            trainer.observe(&validate_batch(batch)?);
+        }
+        let (bytes, samples) = trainer
+            .wait()
+            .ok_or_else(|| anyhow::anyhow!("too few events to train a dictionary"))?;
+        let dictionary =
+            self.store
+                .insert_dictionary(&bytes, samples, time::OffsetDateTime::now_utc())?;
+        let id = dictionary.id();
+        self.codec.publish(dictionary);
+        Ok(id)
+    }
+
+    /// Validates and compresses `batches` of `sensor_id` as the streams do, and stores them
+    /// in one transaction as the ingest writer does with a group; returns the number of events
+    /// inserted.
     pub fn ingest(&mut self, sensor_id: &str, batches: Vec<EventBatch>) -> anyhow::Result<u64> {
         let group = batches
             .into_iter()
-            .map(|batch| Ok((sensor_id.to_string(), validate_batch(batch)?)))
+            .map(|batch| {
+                let mut valid = validate_batch(batch)?;
+                self.codec.compress(&mut valid)?;
+                Ok((sensor_id.to_string(), valid))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let outcomes = self
             .store

@@ -63,7 +63,7 @@ pub(crate) enum Record {
     Event {
         seq: u64,
         fields: IndexedFields,
-        json: String,
+        body: EventBody,
     },
     CommandResult {
         seq: u64,
@@ -73,6 +73,15 @@ pub(crate) enum Record {
         seq: u64,
         gap: Gap,
     },
+}
+
+/// The stored form of an event's JSON.
+#[derive(Debug)]
+pub(crate) enum EventBody {
+    /// The JSON text as the sensor sent it.
+    Json(String),
+    /// A zstd frame of the JSON, made with a stored dictionary (see [`crate::store::codec`]).
+    Zstd(Vec<u8>),
 }
 
 impl Record {
@@ -152,7 +161,11 @@ fn validate_record(record: BufferedRecord, event_bytes: &mut usize) -> Result<Re
             *event_bytes += bytes.len();
             let (fields, json) =
                 parse_event(bytes).map_err(|reason| BatchError::InvalidEvent { seq, reason })?;
-            Ok(Record::Event { seq, fields, json })
+            Ok(Record::Event {
+                seq,
+                fields,
+                body: EventBody::Json(json),
+            })
         }
         Some(buffered_record::Kind::CommandResult(result)) => {
             Ok(Record::CommandResult { seq, result })

@@ -23,12 +23,13 @@ use time::OffsetDateTime;
 /// Database file name inside the data directory.
 pub(crate) const DB_FILE: &str = "collector.db";
 
+pub(crate) mod codec;
 pub(crate) mod commands;
 pub(crate) mod ingest;
 pub(crate) mod query;
 pub(crate) mod retention;
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Page cache of the ingest connection, in KiB.
 const INGEST_CACHE_KIB: i64 = 64 * 1024;
@@ -148,6 +149,17 @@ CREATE INDEX IF NOT EXISTS events_process ON events (process_uid) WHERE process_
 CREATE INDEX IF NOT EXISTS events_user ON events (user_name) WHERE user_name IS NOT NULL;
 ";
 
+/// Schema version 5 adds the zstd dictionaries that compress `events.json` (see [`codec`]).
+/// Rows written earlier keep their JSON text, which readers still accept.
+const SCHEMA_V5: &str = "
+CREATE TABLE IF NOT EXISTS dictionaries (
+    id         INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    samples    INTEGER NOT NULL,
+    dict       BLOB NOT NULL
+);
+";
+
 /// How SQLite syncs the write-ahead log, which decides what an ack promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum SyncMode {
@@ -177,6 +189,12 @@ pub(crate) enum StoreError {
     /// wrote it.
     #[error("\"{}\" is an SQLite database that this Collector did not create (it has tables but no schema version): move it away, or pass the --data-dir of an existing Collector or a new directory", path.display())]
     Foreign { path: PathBuf },
+    /// A stored event or dictionary could not be read or written.
+    #[error("event data in \"{}\": {source}", path.display())]
+    Codec {
+        path: PathBuf,
+        source: codec::CodecError,
+    },
     /// No token with this id exists.
     #[error("no enrollment token with id \"{id}\": list tokens with `edr-collector token list`")]
     UnknownTokenId { id: String },
@@ -287,7 +305,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite)?;
         // Each step brings the schema from one version to the next; a new database runs all.
-        let steps: [&str; 4] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+        let steps: [&str; 5] = [SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
         match usize::try_from(version) {
             Ok(done) if done < steps.len() => {
                 for step in &steps[done..] {
@@ -339,6 +357,57 @@ impl Store {
         // Truncate the WAL back to this size after a checkpoint, so it does not keep its peak.
         self.conn
             .pragma_update(None, "journal_size_limit", INGEST_WAL_LIMIT_BYTES)
+            .map_err(self.sqlite())
+    }
+
+    /// Stores a trained dictionary; `samples` is the number of events it was trained on.
+    pub(crate) fn insert_dictionary(
+        &self,
+        bytes: &[u8],
+        samples: usize,
+        now: OffsetDateTime,
+    ) -> Result<codec::Dictionary, StoreError> {
+        let dictionary = codec::Dictionary::new(bytes).map_err(|source| StoreError::Codec {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.conn
+            .execute(
+                "INSERT INTO dictionaries (id, created_at, samples, dict) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    dictionary.id(),
+                    now.unix_timestamp(),
+                    i64::try_from(samples).unwrap_or(i64::MAX),
+                    bytes
+                ],
+            )
+            .map_err(self.sqlite())?;
+        Ok(dictionary)
+    }
+
+    /// Returns the newest stored dictionary, the one ingest compresses with.
+    pub(crate) fn newest_dictionary(&self) -> Result<Option<codec::Dictionary>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT dict FROM dictionaries ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.sqlite())?;
+        // A dictionary that does not parse is left unused; its rows stay readable only if it
+        // is sound, which the readers report row by row.
+        Ok(bytes.and_then(|bytes| codec::Dictionary::new(&bytes).ok()))
+    }
+
+    /// Loads the dictionaries for reading and registers [`codec::JSON_FUNCTION`] with them.
+    pub(crate) fn dictionaries(&self) -> Result<codec::Dictionaries, StoreError> {
+        // The SQL function owns one copy and the caller another; there is rarely more than one
+        // dictionary of 64 KiB.
+        codec::Dictionaries::load(&self.conn)
+            .and_then(|for_sql| for_sql.register(&self.conn))
+            .and_then(|()| codec::Dictionaries::load(&self.conn))
             .map_err(self.sqlite())
     }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Collector, SENSOR, collector_binary, data_dir, run, wait_until};
+use common::{Collector, SENSOR, collector_binary, collector_cli, data_dir, run, wait_until};
 
 fn replay(evtx: &Path, state: &Path) -> Child {
     Command::new(SENSOR)
@@ -30,16 +30,17 @@ fn replay(evtx: &Path, state: &Path) -> Child {
         .unwrap()
 }
 
-fn stored_events(database: &Path) -> Vec<String> {
-    let connection =
-        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut statement = connection.prepare("SELECT json FROM events").unwrap();
-    statement
-        .query_map([], |row| row.get::<_, String>(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+/// Reads every stored event back through `edr-collector events`, which also decompresses the
+/// events the Collector stored with its dictionary.
+fn stored_events(collector_bin: &Path, data: &Path) -> Vec<String> {
+    collector_cli(
+        collector_bin,
+        data,
+        &["events", "--format", "jsonl", "--limit", "100000000"],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 fn stored_count(database: &Path) -> u64 {
@@ -153,7 +154,7 @@ fn kills_lose_and_duplicate_nothing() {
         "{summary}"
     );
 
-    let mut stored = stored_events(&database);
+    let mut stored = stored_events(&collector_bin, &data);
     assert!(
         stored.len() as u64 > stored_before_kill,
         "nothing was stored after the restart"

@@ -43,6 +43,7 @@ pub(crate) use self::admission::AdmissionLimits;
 use self::admission::{Admission, RejectionLog};
 use crate::commands::ca_dir;
 use crate::metrics::Metrics;
+use crate::store::codec::EventCodec;
 use crate::store::retention::RetentionOutcome;
 use crate::store::{Store, SyncMode};
 
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Queue of the ingest writer thread.
     pub(crate) writer: tokio::sync::mpsc::Sender<writer::IngestRequest>,
+    /// Compresses event JSON once the writer has trained a dictionary.
+    pub(crate) codec: Arc<EventCodec>,
     /// Lifetime of sensor certificates issued at enrollment and renewal.
     pub(crate) sensor_certificate_lifetime: time::Duration,
 }
@@ -127,6 +130,10 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
     let store = Store::open(data_dir)?;
     let ingest = Store::open(data_dir)?;
     ingest.configure_for_ingest(sync_mode)?;
+    let codec = Arc::new(EventCodec::default());
+    if let Some(dictionary) = ingest.newest_dictionary()? {
+        codec.publish(dictionary);
+    }
     let revocations = RevocationList::new(store.revocation_set()?);
 
     for default in ["localhost", "127.0.0.1", "::1"] {
@@ -183,6 +190,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         metrics,
         limits: limits.clone(),
         writer: writer_tx,
+        codec,
         sensor_certificate_lifetime,
     });
     writer::spawn(Arc::clone(&shared), writer_rx)

@@ -237,7 +237,18 @@ async fn queue_batch(
 ) -> Result<QueuedBatch, Status> {
     let (first_seq, last_seq) = (batch.first_seq, batch.last_seq);
     let max_records = shared.limits.max_records_per_batch;
-    let validated = tokio::task::spawn_blocking(move || validate(batch, max_records)).await;
+    let codec = Arc::clone(&shared.codec);
+    let sensor = sensor_id.to_string();
+    let validated = tokio::task::spawn_blocking(move || {
+        let mut valid = validate(batch, max_records)?;
+        // zstd fails only when it cannot allocate; the events it had not compressed by then
+        // are stored as text, which readers accept as well.
+        if let Err(err) = codec.compress(&mut valid) {
+            tracing::warn!(sensor_id = %sensor, first_seq, last_seq, error = %err, "storing part of a batch uncompressed");
+        }
+        Ok::<_, crate::ingest::BatchError>(valid)
+    })
+    .await;
     let valid = match validated {
         Ok(Ok(valid)) => valid,
         Ok(Err(err)) => {

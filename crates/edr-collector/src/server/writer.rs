@@ -5,7 +5,9 @@
 //! stores them in one transaction and replies to each stream after the commit. With `--sync
 //! full` one fsync then covers every stream that was waiting, instead of one per batch. If
 //! the group's transaction fails, the writer stores each batch of the group in a transaction
-//! of its own, so a batch that cannot be stored fails only its own stream.
+//! of its own, so a batch that cannot be stored fails only its own stream. Until the database
+//! has a compression dictionary, the writer also samples the events it stores and trains one
+//! (see [`crate::store::codec`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use crate::ingest::ValidBatch;
+use crate::store::codec::Trainer;
 use crate::store::ingest::IngestOutcome;
 
 /// Most batches stored in one transaction.
@@ -41,6 +44,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("ingest-writer".into())
         .spawn(move || {
+            let mut trainer = Trainer::default();
             while let Some(first) = queue.blocking_recv() {
                 let mut records = first.batch.records.len();
                 let mut group = vec![first];
@@ -53,13 +57,13 @@ pub(crate) fn spawn(
                         Err(_) => break,
                     }
                 }
-                store_group(&shared, group);
+                store_group(&shared, group, &mut trainer);
             }
             tracing::info!("ingest writer stopped");
         })
 }
 
-fn store_group(shared: &Shared, group: Vec<IngestRequest>) {
+fn store_group(shared: &Shared, group: Vec<IngestRequest>, trainer: &mut Trainer) {
     let (items, replies): (Vec<_>, Vec<_>) = group
         .into_iter()
         .map(|request| ((request.sensor_id, request.batch), request.reply))
@@ -98,7 +102,37 @@ fn store_group(shared: &Shared, group: Vec<IngestRequest>) {
         if let Err(err) = &outcome {
             tracing::error!(%sensor_id, last_seq = batch.last_seq, error = %err, "failed to store a batch; the sensor resends it");
         }
+        let stored = outcome.is_ok();
         // A stream that ended meanwhile no longer needs its ack.
         let _ = reply.send(outcome);
+        if stored && !shared.codec.has_dictionary() {
+            trainer.observe(batch);
+        }
+    }
+    if let Some((bytes, samples)) = trainer.poll() {
+        adopt_dictionary(shared, &bytes, samples);
+    }
+}
+
+/// Commits a trained dictionary and then hands it to the streams, so that no event compressed
+/// with it is committed before it is.
+fn adopt_dictionary(shared: &Shared, bytes: &[u8], samples: usize) {
+    let stored = match shared.ingest.lock() {
+        Ok(store) => store.insert_dictionary(bytes, samples, time::OffsetDateTime::now_utc()),
+        Err(_) => return,
+    };
+    match stored {
+        Ok(dictionary) => {
+            tracing::info!(
+                dictionary_id = dictionary.id(),
+                samples,
+                bytes = bytes.len(),
+                "trained a compression dictionary; new events are stored compressed"
+            );
+            shared.codec.publish(dictionary);
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not store the compression dictionary; events stay uncompressed");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Idempotent event ingest.
 //!
-//! Tables: `events` contains one row per OCSF event (the JSON text plus indexed columns),
+//! Tables: `events` contains one row per OCSF event (the JSON, as text or compressed as
+//! [`super::codec`] describes, plus indexed columns),
 //! `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
 //! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
 //!
@@ -15,11 +16,12 @@
 //! is set by [`super::SyncMode`].
 
 use edr_proto::v1::{CommandResult, SensorHealth};
+use rusqlite::ToSql;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
-use crate::ingest::{Record, ValidBatch};
+use crate::ingest::{EventBody, Record, ValidBatch};
 
 /// Counts from storing one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +138,11 @@ fn ingest_one(
             continue;
         }
         match record {
-            Record::Event { seq, fields, json } => {
+            Record::Event { seq, fields, body } => {
+                let json: &dyn ToSql = match body {
+                    EventBody::Json(text) => text,
+                    EventBody::Zstd(frame) => frame,
+                };
                 insert_event.execute(params![
                     sensor_id,
                     to_sql_int(*seq),

@@ -115,12 +115,12 @@ impl Store {
                 Ok(number) => {
                     values.push(Value::Integer(number));
                     sql.push_str(&format!(
-                        " AND json_extract(json, ?{path_index}) IN (?{text_index}, ?{})",
+                        " AND json_extract(event_json(json), ?{path_index}) IN (?{text_index}, ?{})",
                         values.len()
                     ));
                 }
                 Err(_) => sql.push_str(&format!(
-                    " AND json_extract(json, ?{path_index}) = ?{text_index}"
+                    " AND json_extract(event_json(json), ?{path_index}) = ?{text_index}"
                 )),
             }
         }
@@ -130,6 +130,7 @@ impl Store {
             sql.push_str(&format!(" LIMIT ?{}", values.len()));
         }
 
+        let dictionaries = self.dictionaries()?;
         let mut stmt = self.conn.prepare(&sql).map_err(self.sqlite())?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(values))
@@ -144,7 +145,12 @@ impl Store {
                 severity_id: row.get(5).map_err(self.sqlite())?,
                 process_uid: row.get(6).map_err(self.sqlite())?,
                 user_name: row.get(7).map_err(self.sqlite())?,
-                json: row.get(8).map_err(self.sqlite())?,
+                json: dictionaries
+                    .json(row.get_ref(8).map_err(self.sqlite())?)
+                    .map_err(|source| StoreError::Codec {
+                        path: self.path.clone(),
+                        source,
+                    })?,
             };
             each(event)?;
         }

@@ -1,0 +1,525 @@
+//! Compression of stored event JSON with a zstd dictionary trained on the Collector's traffic.
+//!
+//! An OCSF event is about a kilobyte of JSON, most of it field names and values that recur in
+//! every event of its class. Compressed on its own, an event shrinks by half; with a
+//! dictionary of those recurring strings it shrinks about eightfold, and each event stays a
+//! row of its own that a query reads without touching its neighbours (ADR 0008).
+//!
+//! The `events.json` column holds either the JSON text (events stored before a dictionary
+//! existed, and every event of schema version 4 and older) or a zstd frame, as a BLOB, made
+//! with a dictionary from the `dictionaries` table. The frame names its dictionary by id and
+//! carries a checksum of the JSON, so a damaged row is reported rather than read wrongly.
+//!
+//! A new database has no dictionary. The ingest writer copies the first
+//! [`SAMPLE_EVENTS`] stored events into a [`Trainer`], trains a dictionary of
+//! [`DICTIONARY_BYTES`] on a thread of its own, commits it to `dictionaries`, and only then
+//! publishes it to the streams, which compress each batch after validating it. An event
+//! compressed with a dictionary is therefore never committed before that dictionary is.
+//! Readers decompress with [`Dictionaries`], and SQL reads the JSON through the function
+//! [`JSON_FUNCTION`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rusqlite::Connection;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::ValueRef;
+use zstd::dict::{DecoderDictionary, EncoderDictionary};
+use zstd::zstd_safe::DCtx;
+
+use crate::ingest::{EventBody, Record, ValidBatch};
+
+/// Size of a trained dictionary.
+pub(crate) const DICTIONARY_BYTES: usize = 64 * 1024;
+
+/// Events sampled to train a dictionary.
+pub(crate) const SAMPLE_EVENTS: usize = 4_000;
+
+/// Sampled bytes after which training starts even with fewer events.
+const SAMPLE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Trainings tried before the writer gives up and stores plain JSON until it restarts.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// zstd level of stored events: level 1 with a dictionary compresses about as well as level 3
+/// and costs half as much.
+const LEVEL: i32 = 1;
+
+/// Largest JSON a stored frame may expand to; larger claims are treated as damage.
+const MAX_EVENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// SQL function that returns an `events.json` value as JSON text: `event_json(json)`.
+pub(crate) const JSON_FUNCTION: &str = "event_json";
+
+/// Errors from compressing or reading a stored event.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CodecError {
+    #[error(
+        "stored event is compressed with dictionary {id}, which is not in the dictionaries table"
+    )]
+    UnknownDictionary { id: u32 },
+    #[error("stored event is damaged: {0}")]
+    Damaged(String),
+    #[error("compressing an event failed: {0}")]
+    Compress(std::io::Error),
+    #[error("the trained dictionary is not valid: {0}")]
+    InvalidDictionary(String),
+}
+
+/// A dictionary ready for compression.
+pub(crate) struct Dictionary {
+    id: u32,
+    encoder: EncoderDictionary<'static>,
+}
+
+impl std::fmt::Debug for Dictionary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dictionary").field("id", &self.id).finish()
+    }
+}
+
+impl Dictionary {
+    /// Prepares `bytes`, a trained zstd dictionary, for compression.
+    pub(crate) fn new(bytes: &[u8]) -> Result<Self, CodecError> {
+        let id = dictionary_id(bytes)?;
+        Ok(Self {
+            id,
+            encoder: EncoderDictionary::copy(bytes, LEVEL),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// Returns the id a trained dictionary carries in its header; raw content has none.
+pub(crate) fn dictionary_id(bytes: &[u8]) -> Result<u32, CodecError> {
+    match zstd::zstd_safe::get_dict_id(bytes) {
+        Some(id) => Ok(id.get()),
+        None => Err(CodecError::InvalidDictionary(
+            "it has no zstd dictionary header".into(),
+        )),
+    }
+}
+
+/// The dictionary the streams compress with, once there is one.
+#[derive(Debug, Default)]
+pub(crate) struct EventCodec {
+    current: RwLock<Option<Arc<Dictionary>>>,
+}
+
+impl EventCodec {
+    /// Makes `dictionary` the one new batches are compressed with. Call only after it is
+    /// committed to the `dictionaries` table.
+    pub(crate) fn publish(&self, dictionary: Dictionary) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(Arc::new(dictionary));
+        }
+    }
+
+    pub(crate) fn has_dictionary(&self) -> bool {
+        self.current.read().is_ok_and(|current| current.is_some())
+    }
+
+    /// Compresses the JSON of every event in `batch` if there is a dictionary; otherwise
+    /// leaves the batch as it is.
+    pub(crate) fn compress(&self, batch: &mut ValidBatch) -> Result<(), CodecError> {
+        let Some(dictionary) = self.current.read().ok().and_then(|current| current.clone()) else {
+            return Ok(());
+        };
+        let mut compressor = zstd::bulk::Compressor::with_prepared_dictionary(&dictionary.encoder)
+            .map_err(CodecError::Compress)?;
+        compressor
+            .include_checksum(true)
+            .map_err(CodecError::Compress)?;
+        for record in &mut batch.records {
+            if let Record::Event { body, .. } = record {
+                if let EventBody::Json(json) = body {
+                    let frame = compressor
+                        .compress(json.as_bytes())
+                        .map_err(CodecError::Compress)?;
+                    *body = EventBody::Zstd(frame);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects sample events and trains a dictionary from them on a thread of its own.
+#[derive(Debug, Default)]
+pub(crate) struct Trainer {
+    samples: Vec<u8>,
+    sizes: Vec<usize>,
+    attempts: u32,
+    /// Events the running training samples.
+    sampled: usize,
+    training: Option<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
+}
+
+impl Trainer {
+    /// Copies the plain JSON events of `batch` into the samples, and starts training once
+    /// enough are collected. Does nothing while a training runs or after the last attempt.
+    pub(crate) fn observe(&mut self, batch: &ValidBatch) {
+        if self.training.is_some() || self.attempts >= MAX_ATTEMPTS {
+            return;
+        }
+        for record in &batch.records {
+            if let Record::Event {
+                body: EventBody::Json(json),
+                ..
+            } = record
+            {
+                if self.sizes.len() >= SAMPLE_EVENTS || self.samples.len() >= SAMPLE_BYTES {
+                    break;
+                }
+                self.samples.extend_from_slice(json.as_bytes());
+                self.sizes.push(json.len());
+            }
+        }
+        if self.sizes.len() >= SAMPLE_EVENTS || self.samples.len() >= SAMPLE_BYTES {
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        self.attempts += 1;
+        let samples = std::mem::take(&mut self.samples);
+        let sizes = std::mem::take(&mut self.sizes);
+        self.sampled = sizes.len();
+        let (done, training) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("dictionary-trainer".into())
+            .spawn(move || {
+                let _ = done.send(zstd::dict::from_continuous(
+                    &samples,
+                    &sizes,
+                    DICTIONARY_BYTES,
+                ));
+            });
+        match spawned {
+            Ok(_) => self.training = Some(training),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not start the dictionary trainer; events stay uncompressed");
+            }
+        }
+    }
+
+    /// Returns the trained dictionary and the number of events it was trained on, once
+    /// training has finished, without waiting.
+    pub(crate) fn poll(&mut self) -> Option<(Vec<u8>, usize)> {
+        let outcome = self.training.as_ref()?.try_recv();
+        match outcome {
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.training = None;
+                tracing::warn!("the dictionary trainer stopped without a result; sampling again");
+                None
+            }
+            Ok(result) => {
+                self.training = None;
+                match result {
+                    Ok(bytes) => Some((bytes, self.sampled)),
+                    Err(err) => {
+                        tracing::warn!(attempt = self.attempts, error = %err, "training a compression dictionary failed; sampling again");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a running training and returns its dictionary; for tests and benchmarks.
+    pub(crate) fn wait(&mut self) -> Option<(Vec<u8>, usize)> {
+        let result = self.training.take()?.recv().ok()?;
+        result.ok().map(|bytes| (bytes, self.sampled))
+    }
+}
+
+/// Decoder dictionaries by id, loaded from the `dictionaries` table, and one decompression
+/// context reused for every event read.
+#[derive(Default)]
+pub(crate) struct Dictionaries {
+    by_id: HashMap<u32, DecoderDictionary<'static>>,
+    context: Mutex<Option<DCtx<'static>>>,
+}
+
+impl std::fmt::Debug for Dictionaries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dictionaries")
+            .field("ids", &self.by_id.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Dictionaries {
+    /// Loads every dictionary of the database.
+    pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut stmt = conn.prepare("SELECT id, dict FROM dictionaries")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut by_id = HashMap::new();
+        for row in rows {
+            let (id, bytes) = row?;
+            if let Ok(id) = u32::try_from(id) {
+                by_id.insert(id, DecoderDictionary::copy(&bytes));
+            }
+        }
+        Ok(Self {
+            by_id,
+            context: Mutex::new(None),
+        })
+    }
+
+    /// Returns the JSON text of an `events.json` value.
+    pub(crate) fn json(&self, value: ValueRef<'_>) -> Result<String, CodecError> {
+        match value {
+            ValueRef::Text(text) => String::from_utf8(text.to_vec())
+                .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into())),
+            ValueRef::Blob(frame) => self.decompress(frame),
+            other => Err(CodecError::Damaged(format!(
+                "the json column holds a {} value instead of text or a zstd frame",
+                other.data_type()
+            ))),
+        }
+    }
+
+    fn decompress(&self, frame: &[u8]) -> Result<String, CodecError> {
+        let damaged = |what: &str| CodecError::Damaged(what.to_string());
+        let id = zstd::zstd_safe::get_dict_id_from_frame(frame)
+            .ok_or_else(|| damaged("the zstd frame names no dictionary"))?
+            .get();
+        let dictionary = self
+            .by_id
+            .get(&id)
+            .ok_or(CodecError::UnknownDictionary { id })?;
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) if size <= MAX_EVENT_BYTES => size,
+            _ => return Err(damaged("the zstd frame has no valid content size")),
+        };
+        let capacity = usize::try_from(size).map_err(|_| damaged("the event is too large"))?;
+        let mut bytes = Vec::with_capacity(capacity);
+        let mut context = self
+            .context
+            .lock()
+            .map_err(|_| damaged("the decompression context is poisoned"))?;
+        context
+            .get_or_insert_with(DCtx::create)
+            .decompress_using_ddict(&mut bytes, frame, dictionary.as_ddict())
+            .map_err(|code| {
+                CodecError::Damaged(zstd::zstd_safe::get_error_name(code).to_string())
+            })?;
+        if bytes.len() != capacity {
+            return Err(damaged("the zstd frame is shorter than its content size"));
+        }
+        String::from_utf8(bytes).map_err(|_| damaged("the JSON text is not UTF-8"))
+    }
+
+    /// Registers [`JSON_FUNCTION`] on `conn`, reading frames with these dictionaries.
+    pub(crate) fn register(self, conn: &Connection) -> rusqlite::Result<()> {
+        conn.create_scalar_function(
+            JSON_FUNCTION,
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            move |ctx| {
+                self.json(ctx.get_raw(0))
+                    .map_err(|err| rusqlite::Error::UserFunctionError(Box::new(err)))
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edr_proto::v1::{BufferedRecord, EventBatch, buffered_record};
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::ingest::validate;
+    use crate::store::Store;
+    use crate::store::query::EventFilter;
+
+    /// Builds an OCSF-like event whose values vary with `n`, so that a dictionary can be trained.
+    fn event_json(n: u64) -> String {
+        let class = [1007, 4001, 1001, 201_004][(n % 4) as usize];
+        format!(
+            r#"{{"class_uid":{class},"activity_id":{},"time":{},"severity_id":{},"metadata":{{"product":{{"name":"edr","vendor_name":"example"}},"version":"1.8.0","uid":"{n:016x}"}},"process":{{"uid":"proc-{}","pid":{},"file":{{"name":"tool{}.exe","path":"C:\\Tools\\tool{}.exe"}},"cmd_line":"tool{} --run {n}"}},"actor":{{"user":{{"name":"user{}"}}}},"device":{{"hostname":"host-{}"}}}}"#,
+            n % 3,
+            1_700_000_000_000 + n * 17,
+            1 + n % 5,
+            n % 97,
+            4_000 + n % 500,
+            n % 13,
+            n % 13,
+            n % 13,
+            n % 7,
+            n % 11,
+        )
+    }
+
+    fn batch(first: u64, count: u64) -> EventBatch {
+        let records: Vec<_> = (first..first + count)
+            .map(|seq| BufferedRecord {
+                seq,
+                kind: Some(buffered_record::Kind::OcsfEventJson(
+                    event_json(seq).into_bytes(),
+                )),
+            })
+            .collect();
+        EventBatch {
+            first_seq: first,
+            last_seq: first + count - 1,
+            records,
+        }
+    }
+
+    fn trained() -> (Vec<u8>, usize) {
+        let mut trainer = Trainer::default();
+        trainer.observe(&validate(batch(1, SAMPLE_EVENTS as u64), usize::MAX).unwrap());
+        trainer.wait().expect("a dictionary is trained")
+    }
+
+    #[test]
+    fn trainer_waits_for_enough_samples() {
+        let mut trainer = Trainer::default();
+        trainer.observe(&validate(batch(1, 100), usize::MAX).unwrap());
+        assert!(trainer.training.is_none());
+        assert!(trainer.poll().is_none());
+        let (bytes, samples) = trained();
+        assert_eq!(samples, SAMPLE_EVENTS);
+        assert!(bytes.len() <= DICTIONARY_BYTES);
+        assert!(dictionary_id(&bytes).is_ok());
+    }
+
+    #[test]
+    fn compressed_events_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        // A batch stored before the dictionary exists stays text.
+        let plain = validate(batch(1, 50), usize::MAX).unwrap();
+        store
+            .ingest_group(&[("sensor-a".to_string(), plain)], now)
+            .unwrap();
+
+        let (bytes, samples) = trained();
+        let codec = EventCodec::default();
+        codec.publish(store.insert_dictionary(&bytes, samples, now).unwrap());
+        let mut compressed = validate(batch(51, 950), usize::MAX).unwrap();
+        let raw: usize = compressed.event_bytes;
+        codec.compress(&mut compressed).unwrap();
+        let stored: usize = compressed
+            .records
+            .iter()
+            .map(|record| match record {
+                Record::Event {
+                    body: EventBody::Zstd(frame),
+                    ..
+                } => frame.len(),
+                _ => panic!("event not compressed"),
+            })
+            .sum();
+        assert!(stored * 3 < raw, "{stored} compressed bytes of {raw}");
+        store
+            .ingest_group(&[("sensor-a".to_string(), compressed)], now)
+            .unwrap();
+
+        let mut seen = Vec::new();
+        store
+            .for_each_event(&EventFilter::default(), |row| {
+                assert_eq!(row.json, event_json(u64::try_from(row.seq).unwrap()));
+                seen.push(row.seq);
+                Ok(())
+            })
+            .unwrap();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
+
+        // `--where` reads compressed and plain rows alike, through an indexed column or not.
+        let matches = |json: &str, path: &str, value: &str| {
+            let event: serde_json::Value = serde_json::from_str(json).unwrap();
+            let found = &event.pointer(&path.trim_start_matches('$').replace('.', "/"));
+            found.is_some_and(|found| {
+                found.as_str() == Some(value)
+                    || found.as_i64().is_some_and(|n| value.parse() == Ok(n))
+            })
+        };
+        for (path, value) in [
+            ("$.process.file.name", "tool3.exe"),
+            ("$.process.uid", "proc-5"),
+            ("$.device.hostname", "host-4"),
+            ("$.severity_id", "2"),
+        ] {
+            let filter = EventFilter {
+                conditions: vec![(path.to_string(), value.to_string())],
+                ..EventFilter::default()
+            };
+            let mut found = Vec::new();
+            store
+                .for_each_event(&filter, |row| {
+                    assert!(matches(&row.json, path, value), "{path} in {}", row.json);
+                    found.push(row.seq);
+                    Ok(())
+                })
+                .unwrap();
+            let expected: Vec<i64> = (1..=1000)
+                .filter(|n| matches(&event_json(*n), path, value))
+                .map(|n| i64::try_from(n).unwrap())
+                .collect();
+            assert!(
+                expected.iter().any(|seq| *seq <= 50),
+                "{path}: no plain row"
+            );
+            assert!(
+                expected.iter().any(|seq| *seq > 50),
+                "{path}: no compressed row"
+            );
+            found.sort_unstable();
+            assert_eq!(found, expected, "{path} = {value}");
+        }
+    }
+
+    #[test]
+    fn damaged_and_orphaned_frames_are_reported() {
+        let (bytes, samples) = trained();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let dictionary = store
+            .insert_dictionary(&bytes, samples, OffsetDateTime::now_utc())
+            .unwrap();
+        let codec = EventCodec::default();
+        codec.publish(dictionary);
+        let mut valid = validate(batch(1, 1), usize::MAX).unwrap();
+        codec.compress(&mut valid).unwrap();
+        let Record::Event {
+            body: EventBody::Zstd(frame),
+            ..
+        } = &valid.records[0]
+        else {
+            panic!("event not compressed")
+        };
+
+        let dictionaries = Dictionaries::load(&store.conn).unwrap();
+        assert_eq!(
+            dictionaries.json(ValueRef::Blob(frame)).unwrap(),
+            event_json(1)
+        );
+        let mut damaged = frame.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x55;
+        assert!(matches!(
+            dictionaries.json(ValueRef::Blob(&damaged)),
+            Err(CodecError::Damaged(_))
+        ));
+        assert!(matches!(
+            Dictionaries::default().json(ValueRef::Blob(frame)),
+            Err(CodecError::UnknownDictionary { id }) if id == dictionary_id(&bytes).unwrap()
+        ));
+        assert!(matches!(
+            dictionaries.json(ValueRef::Integer(7)),
+            Err(CodecError::Damaged(_))
+        ));
+    }
+}
