@@ -52,6 +52,7 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Serve enrollment, telemetry and command RPCs over TLS.
     Serve {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
         /// Address to listen on, for example 0.0.0.0:7443; port 0 picks a free port.
@@ -118,6 +119,7 @@ pub(crate) enum Command {
 pub(crate) enum TokenCommand {
     /// Create a token and print it on standard output.
     Create {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
         /// How long the token stays valid, for example 30m, 24h, 7d.
@@ -133,11 +135,13 @@ pub(crate) enum TokenCommand {
     },
     /// List tokens (never their secrets).
     List {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
     },
     /// Revoke a token so that no further sensor can enroll with it.
     Revoke {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
         /// Token id, as shown by `token list`.
@@ -149,11 +153,13 @@ pub(crate) enum TokenCommand {
 pub(crate) enum SensorsCommand {
     /// List enrolled sensors.
     List {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
     },
     /// Revoke a sensor: a running `serve` rejects its certificates within a few seconds.
     Revoke {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
         /// Sensor id, as shown by `sensors list`.
@@ -175,6 +181,7 @@ pub(crate) struct TimeRange {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct EventsArgs {
+    /// Collector data directory, as created by `edr-collector init`.
     #[arg(long)]
     pub(crate) data_dir: PathBuf,
     /// Only events of this sensor id.
@@ -209,6 +216,7 @@ pub(crate) enum EventsFormat {
 pub(crate) enum QueueCommand {
     /// Queue a ping; the sensor replies with a pong when it receives it before the TTL ends.
     Ping {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
         /// Sensor id, as shown by `sensors list`.
@@ -223,6 +231,7 @@ pub(crate) enum QueueCommand {
 pub(crate) enum CommandsCommand {
     /// List commands, newest first, with their results.
     List {
+        /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -230,6 +239,7 @@ pub(crate) enum CommandsCommand {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExportArgs {
+    /// Collector data directory, as created by `edr-collector init`.
     #[arg(long)]
     pub(crate) data_dir: PathBuf,
     #[arg(long, value_enum)]
@@ -240,11 +250,11 @@ pub(crate) struct ExportArgs {
     #[command(flatten)]
     pub(crate) range: TimeRange,
     /// AWS Region written into the partition path (region=...); set it to the Region of the
-    /// target Security Lake.
-    #[arg(long, default_value = "local")]
+    /// target Security Lake, for example us-east-1.
+    #[arg(long, default_value = "local", value_parser = parse_region)]
     pub(crate) region: String,
-    /// AWS account id written into the partition path (accountId=...).
-    #[arg(long, default_value = "000000000000")]
+    /// AWS account id written into the partition path (accountId=...): 12 digits.
+    #[arg(long, default_value = "000000000000", value_parser = parse_account_id)]
     pub(crate) account_id: String,
 }
 
@@ -254,6 +264,34 @@ pub(crate) enum ExportFormat {
     Jsonl,
     /// Apache Parquet with zstd compression.
     Parquet,
+}
+
+/// Parses an AWS Region name: lowercase letters, digits and hyphens, as in `us-east-1`. The
+/// value becomes a directory name, so nothing else is allowed.
+fn parse_region(value: &str) -> Result<String, String> {
+    let valid = (1..=32).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-');
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "invalid Region \"{value}\": use an AWS Region name such as us-east-1 (lowercase letters, digits and hyphens)"
+        ))
+    }
+}
+
+/// Parses an AWS account id: exactly 12 digits.
+fn parse_account_id(value: &str) -> Result<String, String> {
+    if value.len() == 12 && value.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "invalid AWS account id \"{value}\": it must be exactly 12 digits, such as 123456789012"
+        ))
+    }
 }
 
 /// Maximum duration that any option accepts. It is far above any sensible timeout, TTL or
@@ -328,6 +366,39 @@ mod tests {
             );
         }
         assert!(serve_with("--retention-max-age", "10y"));
+    }
+
+    #[test]
+    fn export_checks_region_and_account() {
+        let export = |option: &str, value: &str| {
+            parses(&[
+                "export",
+                "--data-dir",
+                "d",
+                "--format",
+                "jsonl",
+                "--output",
+                "o",
+                option,
+                value,
+            ])
+        };
+        assert!(export("--region", "us-east-1"));
+        assert!(export("--account-id", "123456789012"));
+        for bad in ["../../etc", "us/east", "US-EAST-1", "", "-x", "a b"] {
+            assert!(!export("--region", bad), "region {bad:?} was accepted");
+        }
+        for bad in [
+            "12345678901",
+            "1234567890123",
+            "12345678901a",
+            "../123456789",
+        ] {
+            assert!(
+                !export("--account-id", bad),
+                "account id {bad:?} was accepted"
+            );
+        }
     }
 
     #[test]

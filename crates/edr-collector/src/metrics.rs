@@ -143,6 +143,24 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` (any path is answered with the metrics) on `listener` forever.
+/// Returns the method and path of an HTTP/1 request line, without any query string.
+fn request_target(request: &[u8]) -> Option<(&str, &str)> {
+    let line = request.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    parts.next()?.starts_with("HTTP/").then_some(())?;
+    Some((method, target.split('?').next().unwrap_or(target)))
+}
+
+fn plain_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 pub(crate) async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
@@ -159,22 +177,59 @@ pub(crate) async fn serve_metrics(
         };
         let metrics = std::sync::Arc::clone(&metrics);
         tokio::spawn(async move {
-            // Read the request head (bounded); its content does not matter.
+            // Read the start of the request (bounded); only its request line matters.
             let mut request = [0_u8; 2048];
             let read =
                 tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                tracing::debug!(%peer, "metrics client sent no request");
-                return;
-            }
-            let body = metrics.render();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let n = match read {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => {
+                    tracing::debug!(%peer, "metrics client sent no request");
+                    return;
+                }
+            };
+            let response = match request_target(&request[..n]) {
+                Some(("GET", "/metrics")) => {
+                    let body = metrics.render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                Some(("GET", _)) => {
+                    plain_response("404 Not Found", "not found: metrics are at GET /metrics\n")
+                }
+                Some(_) => plain_response(
+                    "405 Method Not Allowed",
+                    "method not allowed: use GET /metrics\n",
+                ),
+                None => plain_response("400 Bad Request", "bad request: send GET /metrics\n"),
+            };
             if let Err(err) = socket.write_all(response.as_bytes()).await {
                 tracing::debug!(%peer, error = %err, "failed to write metrics");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_target;
+
+    #[test]
+    fn request_line_gives_method_and_path() {
+        let get = request_target(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(get, Some(("GET", "/metrics")));
+        let query = request_target(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
+        assert_eq!(query, Some(("GET", "/metrics")));
+        assert_eq!(request_target(b"POST / HTTP/1.1\r\n"), Some(("POST", "/")));
+    }
+
+    #[test]
+    fn malformed_request_line_is_rejected() {
+        assert_eq!(request_target(b"\x16\x03\x01\x02\x00"), None);
+        assert_eq!(request_target(b"GET /metrics\r\n"), None);
+        assert_eq!(request_target(b"GET /metrics FTP/1\r\n"), None);
+        assert_eq!(request_target(&[0xff, 0xfe, b' ', b'/']), None);
     }
 }

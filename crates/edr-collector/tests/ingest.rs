@@ -37,6 +37,17 @@ async fn resent_batches_store_each_event_once() {
     assert_eq!(collector.metric("edr_collector_active_streams"), 1.0);
 }
 
+#[test]
+fn metrics_listener_answers_only_get_metrics() {
+    let collector = Collector::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    assert!(collector.metrics().starts_with("HTTP/1.1 200 OK"));
+    let other_path = collector.metrics_request("GET /admin");
+    assert!(other_path.starts_with("HTTP/1.1 404"), "{other_path}");
+    assert!(!other_path.contains("edr_collector_"), "{other_path}");
+    let post = collector.metrics_request("POST /metrics");
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn high_water_mark_survives_restart() {
     let mut collector = Collector::start();

@@ -127,6 +127,11 @@ impl Collector {
 
     /// Fetches the Prometheus metrics text; `serve` must run with `--metrics-listen`.
     pub fn metrics(&self) -> String {
+        self.metrics_request("GET /metrics")
+    }
+
+    /// Sends `request_line` to the metrics listener and returns the whole response.
+    pub fn metrics_request(&self, request_line: &str) -> String {
         use std::io::{Read, Write};
         let addr = self
             .metrics_addr
@@ -134,7 +139,7 @@ impl Collector {
             .expect("serve runs without --metrics-listen");
         let mut socket = std::net::TcpStream::connect(addr).unwrap();
         socket
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .write_all(format!("{request_line} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .unwrap();
         let mut text = String::new();
         socket.read_to_string(&mut text).unwrap();
