@@ -60,7 +60,7 @@ pub(crate) enum Command {
         listen: SocketAddr,
         /// DNS name or IP address that sensors use to reach this Collector; repeatable.
         /// localhost, 127.0.0.1, ::1 and a specific listen IP are always included.
-        #[arg(long = "server-name")]
+        #[arg(long = "server-name", value_parser = parse_server_name)]
         server_names: Vec<String>,
         /// Commit durability: `full` makes every acked batch survive a power loss;
         /// `normal` survives a Collector crash only and is faster.
@@ -266,6 +266,32 @@ pub(crate) enum ExportFormat {
     Parquet,
 }
 
+/// Parses a name for the server certificate: an IP address, or a DNS name of letters, digits
+/// and hyphens in dot-separated labels of at most 63 characters (253 in all).
+fn parse_server_name(value: &str) -> Result<String, String> {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(value.to_string());
+    }
+    let name = value.strip_suffix('.').unwrap_or(value);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "invalid server name \"{value}\": use the DNS name sensors connect to, such as collector.example.com, or an IP address"
+        ))
+    }
+}
+
 /// Parses an AWS Region name: lowercase letters, digits and hyphens, as in `us-east-1`. The
 /// value becomes a directory name, so nothing else is allowed.
 fn parse_region(value: &str) -> Result<String, String> {
@@ -366,6 +392,31 @@ mod tests {
             );
         }
         assert!(serve_with("--retention-max-age", "10y"));
+    }
+
+    #[test]
+    fn serve_checks_server_names() {
+        for good in [
+            "collector.example.com",
+            "edr-1",
+            "10.0.0.5",
+            "fd00::1",
+            "Host.Example.",
+        ] {
+            assert!(serve_with("--server-name", good), "{good:?} was rejected");
+        }
+        for bad in [
+            "",
+            "bad name",
+            "a/../b",
+            "-x.example",
+            "x-.example",
+            "a..b",
+            "*.example.com",
+        ] {
+            assert!(!serve_with("--server-name", bad), "{bad:?} was accepted");
+        }
+        assert!(!serve_with("--server-name", &"a".repeat(64)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `edr-windows` binary's enroll and status commands, without a Collector.
+//! The `edr-windows` binary's enroll, status and replay commands, without a Collector.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -71,4 +71,31 @@ fn mistyped_token_fails_checksum_first() {
     // The check digits are wrong; the token is checked before the URL and the network.
     assert!(stderr.contains("checksum"), "{stderr}");
     assert!(!state.exists());
+}
+
+#[test]
+fn replay_names_state_or_buffer_file() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("not-a-folder");
+    std::fs::write(&file, "x").unwrap();
+    for args in [
+        vec!["--state-dir".into(), file.clone()],
+        vec![
+            "--state-dir".into(),
+            root.path().join("state"),
+            "--buffer-dir".into(),
+            file.clone(),
+        ],
+    ] {
+        let out = Command::new(BIN)
+            .arg("replay")
+            .args(&args)
+            .arg(root.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains("is a file, not a folder"), "{stderr}");
+        assert!(stderr.contains("not-a-folder"), "{stderr}");
+    }
 }

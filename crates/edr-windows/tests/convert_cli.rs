@@ -120,3 +120,28 @@ fn convert_skips_looping_and_dangling_links() {
         "{summary}"
     );
 }
+
+#[test]
+fn convert_rejects_named_non_telemetry_file() {
+    let folder = tempfile::tempdir().unwrap();
+    let notes = folder.path().join("notes.evtx");
+    std::fs::write(&notes, "not telemetry").unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .arg("convert")
+        .arg(&notes)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "convert accepted {}: {message}",
+        notes.display()
+    );
+    assert!(message.contains("notes.evtx"), "{message}");
+    assert!(
+        message.contains("neither an EVTX nor an ETL file"),
+        "{message}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -169,6 +169,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
             Arc::clone(&metrics),
         ));
     }
+    let signals = ShutdownSignals::install();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %data_dir.display(),
@@ -239,7 +240,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         .add_service(enrollment)
         .add_service(telemetry)
         .add_service(command)
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown_signal())
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown_signal(signals))
         .await
         .context("the gRPC server failed")?;
     tracing::info!("edr-collector stopped");
@@ -302,27 +303,62 @@ async fn accept_loop(
     }
 }
 
-/// Waits for Ctrl-C, or on Unix for SIGTERM, which service managers such as systemd send to
-/// stop a service, and logs which one arrived.
-async fn shutdown_signal() {
+/// Signal handlers installed before `serve` reports that it is serving, so that a stop request
+/// that arrives right after that line still stops the Collector gracefully.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C, shutting down"),
-                    _ = terminate.recv() => tracing::info!("received SIGTERM, shutting down"),
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers for SIGTERM, which service managers such as systemd send to stop a
+    /// service, and for Ctrl-C.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let install = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(handler) => Some(handler),
+                Err(err) => {
+                    tracing::warn!(error = %err, "failed to install the {name} handler; that signal stops the Collector without a graceful shutdown");
+                    None
                 }
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "failed to install the SIGTERM handler; only Ctrl-C stops the Collector gracefully");
+            };
+            Self {
+                terminate: install(SignalKind::terminate(), "SIGTERM"),
+                interrupt: install(SignalKind::interrupt(), "SIGINT"),
             }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("received Ctrl-C, shutting down");
+}
+
+/// Waits for one of the installed signals and logs which one arrived.
+async fn shutdown_signal(signals: ShutdownSignals) {
+    #[cfg(unix)]
+    {
+        async fn next(handler: Option<tokio::signal::unix::Signal>) {
+            match handler {
+                Some(mut handler) => {
+                    handler.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = next(signals.interrupt) => tracing::info!("received Ctrl-C, shutting down"),
+            () = next(signals.terminate) => tracing::info!("received SIGTERM, shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let ShutdownSignals {} = signals;
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("received Ctrl-C, shutting down");
+    }
 }
 
 /// Reloads the revocation list from the database forever.

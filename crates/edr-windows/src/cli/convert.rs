@@ -190,12 +190,20 @@ fn convert_one(
 ///
 /// Inside a folder, a symbolic link to a folder is not followed, because a link to a parent
 /// folder would make the search endless, and a dangling link is skipped. Both are counted in
-/// [`Inputs::links_skipped`]. A link named on the command line is followed.
+/// [`Inputs::links_skipped`]. A link named on the command line is followed. Inside a folder,
+/// files that are neither EVTX nor ETL are counted in [`Inputs::other`]; a file named on the
+/// command line must be one of the two, because the user named it to have it converted.
 pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
     if !path.exists() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no such file or folder",
+        ));
+    }
+    if !path.is_dir() && matches!(pipeline::detect_format(path), Ok(None)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "neither an EVTX nor an ETL file (its first bytes match neither format): name EVTX or ETL files, or a folder that holds them",
         ));
     }
     collect_entry(path, inputs)
