@@ -142,25 +142,73 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (any path is answered with the metrics) on `listener` forever.
-/// Returns the method and path of an HTTP/1 request line, without any query string.
+/// Largest request head read; the request line must end within it.
+const MAX_REQUEST_BYTES: usize = 2048;
+
+/// Returns the method and path of an HTTP/1 request line, without any query string. Empty
+/// lines before the request line are skipped, and an absolute target
+/// (`http://host:port/metrics`) gives its path.
 fn request_target(request: &[u8]) -> Option<(&str, &str)> {
-    let line = request.split(|b| *b == b'\n').next()?;
+    let line = request
+        .split(|b| *b == b'\n')
+        .find(|line| !line.is_empty() && *line != b"\r")?;
     let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
     let mut parts = line.split(' ');
     let method = parts.next()?;
-    let target = parts.next()?;
+    let mut target = parts.next()?;
     parts.next()?.starts_with("HTTP/").then_some(())?;
+    if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        target = rest.find('/').map_or("/", |at| &rest[at..]);
+    }
     Some((method, target.split('?').next().unwrap_or(target)))
 }
 
-fn plain_response(status: &str, body: &str) -> String {
+/// Returns true once `request` holds a complete request line.
+fn has_request_line(request: &[u8]) -> bool {
+    request
+        .split(|b| *b == b'\n')
+        .rev()
+        .skip(1)
+        .any(|line| !line.is_empty() && line != b"\r")
+}
+
+fn plain_response(status: &str, extra_headers: &str, body: &str) -> String {
     format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n{body}",
         body.len()
     )
 }
 
+/// Builds the response to one request head.
+fn respond(request: &[u8], metrics: &Metrics) -> String {
+    match request_target(request) {
+        Some((method @ ("GET" | "HEAD"), "/metrics")) => {
+            let body = metrics.render();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if method == "GET" { head + &body } else { head }
+        }
+        Some(("GET" | "HEAD", _)) => plain_response(
+            "404 Not Found",
+            "",
+            "not found: metrics are at GET /metrics\n",
+        ),
+        Some(_) => plain_response(
+            "405 Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            "method not allowed: use GET /metrics\n",
+        ),
+        None => plain_response("400 Bad Request", "", "bad request: send GET /metrics\n"),
+    }
+}
+
+/// Serves the metrics at `GET /metrics` on `listener` forever; other paths get 404, other
+/// methods 405. Each connection answers one request and closes.
 pub(crate) async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,
@@ -177,34 +225,23 @@ pub(crate) async fn serve_metrics(
         };
         let metrics = std::sync::Arc::clone(&metrics);
         tokio::spawn(async move {
-            // Read the start of the request (bounded); only its request line matters.
-            let mut request = [0_u8; 2048];
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), socket.read(&mut request)).await;
-            let n = match read {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => {
-                    tracing::debug!(%peer, "metrics client sent no request");
-                    return;
+            // Read until the request line is complete, within a bounded size and time; the
+            // headers after it do not matter.
+            let mut request = Vec::with_capacity(MAX_REQUEST_BYTES);
+            let mut chunk = [0_u8; MAX_REQUEST_BYTES];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !has_request_line(&request) && request.len() < MAX_REQUEST_BYTES {
+                let room = MAX_REQUEST_BYTES - request.len();
+                match tokio::time::timeout_at(deadline, socket.read(&mut chunk[..room])).await {
+                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&chunk[..n]),
+                    _ => break,
                 }
-            };
-            let response = match request_target(&request[..n]) {
-                Some(("GET", "/metrics")) => {
-                    let body = metrics.render();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                }
-                Some(("GET", _)) => {
-                    plain_response("404 Not Found", "not found: metrics are at GET /metrics\n")
-                }
-                Some(_) => plain_response(
-                    "405 Method Not Allowed",
-                    "method not allowed: use GET /metrics\n",
-                ),
-                None => plain_response("400 Bad Request", "bad request: send GET /metrics\n"),
-            };
+            }
+            if request.is_empty() {
+                tracing::debug!(%peer, "metrics client sent no request");
+                return;
+            }
+            let response = respond(&request, &metrics);
             if let Err(err) = socket.write_all(response.as_bytes()).await {
                 tracing::debug!(%peer, error = %err, "failed to write metrics");
             }
@@ -214,7 +251,7 @@ pub(crate) async fn serve_metrics(
 
 #[cfg(test)]
 mod tests {
-    use super::request_target;
+    use super::{Metrics, has_request_line, request_target, respond};
 
     #[test]
     fn request_line_gives_method_and_path() {
@@ -223,6 +260,30 @@ mod tests {
         let query = request_target(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
         assert_eq!(query, Some(("GET", "/metrics")));
         assert_eq!(request_target(b"POST / HTTP/1.1\r\n"), Some(("POST", "/")));
+    }
+
+    #[test]
+    fn absolute_target_and_blank_lines_accepted() {
+        let absolute = request_target(b"GET http://127.0.0.1:9464/metrics HTTP/1.1\r\n");
+        assert_eq!(absolute, Some(("GET", "/metrics")));
+        let blank = request_target(b"\r\nGET /metrics HTTP/1.1\r\n");
+        assert_eq!(blank, Some(("GET", "/metrics")));
+        assert!(!has_request_line(b"GET /met"));
+        assert!(!has_request_line(b"\r\n"));
+        assert!(has_request_line(b"GET /metrics HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn head_and_other_methods_answered() {
+        let metrics = Metrics::default();
+        let head = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &metrics);
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        let get = respond(b"GET /metrics HTTP/1.1\r\n\r\n", &metrics);
+        assert!(get.contains("edr_collector_"), "{get}");
+        let post = respond(b"POST /metrics HTTP/1.1\r\n\r\n", &metrics);
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        assert!(post.contains("Allow: GET, HEAD\r\n"), "{post}");
     }
 
     #[test]

@@ -189,10 +189,18 @@ pub(crate) enum StoreError {
     /// wrote it.
     #[error("\"{}\" is an SQLite database that this Collector did not create (it has tables but no schema version): move it away, or pass the --data-dir of an existing Collector or a new directory", path.display())]
     Foreign { path: PathBuf },
-    /// A stored event or dictionary could not be read or written.
+    /// A dictionary could not be stored.
     #[error("event data in \"{}\": {source}", path.display())]
     Codec {
         path: PathBuf,
+        source: codec::CodecError,
+    },
+    /// A stored event could not be read.
+    #[error("event {sensor_id} seq {seq} in \"{}\" cannot be read: {source}", path.display())]
+    DamagedEvent {
+        path: PathBuf,
+        sensor_id: String,
+        seq: i64,
         source: codec::CodecError,
     },
     /// No token with this id exists.
@@ -371,9 +379,12 @@ impl Store {
             path: self.path.clone(),
             source,
         })?;
+        // zstd derives a trained dictionary's id from its content, so training again on the
+        // same events gives the same id; that row is then reused.
         self.conn
             .execute(
-                "INSERT INTO dictionaries (id, created_at, samples, dict) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO dictionaries (id, created_at, samples, dict) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO NOTHING",
                 params![
                     dictionary.id(),
                     now.unix_timestamp(),
@@ -382,23 +393,53 @@ impl Store {
                 ],
             )
             .map_err(self.sqlite())?;
-        Ok(dictionary)
-    }
-
-    /// Returns the newest stored dictionary, the one ingest compresses with.
-    pub(crate) fn newest_dictionary(&self) -> Result<Option<codec::Dictionary>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
+        let stored: Option<Vec<u8>> = self
             .conn
             .query_row(
-                "SELECT dict FROM dictionaries ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                [],
+                "SELECT dict FROM dictionaries WHERE id = ?1 AND typeof(dict) = 'blob'",
+                params![dictionary.id()],
                 |row| row.get(0),
             )
             .optional()
             .map_err(self.sqlite())?;
-        // A dictionary that does not parse is left unused; its rows stay readable only if it
-        // is sound, which the readers report row by row.
-        Ok(bytes.and_then(|bytes| codec::Dictionary::new(&bytes).ok()))
+        if stored.as_deref() != Some(bytes) {
+            return Err(StoreError::Codec {
+                path: self.path.clone(),
+                source: codec::CodecError::InvalidDictionary(format!(
+                    "a different dictionary with id {} is already stored",
+                    dictionary.id()
+                )),
+            });
+        }
+        Ok(dictionary)
+    }
+
+    /// Returns the newest usable stored dictionary, the one ingest compresses with. Rows that
+    /// zstd rejects are skipped with a warning; events compressed with them fail to read, each
+    /// with the dictionary named.
+    pub(crate) fn newest_dictionary(&self) -> Result<Option<codec::Dictionary>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, dict FROM dictionaries ORDER BY created_at DESC, rowid DESC")
+            .map_err(self.sqlite())?;
+        let mut rows = stmt.query([]).map_err(self.sqlite())?;
+        while let Some(row) = rows.next().map_err(self.sqlite())? {
+            let id: i64 = row.get(0).map_err(self.sqlite())?;
+            let outcome = match row.get_ref(1).map_err(self.sqlite())? {
+                rusqlite::types::ValueRef::Blob(bytes) => codec::Dictionary::new(bytes),
+                other => Err(codec::CodecError::InvalidDictionary(format!(
+                    "it is a {} value, not a BLOB",
+                    other.data_type()
+                ))),
+            };
+            match outcome {
+                Ok(dictionary) => return Ok(Some(dictionary)),
+                Err(err) => {
+                    tracing::warn!(dictionary_id = id, error = %err, path = %self.path.display(), "skipping a stored compression dictionary that cannot be used");
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Loads the dictionaries for reading and registers [`codec::JSON_FUNCTION`] with them.

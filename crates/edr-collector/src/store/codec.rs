@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 use zstd::dict::{DecoderDictionary, EncoderDictionary};
-use zstd::zstd_safe::DCtx;
+use zstd::zstd_safe::{CDict, DCtx, DDict};
 
 use crate::ingest::{EventBody, Record, ValidBatch};
 
@@ -45,8 +45,13 @@ const MAX_ATTEMPTS: u32 = 3;
 /// and costs half as much.
 const LEVEL: i32 = 1;
 
-/// Largest JSON a stored frame may expand to; larger claims are treated as damage.
-const MAX_EVENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest event that is compressed; larger ones are stored as text. A stored frame that
+/// claims more is treated as damage.
+const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest event copied into the training samples. zstd trains on samples of typical
+/// size; a few huge events would make training fail.
+const MAX_SAMPLE_EVENT_BYTES: usize = 64 * 1024;
 
 /// SQL function that returns an `events.json` value as JSON text: `event_json(json)`.
 pub(crate) const JSON_FUNCTION: &str = "event_json";
@@ -58,6 +63,8 @@ pub(crate) enum CodecError {
         "stored event is compressed with dictionary {id}, which is not in the dictionaries table"
     )]
     UnknownDictionary { id: u32 },
+    #[error("stored event is compressed with dictionary {id}, which is damaged: {reason}")]
+    DamagedDictionary { id: u32, reason: String },
     #[error("stored event is damaged: {0}")]
     Damaged(String),
     #[error("compressing an event failed: {0}")]
@@ -82,6 +89,12 @@ impl Dictionary {
     /// Prepares `bytes`, a trained zstd dictionary, for compression.
     pub(crate) fn new(bytes: &[u8]) -> Result<Self, CodecError> {
         let id = dictionary_id(bytes)?;
+        // `EncoderDictionary::copy` panics on a dictionary zstd rejects; check first.
+        if CDict::try_create(bytes, LEVEL).is_none() || DDict::try_create(bytes).is_none() {
+            return Err(CodecError::InvalidDictionary(format!(
+                "zstd rejects dictionary {id}"
+            )));
+        }
         Ok(Self {
             id,
             encoder: EncoderDictionary::copy(bytes, LEVEL),
@@ -136,6 +149,9 @@ impl EventCodec {
         for record in &mut batch.records {
             if let Record::Event { body, .. } = record {
                 if let EventBody::Json(json) = body {
+                    if json.len() > MAX_EVENT_BYTES {
+                        continue;
+                    }
                     let frame = compressor
                         .compress(json.as_bytes())
                         .map_err(CodecError::Compress)?;
@@ -173,6 +189,9 @@ impl Trainer {
             {
                 if self.sizes.len() >= SAMPLE_EVENTS || self.samples.len() >= SAMPLE_BYTES {
                     break;
+                }
+                if json.len() > MAX_SAMPLE_EVENT_BYTES {
+                    continue;
                 }
                 self.samples.extend_from_slice(json.as_bytes());
                 self.sizes.push(json.len());
@@ -221,8 +240,12 @@ impl Trainer {
                 self.training = None;
                 match result {
                     Ok(bytes) => Some((bytes, self.sampled)),
-                    Err(err) => {
+                    Err(err) if self.attempts < MAX_ATTEMPTS => {
                         tracing::warn!(attempt = self.attempts, error = %err, "training a compression dictionary failed; sampling again");
+                        None
+                    }
+                    Err(err) => {
+                        tracing::warn!(attempt = self.attempts, error = %err, "training a compression dictionary failed for the last time; events stay uncompressed until the Collector restarts");
                         None
                     }
                 }
@@ -242,6 +265,8 @@ impl Trainer {
 #[derive(Default)]
 pub(crate) struct Dictionaries {
     by_id: HashMap<u32, DecoderDictionary<'static>>,
+    /// Rows that cannot be used, with the reason; only events compressed with them fail.
+    damaged: HashMap<u32, String>,
     context: Mutex<Option<DCtx<'static>>>,
 }
 
@@ -254,21 +279,35 @@ impl std::fmt::Debug for Dictionaries {
 }
 
 impl Dictionaries {
-    /// Loads every dictionary of the database.
+    /// Loads every dictionary of the database. A row that is not a dictionary zstd accepts is
+    /// kept aside with the reason, so that only the events compressed with it fail to read.
     pub(crate) fn load(conn: &Connection) -> rusqlite::Result<Self> {
         let mut stmt = conn.prepare("SELECT id, dict FROM dictionaries")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })?;
+        let mut rows = stmt.query([])?;
         let mut by_id = HashMap::new();
-        for row in rows {
-            let (id, bytes) = row?;
-            if let Ok(id) = u32::try_from(id) {
-                by_id.insert(id, DecoderDictionary::copy(&bytes));
+        let mut damaged = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let Ok(id) = u32::try_from(row.get::<_, i64>(0)?) else {
+                continue;
+            };
+            match row.get_ref(1)? {
+                ValueRef::Blob(bytes) if DDict::try_create(bytes).is_some() => {
+                    by_id.insert(id, DecoderDictionary::copy(bytes));
+                }
+                ValueRef::Blob(_) => {
+                    damaged.insert(id, "zstd rejects it".to_string());
+                }
+                other => {
+                    damaged.insert(
+                        id,
+                        format!("it is a {} value, not a BLOB", other.data_type()),
+                    );
+                }
             }
         }
         Ok(Self {
             by_id,
+            damaged,
             context: Mutex::new(None),
         })
     }
@@ -276,6 +315,10 @@ impl Dictionaries {
     /// Returns the JSON text of an `events.json` value.
     pub(crate) fn json(&self, value: ValueRef<'_>) -> Result<String, CodecError> {
         match value {
+            // Ingest stores only JSON objects; anything else was written by another program.
+            ValueRef::Text(text) if !text.trim_ascii_start().starts_with(b"{") => Err(
+                CodecError::Damaged("the stored JSON text is not an object".into()),
+            ),
             ValueRef::Text(text) => String::from_utf8(text.to_vec())
                 .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into())),
             ValueRef::Blob(frame) => self.decompress(frame),
@@ -291,15 +334,22 @@ impl Dictionaries {
         let id = zstd::zstd_safe::get_dict_id_from_frame(frame)
             .ok_or_else(|| damaged("the zstd frame names no dictionary"))?
             .get();
-        let dictionary = self
-            .by_id
-            .get(&id)
-            .ok_or(CodecError::UnknownDictionary { id })?;
-        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
-            Ok(Some(size)) if size <= MAX_EVENT_BYTES => size,
+        let Some(dictionary) = self.by_id.get(&id) else {
+            return Err(match self.damaged.get(&id) {
+                Some(reason) => CodecError::DamagedDictionary {
+                    id,
+                    reason: reason.clone(),
+                },
+                None => CodecError::UnknownDictionary { id },
+            });
+        };
+        let capacity = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) => usize::try_from(size)
+                .ok()
+                .filter(|size| *size <= MAX_EVENT_BYTES)
+                .ok_or_else(|| damaged("the zstd frame claims more than 64 MiB of JSON"))?,
             _ => return Err(damaged("the zstd frame has no valid content size")),
         };
-        let capacity = usize::try_from(size).map_err(|_| damaged("the event is too large"))?;
         let mut bytes = Vec::with_capacity(capacity);
         let mut context = self
             .context
@@ -521,5 +571,118 @@ mod tests {
             dictionaries.json(ValueRef::Integer(7)),
             Err(CodecError::Damaged(_))
         ));
+        assert!(matches!(
+            dictionaries.json(ValueRef::Text(b"7")),
+            Err(CodecError::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn damaged_dictionary_rows_are_set_aside() {
+        let (bytes, samples) = trained();
+        let id = dictionary_id(&bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let good = store.insert_dictionary(&bytes, samples, now).unwrap();
+        let codec = EventCodec::default();
+        codec.publish(good);
+        let mut valid = validate(batch(1, 1), usize::MAX).unwrap();
+        codec.compress(&mut valid).unwrap();
+        let Record::Event {
+            body: EventBody::Zstd(frame),
+            ..
+        } = &valid.records[0]
+        else {
+            panic!("event not compressed")
+        };
+
+        // A header that names a dictionary, followed by bytes zstd rejects.
+        let mut garbage = bytes[..8].to_vec();
+        garbage[4..8].copy_from_slice(&777_u32.to_le_bytes());
+        garbage.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert!(matches!(
+            Dictionary::new(&garbage),
+            Err(CodecError::InvalidDictionary(_))
+        ));
+        // Newer rows that cannot be used: one zstd rejects, one stored as text.
+        let later = now.unix_timestamp() + 60;
+        store
+            .conn
+            .execute(
+                "INSERT INTO dictionaries VALUES (777, ?1, 1, ?2), (778, ?1, 1, 'text')",
+                rusqlite::params![later, garbage],
+            )
+            .unwrap();
+
+        let newest = store
+            .newest_dictionary()
+            .unwrap()
+            .expect("a usable dictionary");
+        assert_eq!(newest.id(), id);
+        let dictionaries = Dictionaries::load(&store.conn).unwrap();
+        assert_eq!(
+            dictionaries.json(ValueRef::Blob(frame)).unwrap(),
+            event_json(1)
+        );
+        let mut orphan = frame.clone();
+        // The dictionary id sits after the magic number and the frame header descriptor.
+        let at = orphan
+            .windows(4)
+            .position(|w| w == id.to_le_bytes())
+            .unwrap();
+        orphan[at..at + 4].copy_from_slice(&777_u32.to_le_bytes());
+        assert!(matches!(
+            dictionaries.json(ValueRef::Blob(&orphan)),
+            Err(CodecError::DamagedDictionary { id: 777, .. })
+        ));
+
+        // Training again on the same events gives the same id; the stored row is reused.
+        assert_eq!(
+            store.insert_dictionary(&bytes, samples, now).unwrap().id(),
+            id
+        );
+    }
+
+    #[test]
+    fn oversized_events_skip_compression_and_samples() {
+        let (bytes, _) = trained();
+        let codec = EventCodec::default();
+        codec.publish(Dictionary::new(&bytes).unwrap());
+        let event = |json: String| Record::Event {
+            seq: 1,
+            fields: crate::ingest::IndexedFields {
+                time: None,
+                class_uid: 0,
+                activity_id: None,
+                severity_id: None,
+                process_uid: None,
+                user_name: None,
+            },
+            body: EventBody::Json(json),
+        };
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_EVENT_BYTES));
+        let mut batch = ValidBatch {
+            last_seq: 1,
+            records: vec![event(huge)],
+            event_bytes: 0,
+        };
+        codec.compress(&mut batch).unwrap();
+        assert!(matches!(
+            &batch.records[0],
+            Record::Event {
+                body: EventBody::Json(_),
+                ..
+            }
+        ));
+
+        let large = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_SAMPLE_EVENT_BYTES));
+        let mut trainer = Trainer::default();
+        trainer.observe(&ValidBatch {
+            last_seq: 1,
+            records: vec![event(large)],
+            event_bytes: 0,
+        });
+        assert!(trainer.sizes.is_empty());
     }
 }

@@ -136,21 +136,26 @@ impl Store {
             .query(rusqlite::params_from_iter(values))
             .map_err(self.sqlite())?;
         while let Some(row) = rows.next().map_err(self.sqlite())? {
+            let sensor_id: String = row.get(0).map_err(self.sqlite())?;
+            let seq: i64 = row.get(1).map_err(self.sqlite())?;
+            let json = dictionaries
+                .json(row.get_ref(8).map_err(self.sqlite())?)
+                .map_err(|source| StoreError::DamagedEvent {
+                    path: self.path.clone(),
+                    sensor_id: sensor_id.clone(),
+                    seq,
+                    source,
+                })?;
             let event = EventRow {
-                sensor_id: row.get(0).map_err(self.sqlite())?,
-                seq: row.get(1).map_err(self.sqlite())?,
+                sensor_id,
+                seq,
                 time_ms: row.get(2).map_err(self.sqlite())?,
                 class_uid: row.get(3).map_err(self.sqlite())?,
                 activity_id: row.get(4).map_err(self.sqlite())?,
                 severity_id: row.get(5).map_err(self.sqlite())?,
                 process_uid: row.get(6).map_err(self.sqlite())?,
                 user_name: row.get(7).map_err(self.sqlite())?,
-                json: dictionaries
-                    .json(row.get_ref(8).map_err(self.sqlite())?)
-                    .map_err(|source| StoreError::Codec {
-                        path: self.path.clone(),
-                        source,
-                    })?,
+                json,
             };
             each(event)?;
         }
