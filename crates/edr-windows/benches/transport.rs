@@ -6,6 +6,12 @@
 //! (default `<workspace>/../shared/data`), repeated until `EDR_BENCH_EVENTS` (default 300,000)
 //! are sent. The clock runs from the first append to the ack of the last event.
 //!
+//! `EDR_BENCH_TIMES` sets the events' OCSF `time`. With `live` (the default) each event gets
+//! the time it is appended, as a live sensor stamps what it sees, so times arrive in order.
+//! With `recorded` the events keep the times of the recordings, which span years and jump
+//! back and forth between files, so every commit inserts at scattered places in the
+//! Collector's time index.
+//!
 //! Run with `cargo bench -p edr-windows --bench transport`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,8 +43,16 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(300_000);
     let sync = std::env::var("EDR_BENCH_SYNC").unwrap_or_else(|_| "full".into());
-    let events = load_events(&evtx);
-    let event_bytes: usize = events.iter().map(Vec::len).sum();
+    let live = match std::env::var("EDR_BENCH_TIMES").as_deref() {
+        Ok("live") | Err(_) => true,
+        Ok("recorded") => false,
+        Ok(other) => panic!("EDR_BENCH_TIMES={other}: use live or recorded"),
+    };
+    let events: Vec<Event> = load_events(&evtx)
+        .into_iter()
+        .map(|json| Event::new(json, live))
+        .collect();
+    let event_bytes: usize = events.iter().map(Event::len).sum();
     eprintln!(
         "{} distinct events, {} bytes on average",
         events.len(),
@@ -92,10 +106,12 @@ fn main() {
 
     let start = Instant::now();
     let mut sent_bytes = 0u64;
+    let mut json = Vec::new();
     for index in 0..total {
         let event = &events[(index % events.len() as u64) as usize];
-        sent_bytes += event.len() as u64;
-        lock(&buffer).append(Lane::Telemetry, event).unwrap();
+        event.write(&mut json);
+        sent_bytes += json.len() as u64;
+        lock(&buffer).append(Lane::Telemetry, &json).unwrap();
     }
     let appended = start.elapsed();
     let last = lock(&buffer).sync().unwrap();
@@ -110,13 +126,72 @@ fn main() {
     let _ = collector.wait();
 
     let seconds = elapsed.as_secs_f64();
+    let times = if live { "live" } else { "recorded" };
     println!(
-        "transport end to end (sync={sync}): {total} events, {:.1} MiB of OCSF JSON in {seconds:.2} s: {:.0} events/s, {:.1} MiB/s (appends done after {:.2} s)",
+        "transport end to end (sync={sync}, times={times}): {total} events, {:.1} MiB of OCSF JSON in {seconds:.2} s: {:.0} events/s, {:.1} MiB/s (appends done after {:.2} s)",
         sent_bytes as f64 / (1024.0 * 1024.0),
         total as f64 / seconds,
         sent_bytes as f64 / (1024.0 * 1024.0) / seconds,
         appended.as_secs_f64(),
     );
+}
+
+/// One event's JSON, split around the digits of its `time` when it is stamped at append time.
+struct Event {
+    head: Vec<u8>,
+    /// The rest after the time digits; `None` when the event keeps its recorded time.
+    tail: Option<Vec<u8>>,
+}
+
+impl Event {
+    /// Thirteen digits that stand for the time while the event is split.
+    const PLACEHOLDER: &str = "9999999999999";
+
+    fn new(json: Vec<u8>, live: bool) -> Self {
+        let recorded = |json| Self {
+            head: json,
+            tail: None,
+        };
+        if !live {
+            return recorded(json);
+        }
+        let mut value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        value["time"] = serde_json::Value::from(Self::PLACEHOLDER.parse::<u64>().unwrap());
+        let text = serde_json::to_string(&value).unwrap();
+        let marker = format!("\"time\":{}", Self::PLACEHOLDER);
+        match (text.find(&marker), text.matches(&marker).count()) {
+            (Some(at), 1) => {
+                let digits = at + marker.len() - Self::PLACEHOLDER.len();
+                Self {
+                    head: text.as_bytes()[..digits].to_vec(),
+                    tail: Some(text.as_bytes()[at + marker.len()..].to_vec()),
+                }
+            }
+            _ => recorded(json),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len()
+            + self
+                .tail
+                .as_ref()
+                .map_or(0, |tail| Self::PLACEHOLDER.len() + tail.len())
+    }
+
+    /// Writes the event into `out`, stamped with the current time when it is live.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.head);
+        if let Some(tail) = &self.tail {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
+            out.extend_from_slice(now.to_string().as_bytes());
+            out.extend_from_slice(tail);
+        }
+    }
 }
 
 fn load_events(evtx: &Path) -> Vec<Vec<u8>> {
