@@ -1,9 +1,9 @@
 //! Compression of stored event JSON with a zstd dictionary trained on the Collector's traffic.
 //!
 //! An OCSF event is about a kilobyte of JSON, most of it field names and values that recur in
-//! every event of its class. Compressed on its own, an event shrinks by half; with a
-//! dictionary of those recurring strings it shrinks about eightfold, and each event stays a
-//! row of its own that a query reads without touching its neighbours (ADR 0008).
+//! every event of its class. Compressed on its own, an event shrinks by half. With a
+//! dictionary of those recurring strings it shrinks about eightfold. Each event stays a row of
+//! its own, which a query reads without touching its neighbours (ADR 0008).
 //!
 //! The `events.json` column holds either the JSON text (events stored before a dictionary
 //! existed, and every event of schema version 4 and older) or a zstd frame, as a BLOB, made
