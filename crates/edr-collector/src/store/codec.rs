@@ -431,6 +431,21 @@ mod tests {
         trainer.wait().expect("a dictionary is trained")
     }
 
+    /// Returns the zstd frame of event 1 compressed with `dictionary`.
+    fn compressed_event(dictionary: Dictionary) -> Vec<u8> {
+        let codec = EventCodec::default();
+        codec.publish(dictionary);
+        let mut valid = validate(batch(1, 1), usize::MAX).unwrap();
+        codec.compress(&mut valid).unwrap();
+        match valid.records.pop() {
+            Some(Record::Event {
+                body: EventBody::Zstd(frame),
+                ..
+            }) => frame,
+            other => panic!("event not compressed: {other:?}"),
+        }
+    }
+
     #[test]
     fn trainer_waits_for_enough_samples() {
         let mut trainer = Trainer::default();
@@ -539,17 +554,7 @@ mod tests {
         let dictionary = store
             .insert_dictionary(&bytes, samples, OffsetDateTime::now_utc())
             .unwrap();
-        let codec = EventCodec::default();
-        codec.publish(dictionary);
-        let mut valid = validate(batch(1, 1), usize::MAX).unwrap();
-        codec.compress(&mut valid).unwrap();
-        let Record::Event {
-            body: EventBody::Zstd(frame),
-            ..
-        } = &valid.records[0]
-        else {
-            panic!("event not compressed")
-        };
+        let frame = &compressed_event(dictionary);
 
         let dictionaries = Dictionaries::load(&store.conn).unwrap();
         assert_eq!(
@@ -584,18 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path()).unwrap();
         let now = OffsetDateTime::now_utc();
-        let good = store.insert_dictionary(&bytes, samples, now).unwrap();
-        let codec = EventCodec::default();
-        codec.publish(good);
-        let mut valid = validate(batch(1, 1), usize::MAX).unwrap();
-        codec.compress(&mut valid).unwrap();
-        let Record::Event {
-            body: EventBody::Zstd(frame),
-            ..
-        } = &valid.records[0]
-        else {
-            panic!("event not compressed")
-        };
+        let frame = &compressed_event(store.insert_dictionary(&bytes, samples, now).unwrap());
 
         // A header that names a dictionary, followed by bytes zstd rejects.
         let mut garbage = bytes[..8].to_vec();
