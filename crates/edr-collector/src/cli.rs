@@ -273,7 +273,14 @@ fn parse_server_name(value: &str) -> Result<String, String> {
         return Ok(value.to_string());
     }
     let name = value.strip_suffix('.').unwrap_or(value);
-    let valid = !name.is_empty()
+    // A name whose last label is all digits, such as 127.1 or 999.1.1.1, reads as a
+    // malformed IP address, and sensors refuse it in a Collector URL.
+    let numeric_tail = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|label| label.bytes().all(|b| b.is_ascii_digit()));
+    let valid = !numeric_tail
+        && !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
             (1..=63).contains(&label.len())
@@ -413,6 +420,10 @@ mod tests {
             "x-.example",
             "a..b",
             "*.example.com",
+            "127.1",
+            "999.1.1.1",
+            "123",
+            "1.2.3.4.",
         ] {
             assert!(!serve_with("--server-name", bad), "{bad:?} was accepted");
         }

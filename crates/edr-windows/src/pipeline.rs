@@ -124,12 +124,16 @@ impl FileCounts {
 
 /// Detects the format of the file at `path` from its first bytes: the `ElfFile` magic for
 /// EVTX, else a valid ETL first buffer (its `EventTrace/Header` event). Returns `None` for
-/// anything else.
+/// anything else, and for anything that is not a regular file: opening a FIFO waits for a
+/// writer, and a device may never end.
 pub fn detect_format(path: &Path) -> Result<Option<InputFormat>, PipelineError> {
     let io_error = |source| PipelineError::Io {
         path: path.to_owned(),
         source,
     };
+    if !std::fs::metadata(path).map_err(io_error)?.is_file() {
+        return Ok(None);
+    }
     let mut magic = [0u8; 8];
     let mut file = File::open(path).map_err(io_error)?;
     let mut filled = 0;

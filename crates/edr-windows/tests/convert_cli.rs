@@ -145,3 +145,34 @@ fn convert_rejects_named_non_telemetry_file() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[cfg(unix)]
+#[test]
+fn convert_refuses_named_fifo_and_skips_one_in_folder() {
+    let folder = tempfile::tempdir().unwrap();
+    let fifo = folder.path().join("pipe.evtx");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+
+    // Opening a FIFO without a writer would wait forever; neither run may open it.
+    let named = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .arg("convert")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&named.stderr);
+    assert!(!named.status.success(), "{message}");
+    assert!(message.contains("not a regular file"), "{message}");
+
+    let inside = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .arg("convert")
+        .arg(folder.path())
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&inside.stderr);
+    assert!(inside.status.success(), "{summary}");
+    assert!(
+        summary.contains("other files ignored (neither EVTX nor ETL): 1"),
+        "{summary}"
+    );
+}

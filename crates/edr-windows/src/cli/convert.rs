@@ -200,6 +200,12 @@ pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
             "no such file or folder",
         ));
     }
+    if !path.is_dir() && !path.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device): name EVTX or ETL files, or a folder that holds them",
+        ));
+    }
     if !path.is_dir() && matches!(pipeline::detect_format(path), Ok(None)) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

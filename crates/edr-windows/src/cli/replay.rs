@@ -93,15 +93,21 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     inputs.files.sort();
 
-    for (option, dir) in [
-        ("--state-dir", Some(&args.state_dir)),
-        ("--buffer-dir", args.buffer_dir.as_ref()),
-    ] {
+    let folders = [
+        (
+            "--state-dir",
+            Some(&args.state_dir),
+            "pass the folder that `edr-windows enroll --state-dir` wrote",
+        ),
+        (
+            "--buffer-dir",
+            args.buffer_dir.as_ref(),
+            "pass a folder for the ring buffer, or leave the option out to use the `buffer` subfolder of --state-dir",
+        ),
+    ];
+    for (option, dir, fix) in folders {
         if let Some(dir) = dir.filter(|dir| dir.exists() && !dir.is_dir()) {
-            anyhow::bail!(
-                "{option} {} is a file, not a folder: pass the folder that `edr-windows enroll --state-dir` wrote (the ring buffer goes into its `buffer` subfolder unless --buffer-dir names another folder)",
-                dir.display()
-            );
+            anyhow::bail!("{option} {} is a file, not a folder: {fix}", dir.display());
         }
     }
     let store = IdentityStore::new(&args.state_dir, enrollment::platform_protection());
