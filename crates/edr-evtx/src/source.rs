@@ -119,5 +119,54 @@ pub fn read_file_with(
             }
         }
     }
+    if let Some(cut) = truncation(path) {
+        if !report
+            .skipped_chunks
+            .iter()
+            .any(|chunk| chunk.chunk_number == cut.chunk_number)
+        {
+            tracing::warn!(file = %path.display(), chunk = cut.chunk_number, reason = %cut.reason, "chunk missing");
+            report.skipped_chunks.push(cut);
+        }
+    }
     Ok(report)
+}
+
+/// Size of the EVTX file header block.
+const FILE_HEADER_BYTES: u64 = 4096;
+
+/// Size of one EVTX chunk.
+const CHUNK_BYTES: u64 = 65_536;
+
+/// Reports the first chunk lost because the file was cut short: the file ends inside a
+/// chunk, or its header lists more chunks than the file holds. The parser reads only whole
+/// chunks and says nothing of the rest.
+fn truncation(path: &Path) -> Option<SkippedChunk> {
+    use std::io::Read;
+    let mut header = [0_u8; 44];
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.read_exact(&mut header).ok()?;
+    let body = length.checked_sub(FILE_HEADER_BYTES)?;
+    let whole = body / CHUNK_BYTES;
+    let partial = body % CHUNK_BYTES;
+    // The chunk count sits at offset 42 of the file header (MS-EVEN6 2.2.1 FileHeader).
+    let listed = u64::from(u16::from_le_bytes([header[42], header[43]]));
+    if partial != 0 {
+        Some(SkippedChunk {
+            chunk_number: whole,
+            reason: format!(
+                "the file ends {partial} bytes into this chunk of {CHUNK_BYTES}: it was cut short, and the chunk was not read"
+            ),
+        })
+    } else if listed > whole {
+        Some(SkippedChunk {
+            chunk_number: whole,
+            reason: format!(
+                "the file header lists {listed} chunks but the file holds {whole}: it was cut short"
+            ),
+        })
+    } else {
+        None
+    }
 }

@@ -69,6 +69,30 @@ fn truncated_file_keeps_whole_chunks() {
         events >= report.records,
         "every record read became an event"
     );
+    // The cut chunk is reported, not dropped without a word.
+    assert_eq!(
+        report.skipped_chunks.len(),
+        1,
+        "{:?}",
+        report.skipped_chunks
+    );
+    assert_eq!(report.skipped_chunks[0].chunk_number, 2);
+    assert!(
+        report.skipped_chunks[0].reason.contains("cut short"),
+        "{:?}",
+        report.skipped_chunks
+    );
+
+    // Cut at a chunk boundary, after the header that lists more chunks.
+    std::fs::write(&path, &bytes[..FILE_HEADER_SIZE + CHUNK_SIZE]).unwrap();
+    let (report, _) = convert(&path);
+    assert_eq!(
+        report.skipped_chunks.len(),
+        1,
+        "{:?}",
+        report.skipped_chunks
+    );
+    assert_eq!(report.skipped_chunks[0].chunk_number, 1);
 }
 
 #[test]
