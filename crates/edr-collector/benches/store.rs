@@ -1,12 +1,12 @@
 //! Store-only ingest throughput: batches of real OCSF events validated and committed to the
-//! Collector's SQLite database, without gRPC, TLS or compression in the way.
+//! Collector's SQLite database, without gRPC, TLS or gRPC compression in the way.
 //!
 //! The events are converted from the recorded EVTX files under `EDR_DATA_DIR` (default
 //! `<workspace>/../shared/data`). Each iteration validates and stores one transaction of
 //! `BATCHES_PER_COMMIT` batches of `BATCH_RECORDS` events with new sequence numbers, so the
-//! table grows as it does under a real stream. The `ingest_*` functions also compress the
-//! events with a dictionary trained on the first batches, as `serve` does once it has one;
-//! `ingest_sync_full_uncompressed` stores plain JSON, as `serve` does before that.
+//! table grows as it does under a real stream. `ingest_sync_full` and `ingest_sync_normal` also
+//! compress the events with a dictionary trained on the first batches, as `serve` does once it
+//! has one. `ingest_sync_full_uncompressed` stores plain JSON, as `serve` does before that.
 //!
 //! Run with `cargo bench -p edr-collector --bench store`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

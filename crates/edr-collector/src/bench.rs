@@ -53,8 +53,8 @@ impl IngestStore {
         Ok(id)
     }
 
-    /// Validates and compresses `batches` of `sensor_id` as the streams do, and stores them
-    /// in one transaction as the ingest writer does with a group; returns the number of events
+    /// Validates and compresses `batches` of `sensor_id` as the streams do, then stores them in
+    /// one transaction as the ingest writer stores a group. Returns the number of events
     /// inserted.
     pub fn ingest(&mut self, sensor_id: &str, batches: Vec<EventBatch>) -> anyhow::Result<u64> {
         let group = batches

@@ -166,7 +166,7 @@ fn request_target(request: &[u8]) -> Option<(&str, &str)> {
     Some((method, target.split('?').next().unwrap_or(target)))
 }
 
-/// Returns true once `request` holds a complete request line.
+/// Returns true once `request` contains a complete request line.
 fn has_request_line(request: &[u8]) -> bool {
     request
         .split(|b| *b == b'\n')
@@ -208,7 +208,7 @@ fn respond(request: &[u8], metrics: &Metrics) -> String {
 }
 
 /// Serves the metrics at `GET /metrics` on `listener` forever; other paths get 404, other
-/// methods 405. Each connection answers one request and closes.
+/// methods 405. Each connection serves one request and is then closed.
 pub(crate) async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: std::sync::Arc<Metrics>,

@@ -139,8 +139,8 @@ const FILE_HEADER_BYTES: u64 = 4096;
 const CHUNK_BYTES: u64 = 65_536;
 
 /// Reports the first chunk lost because the file was cut short: the file ends inside a
-/// chunk, or its header lists more chunks than the file holds. The parser reads only whole
-/// chunks and says nothing of the rest.
+/// chunk, or its header lists more chunks than the file contains. The parser reads only
+/// whole chunks and reports nothing about a partial one.
 fn truncation(path: &Path) -> Option<SkippedChunk> {
     use std::io::Read;
     let mut header = [0_u8; 44];
@@ -163,7 +163,7 @@ fn truncation(path: &Path) -> Option<SkippedChunk> {
         Some(SkippedChunk {
             chunk_number: whole,
             reason: format!(
-                "the file header lists {listed} chunks but the file holds {whole}: it was cut short"
+                "the file header lists {listed} chunks but the file contains {whole}: it was cut short"
             ),
         })
     } else {

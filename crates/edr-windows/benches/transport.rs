@@ -7,7 +7,7 @@
 //! are sent. The clock runs from the first append to the ack of the last event.
 //!
 //! `EDR_BENCH_TIMES` sets the events' OCSF `time`. With `live` (the default) each event gets
-//! the time it is appended, as a live sensor stamps what it sees, so times arrive in order.
+//! the time it is appended, as a live sensor stamps the events it collects, so times arrive in order.
 //! With `recorded` the events keep the times of the recordings, which span years and jump
 //! back and forth between files, so every commit inserts at scattered places in the
 //! Collector's time index.

@@ -5,14 +5,14 @@
 //! dictionary of those recurring strings it shrinks about eightfold. Each event stays a row of
 //! its own, which a query reads without touching its neighbours (ADR 0008).
 //!
-//! The `events.json` column holds either the JSON text (events stored before a dictionary
+//! The `events.json` column contains either the JSON text (events stored before a dictionary
 //! existed, and every event of schema version 4 and older) or a zstd frame, as a BLOB, made
 //! with a dictionary from the `dictionaries` table. The frame names its dictionary by id and
 //! carries a checksum of the JSON, so a damaged row is reported rather than read wrongly.
 //!
-//! A new database has no dictionary. The ingest writer copies the first
-//! [`SAMPLE_EVENTS`] stored events into a [`Trainer`], trains a dictionary of
-//! [`DICTIONARY_BYTES`] on a thread of its own, commits it to `dictionaries`, and only then
+//! A new database has no dictionary. The ingest writer copies the first [`SAMPLE_EVENTS`]
+//! stored events into a [`Trainer`], which trains a dictionary of [`DICTIONARY_BYTES`] on a
+//! thread of its own. The writer commits the dictionary to `dictionaries` and only then
 //! publishes it to the streams, which compress each batch after validating it. An event
 //! compressed with a dictionary is therefore never committed before that dictionary is.
 //! Readers decompress with [`Dictionaries`], and SQL reads the JSON through the function
@@ -323,7 +323,7 @@ impl Dictionaries {
                 .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into())),
             ValueRef::Blob(frame) => self.decompress(frame),
             other => Err(CodecError::Damaged(format!(
-                "the json column holds a {} value instead of text or a zstd frame",
+                "invalid json column: it contains a {} value, expected JSON text or a zstd frame",
                 other.data_type()
             ))),
         }

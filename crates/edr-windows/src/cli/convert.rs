@@ -191,7 +191,7 @@ fn convert_one(
 /// Inside a folder, a symbolic link to a folder is not followed, because a link to a parent
 /// folder would make the search endless, and a dangling link is skipped. Both are counted in
 /// [`Inputs::links_skipped`]. A link named on the command line is followed. Inside a folder,
-/// files that are neither EVTX nor ETL are counted in [`Inputs::other`]; a file named on the
+/// files that are neither EVTX nor ETL are counted in [`Inputs::other`]. A file named on the
 /// command line must be one of the two, because the user named it to have it converted.
 pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
     if !path.exists() {
