@@ -57,7 +57,14 @@ impl IngestStore {
     /// one transaction as the ingest writer stores a group. Returns the number of events
     /// inserted.
     pub fn ingest(&mut self, sensor_id: &str, batches: Vec<EventBatch>) -> anyhow::Result<u64> {
-        let group = batches
+        let group = self.prepare(sensor_id, batches)?;
+        self.commit(group)
+    }
+
+    /// Validates and compresses `batches` of `sensor_id` as the streams do, without storing
+    /// them.
+    pub fn prepare(&self, sensor_id: &str, batches: Vec<EventBatch>) -> anyhow::Result<Group> {
+        let batches = batches
             .into_iter()
             .map(|batch| {
                 let mut valid = validate_batch(batch)?;
@@ -65,12 +72,22 @@ impl IngestStore {
                 Ok((sensor_id.to_string(), valid))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Group(batches))
+    }
+
+    /// Stores a prepared group in one transaction, as the ingest writer does. Returns the
+    /// number of events inserted.
+    pub fn commit(&mut self, group: Group) -> anyhow::Result<u64> {
         let outcomes = self
             .store
-            .ingest_group(&group, time::OffsetDateTime::now_utc())?;
+            .ingest_group(&group.0, time::OffsetDateTime::now_utc())?;
         Ok(outcomes.iter().map(|outcome| outcome.events).sum())
     }
 }
+
+/// Validated and compressed batches, ready for [`IngestStore::commit`].
+#[derive(Debug)]
+pub struct Group(Vec<(String, ValidBatch)>);
 
 /// Validates `batch` as the Telemetry service does; returns the number of records.
 pub fn validate_only(batch: EventBatch) -> anyhow::Result<usize> {

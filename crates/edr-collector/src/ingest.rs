@@ -11,6 +11,7 @@
 //! validated as well, so a resent batch is rejected for the same reason as the first time.
 
 use edr_proto::v1::{BufferedRecord, CommandResult, EventBatch, Gap, buffered_record};
+use prost::bytes::Bytes;
 use serde::Deserialize;
 
 /// Validation failure of a batch. Every variant is a fault of the sending sensor; resending the
@@ -78,8 +79,9 @@ pub(crate) enum Record {
 /// The stored form of an event's JSON.
 #[derive(Debug)]
 pub(crate) enum EventBody {
-    /// The JSON text as the sensor sent it.
-    Json(String),
+    /// The JSON text as the sensor sent it, checked to be UTF-8; a slice of the decoded
+    /// message, not a copy.
+    Json(Bytes),
     /// A zstd frame of the JSON, made with a stored dictionary (see [`crate::store::codec`]).
     Zstd(Vec<u8>),
 }
@@ -159,12 +161,12 @@ fn validate_record(record: BufferedRecord, event_bytes: &mut usize) -> Result<Re
         None => Err(BatchError::MissingKind { seq }),
         Some(buffered_record::Kind::OcsfEventJson(bytes)) => {
             *event_bytes += bytes.len();
-            let (fields, json) =
-                parse_event(bytes).map_err(|reason| BatchError::InvalidEvent { seq, reason })?;
+            let fields =
+                parse_event(&bytes).map_err(|reason| BatchError::InvalidEvent { seq, reason })?;
             Ok(Record::Event {
                 seq,
                 fields,
-                body: EventBody::Json(json),
+                body: EventBody::Json(bytes),
             })
         }
         Some(buffered_record::Kind::CommandResult(result)) => {
@@ -203,15 +205,15 @@ struct UserHead {
     name: Option<String>,
 }
 
-/// Parses one OCSF event and returns its indexed fields and its text.
-pub(crate) fn parse_event(bytes: Vec<u8>) -> Result<(IndexedFields, String), String> {
-    let json = String::from_utf8(bytes)
-        .map_err(|err| format!("not UTF-8 at byte {}", err.utf8_error().valid_up_to()))?;
+/// Parses one OCSF event and returns its indexed fields; the bytes are then known to be UTF-8.
+pub(crate) fn parse_event(bytes: &[u8]) -> Result<IndexedFields, String> {
+    let json = std::str::from_utf8(bytes)
+        .map_err(|err| format!("not UTF-8 at byte {}", err.valid_up_to()))?;
     // serde would also read a struct from a JSON array; OCSF events are objects.
     if !json.trim_start().starts_with('{') {
         return Err("not a JSON object".to_string());
     }
-    let head: EventHead = serde_json::from_str(&json).map_err(|err| err.to_string())?;
+    let head: EventHead = serde_json::from_str(json).map_err(|err| err.to_string())?;
     let EventHead {
         class_uid,
         time,
@@ -237,7 +239,7 @@ pub(crate) fn parse_event(bytes: Vec<u8>) -> Result<(IndexedFields, String), Str
             .and_then(|u| u.name)
             .or_else(|| user.and_then(|u| u.name)),
     };
-    Ok((fields, json))
+    Ok(fields)
 }
 
 #[cfg(test)]
@@ -248,7 +250,7 @@ mod tests {
         BufferedRecord {
             seq,
             kind: Some(buffered_record::Kind::OcsfEventJson(
-                json.as_bytes().to_vec(),
+                json.as_bytes().to_vec().into(),
             )),
         }
     }
@@ -343,7 +345,9 @@ mod tests {
         }
         let not_utf8 = BufferedRecord {
             seq: 8,
-            kind: Some(buffered_record::Kind::OcsfEventJson(vec![b'{', 0xff, b'}'])),
+            kind: Some(buffered_record::Kind::OcsfEventJson(
+                vec![b'{', 0xff, b'}'].into(),
+            )),
         };
         let err = validate(batch(vec![not_utf8]), 10).unwrap_err().to_string();
         assert!(err.contains("not UTF-8"), "{err}");

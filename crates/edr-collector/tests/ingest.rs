@@ -73,7 +73,7 @@ async fn invalid_batch_rejected_others_unaffected() {
 
     let mut batch = event_batch(1..=3);
     batch.records[1].kind = Some(buffered_record::Kind::OcsfEventJson(
-        br#"{"activity_id":1}"#.to_vec(),
+        br#"{"activity_id":1}"#.to_vec().into(),
     ));
     let cases = [
         (

@@ -34,7 +34,7 @@ fn mixed_batch(seqs: std::ops::RangeInclusive<u64>) -> EventBatch {
             );
             BufferedRecord {
                 seq,
-                kind: Some(buffered_record::Kind::OcsfEventJson(json.into_bytes())),
+                kind: Some(buffered_record::Kind::OcsfEventJson(json.into_bytes().into())),
             }
         })
         .collect();

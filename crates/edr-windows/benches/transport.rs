@@ -104,6 +104,8 @@ fn main() {
     let (stop, stop_signal) = tokio::sync::watch::channel(false);
     let task = runtime.spawn(transport.run(stop_signal));
 
+    let collector_cpu_before = cpu_seconds(&format!("/proc/{}/stat", collector.id()));
+    let sensor_cpu_before = cpu_seconds("/proc/self/stat");
     let start = Instant::now();
     let mut sent_bytes = 0u64;
     let mut json = Vec::new();
@@ -120,6 +122,12 @@ fn main() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let elapsed = start.elapsed();
+    let collector_cpu = cpu_seconds(&format!("/proc/{}/stat", collector.id()))
+        .zip(collector_cpu_before)
+        .map(|(after, before)| after - before);
+    let sensor_cpu = cpu_seconds("/proc/self/stat")
+        .zip(sensor_cpu_before)
+        .map(|(after, before)| after - before);
     let _ = stop.send(true);
     runtime.block_on(task).unwrap().unwrap();
     let _ = collector.kill();
@@ -134,6 +142,26 @@ fn main() {
         sent_bytes as f64 / (1024.0 * 1024.0) / seconds,
         appended.as_secs_f64(),
     );
+    if let (Some(collector_cpu), Some(sensor_cpu)) = (collector_cpu, sensor_cpu) {
+        let per_event = |cpu: f64| cpu * 1e6 / total as f64;
+        println!(
+            "CPU time while streaming: Collector {collector_cpu:.2} s ({:.1} µs per event), sensor {sensor_cpu:.2} s ({:.1} µs per event, appends included), {} cores",
+            per_event(collector_cpu),
+            per_event(sensor_cpu),
+            std::thread::available_parallelism().map_or(1, usize::from),
+        );
+    }
+}
+
+/// User plus system CPU seconds of a process, from its `/proc/PID/stat`; `None` where procfs
+/// is missing.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture Rust supports.
+    Some(ticks as f64 / 100.0)
 }
 
 /// One event's JSON, split around the digits of its `time` when it is stamped at append time.

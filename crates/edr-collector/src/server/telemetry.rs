@@ -23,7 +23,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::writer::IngestRequest;
+use super::writer::{IngestRequest, Stored};
 use super::{Shared, auth, timestamp};
 use crate::ingest::validate;
 use crate::store::ingest::IngestOutcome;
@@ -181,9 +181,14 @@ async fn wait_front(
     pending: &mut VecDeque<QueuedBatch>,
 ) -> Option<(QueuedBatch, Result<IngestOutcome, String>)> {
     let front = pending.front_mut()?;
-    let outcome = (&mut front.outcome)
-        .await
-        .unwrap_or_else(|_| Err("the ingest writer stopped".to_string()));
+    // The batch the writer hands back is freed here, on this stream's task.
+    let outcome = (&mut front.outcome).await.map_or_else(
+        |_| Err("the ingest writer stopped".to_string()),
+        |Stored { outcome, batch }| {
+            drop(batch);
+            outcome
+        },
+    );
     pending.pop_front().map(|queued| (queued, outcome))
 }
 
@@ -225,7 +230,7 @@ struct QueuedBatch {
     first_seq: u64,
     last_seq: u64,
     event_bytes: u64,
-    outcome: tokio::sync::oneshot::Receiver<Result<IngestOutcome, String>>,
+    outcome: tokio::sync::oneshot::Receiver<Stored>,
 }
 
 /// Validates one batch on the blocking pool and queues it for the writer; an invalid batch or

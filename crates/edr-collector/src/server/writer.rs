@@ -33,7 +33,15 @@ pub(crate) const QUEUE_CAPACITY: usize = 1024;
 pub(crate) struct IngestRequest {
     pub(crate) sensor_id: String,
     pub(crate) batch: ValidBatch,
-    pub(crate) reply: oneshot::Sender<Result<IngestOutcome, String>>,
+    pub(crate) reply: oneshot::Sender<Stored>,
+}
+
+/// The writer's reply: the outcome, and the batch handed back so that the stream's task, not
+/// the single writer thread, spends the time to free it.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) outcome: Result<IngestOutcome, String>,
+    pub(crate) batch: ValidBatch,
 }
 
 /// Starts the writer thread; it ends when every sender is dropped.
@@ -97,17 +105,17 @@ fn store_group(shared: &Shared, group: Vec<IngestRequest>, trainer: &mut Trainer
     };
     shared.metrics.observe_store_latency(started.elapsed());
 
-    for ((sensor_id, batch), (reply, outcome)) in items.iter().zip(replies.into_iter().zip(result))
+    for ((sensor_id, batch), (reply, outcome)) in
+        items.into_iter().zip(replies.into_iter().zip(result))
     {
         if let Err(err) = &outcome {
             tracing::error!(%sensor_id, last_seq = batch.last_seq, error = %err, "failed to store a batch; the sensor resends it");
         }
-        let stored = outcome.is_ok();
-        // A stream that ended meanwhile no longer needs its ack.
-        let _ = reply.send(outcome);
-        if stored && !shared.codec.has_dictionary() {
-            trainer.observe(batch);
+        if outcome.is_ok() && !shared.codec.has_dictionary() {
+            trainer.observe(&batch);
         }
+        // A stream that ended meanwhile no longer needs its ack.
+        let _ = reply.send(Stored { outcome, batch });
     }
     if let Some((bytes, samples)) = trainer.poll() {
         adopt_dictionary(shared, &bytes, samples);

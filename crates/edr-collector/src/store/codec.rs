@@ -152,9 +152,7 @@ impl EventCodec {
                     if json.len() > MAX_EVENT_BYTES {
                         continue;
                     }
-                    let frame = compressor
-                        .compress(json.as_bytes())
-                        .map_err(CodecError::Compress)?;
+                    let frame = compressor.compress(json).map_err(CodecError::Compress)?;
                     *body = EventBody::Zstd(frame);
                 }
             }
@@ -193,7 +191,7 @@ impl Trainer {
                 if json.len() > MAX_SAMPLE_EVENT_BYTES {
                     continue;
                 }
-                self.samples.extend_from_slice(json.as_bytes());
+                self.samples.extend_from_slice(json);
                 self.sizes.push(json.len());
             }
         }
@@ -414,7 +412,7 @@ mod tests {
             .map(|seq| BufferedRecord {
                 seq,
                 kind: Some(buffered_record::Kind::OcsfEventJson(
-                    event_json(seq).into_bytes(),
+                    event_json(seq).into_bytes().into(),
                 )),
             })
             .collect();
@@ -653,7 +651,7 @@ mod tests {
                 process_uid: None,
                 user_name: None,
             },
-            body: EventBody::Json(json),
+            body: EventBody::Json(json.into()),
         };
         let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_EVENT_BYTES));
         let mut batch = ValidBatch {

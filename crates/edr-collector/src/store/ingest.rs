@@ -17,6 +17,7 @@
 
 use edr_proto::v1::{CommandResult, SensorHealth};
 use rusqlite::ToSql;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use time::OffsetDateTime;
 
@@ -139,8 +140,13 @@ fn ingest_one(
         }
         match record {
             Record::Event { seq, fields, body } => {
+                // Text was checked to be UTF-8 by validation; it is bound without a copy.
+                let text;
                 let json: &dyn ToSql = match body {
-                    EventBody::Json(text) => text,
+                    EventBody::Json(bytes) => {
+                        text = ToSqlOutput::Borrowed(ValueRef::Text(bytes));
+                        &text
+                    }
                     EventBody::Zstd(frame) => frame,
                 };
                 insert_event.execute(params![

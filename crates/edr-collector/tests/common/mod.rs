@@ -315,7 +315,7 @@ pub fn event_batch(seqs: impl IntoIterator<Item = u64>) -> edr_proto::v1::EventB
         .map(|seq| edr_proto::v1::BufferedRecord {
             seq,
             kind: Some(edr_proto::v1::buffered_record::Kind::OcsfEventJson(
-                ocsf_event(seq),
+                ocsf_event(seq).into(),
             )),
         })
         .collect();

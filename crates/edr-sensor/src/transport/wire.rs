@@ -42,7 +42,7 @@ pub(crate) fn to_wire(record: Record) -> v1::BufferedRecord {
                     })
                 }
             },
-            _ => buffered_record::Kind::OcsfEventJson(payload),
+            _ => buffered_record::Kind::OcsfEventJson(payload.into()),
         },
         RecordKind::Gap(gap) => buffered_record::Kind::Gap(gap_to_wire(&gap)),
     };
@@ -117,7 +117,9 @@ mod tests {
         assert_eq!(wire.seq, 7);
         assert_eq!(
             wire.kind,
-            Some(buffered_record::Kind::OcsfEventJson(br#"{"a":1}"#.to_vec()))
+            Some(buffered_record::Kind::OcsfEventJson(
+                br#"{"a":1}"#.to_vec().into()
+            ))
         );
     }
 
