@@ -79,7 +79,7 @@ type Outbound = tokio::sync::mpsc::Sender<Result<CollectorMessage, Status>>;
 /// Batches of one stream that may be queued at the writer before the oldest is acked. While
 /// one batch is being committed, the stream validates the next, so a single sensor keeps
 /// validation and storage busy at the same time.
-const PIPELINE_DEPTH: usize = 4;
+const PIPELINE_DEPTH: usize = 16;
 
 /// Serves one stream until it ends and returns the reason.
 ///

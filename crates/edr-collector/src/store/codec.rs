@@ -514,6 +514,8 @@ mod tests {
             ("$.process.uid", "proc-5"),
             ("$.device.hostname", "host-4"),
             ("$.severity_id", "2"),
+            // Informational events are not in the severity index (schema version 6).
+            ("$.severity_id", "1"),
         ] {
             let filter = EventFilter {
                 conditions: vec![(path.to_string(), value.to_string())],

@@ -60,6 +60,80 @@ pub(crate) struct CommandRow {
     pub(crate) received_via: Option<String>,
 }
 
+/// The condition of the partial index `events_severity`, written exactly as in the schema:
+/// SQLite uses a partial index only for a query that contains its condition.
+pub(crate) const SEVERITY_INDEXED: &str = "severity_id <> 1";
+
+/// Builds the SQL and parameters of an event query: rows matching `filter`, oldest first.
+fn event_query(filter: &EventFilter) -> (String, Vec<Value>) {
+    let mut sql = String::from(
+        "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
+                user_name, json
+         FROM events WHERE 1 = 1",
+    );
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(sensor_id) = &filter.sensor_id {
+        values.push(Value::Text(sensor_id.clone()));
+        sql.push_str(&format!(" AND sensor_id = ?{}", values.len()));
+    }
+    if let Some(class_uid) = filter.class_uid {
+        values.push(Value::Integer(class_uid));
+        sql.push_str(&format!(" AND class_uid = ?{}", values.len()));
+    }
+    if let Some(since) = filter.since_ms {
+        values.push(Value::Integer(since));
+        sql.push_str(&format!(" AND time >= ?{}", values.len()));
+    }
+    if let Some(until) = filter.until_ms {
+        values.push(Value::Integer(until));
+        sql.push_str(&format!(" AND time < ?{}", values.len()));
+    }
+    for (path, value) in &filter.conditions {
+        // The indexed column narrows the rows and `json_extract` below decides. The column
+        // alone is not enough: `process_uid` falls back to `actor.process.uid`, and
+        // `user_name` to `user.name`, when the event lacks the first field.
+        let column = match path.as_str() {
+            "$.severity_id" => value
+                .parse::<i64>()
+                .ok()
+                .map(|n| ("severity_id", Value::Integer(n))),
+            "$.process.uid" => Some(("process_uid", Value::Text(value.clone()))),
+            "$.actor.user.name" => Some(("user_name", Value::Text(value.clone()))),
+            _ => None,
+        };
+        if let Some((column, column_value)) = column {
+            let severity_indexed = column == "severity_id" && column_value != Value::Integer(1);
+            values.push(column_value);
+            sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+            if severity_indexed {
+                sql.push_str(&format!(" AND {SEVERITY_INDEXED}"));
+            }
+        }
+        values.push(Value::Text(path.clone()));
+        let path_index = values.len();
+        values.push(Value::Text(value.clone()));
+        let text_index = values.len();
+        match value.parse::<i64>() {
+            Ok(number) => {
+                values.push(Value::Integer(number));
+                sql.push_str(&format!(
+                    " AND json_extract(event_json(json), ?{path_index}) IN (?{text_index}, ?{})",
+                    values.len()
+                ));
+            }
+            Err(_) => sql.push_str(&format!(
+                " AND json_extract(event_json(json), ?{path_index}) = ?{text_index}"
+            )),
+        }
+    }
+    sql.push_str(" ORDER BY time, sensor_id, seq");
+    if let Some(limit) = filter.limit {
+        values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT ?{}", values.len()));
+    }
+    (sql, values)
+}
+
 impl Store {
     /// Returns the events matching `filter`, oldest first, and calls `each` for every row so
     /// that large exports do not hold all rows in memory.
@@ -68,68 +142,7 @@ impl Store {
         filter: &EventFilter,
         mut each: impl FnMut(EventRow) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut sql = String::from(
-            "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
-                    user_name, json
-             FROM events WHERE 1 = 1",
-        );
-        let mut values: Vec<Value> = Vec::new();
-        if let Some(sensor_id) = &filter.sensor_id {
-            values.push(Value::Text(sensor_id.clone()));
-            sql.push_str(&format!(" AND sensor_id = ?{}", values.len()));
-        }
-        if let Some(class_uid) = filter.class_uid {
-            values.push(Value::Integer(class_uid));
-            sql.push_str(&format!(" AND class_uid = ?{}", values.len()));
-        }
-        if let Some(since) = filter.since_ms {
-            values.push(Value::Integer(since));
-            sql.push_str(&format!(" AND time >= ?{}", values.len()));
-        }
-        if let Some(until) = filter.until_ms {
-            values.push(Value::Integer(until));
-            sql.push_str(&format!(" AND time < ?{}", values.len()));
-        }
-        for (path, value) in &filter.conditions {
-            // The indexed column narrows the rows and `json_extract` below decides. The column
-            // alone is not enough: `process_uid` falls back to `actor.process.uid`, and
-            // `user_name` to `user.name`, when the event lacks the first field.
-            let column = match path.as_str() {
-                "$.severity_id" => value
-                    .parse::<i64>()
-                    .ok()
-                    .map(|n| ("severity_id", Value::Integer(n))),
-                "$.process.uid" => Some(("process_uid", Value::Text(value.clone()))),
-                "$.actor.user.name" => Some(("user_name", Value::Text(value.clone()))),
-                _ => None,
-            };
-            if let Some((column, column_value)) = column {
-                values.push(column_value);
-                sql.push_str(&format!(" AND {column} = ?{}", values.len()));
-            }
-            values.push(Value::Text(path.clone()));
-            let path_index = values.len();
-            values.push(Value::Text(value.clone()));
-            let text_index = values.len();
-            match value.parse::<i64>() {
-                Ok(number) => {
-                    values.push(Value::Integer(number));
-                    sql.push_str(&format!(
-                        " AND json_extract(event_json(json), ?{path_index}) IN (?{text_index}, ?{})",
-                        values.len()
-                    ));
-                }
-                Err(_) => sql.push_str(&format!(
-                    " AND json_extract(event_json(json), ?{path_index}) = ?{text_index}"
-                )),
-            }
-        }
-        sql.push_str(" ORDER BY time, sensor_id, seq");
-        if let Some(limit) = filter.limit {
-            values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-            sql.push_str(&format!(" LIMIT ?{}", values.len()));
-        }
-
+        let (sql, values) = event_query(filter);
         let dictionaries = self.dictionaries()?;
         let mut stmt = self.conn.prepare(&sql).map_err(self.sqlite())?;
         let mut rows = stmt
@@ -311,5 +324,39 @@ impl Store {
             })
             .map_err(self.sqlite())?;
         rows.collect::<Result<_, _>>().map_err(self.sqlite())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The severity index contains only events that are not Informational. A lookup of another
+    /// severity uses it, and a lookup of Informational events runs without it.
+    #[test]
+    fn severity_lookup_uses_the_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        store.dictionaries().unwrap();
+        for (severity, uses_index) in [("4", true), ("1", false)] {
+            let filter = EventFilter {
+                conditions: vec![("$.severity_id".into(), severity.into())],
+                ..EventFilter::default()
+            };
+            let (sql, values) = event_query(&filter);
+            let plan: Vec<String> = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(values), |row| row.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                plan.iter().any(|step| step.contains("events_severity")),
+                uses_index,
+                "severity {severity}: {plan:?}"
+            );
+        }
     }
 }
