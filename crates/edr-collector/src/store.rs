@@ -796,6 +796,30 @@ mod tests {
     }
 
     #[test]
+    fn version_5_database_gets_partial_severity_index() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::create(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP INDEX events_severity; CREATE INDEX events_severity ON events (severity_id);",
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        drop(conn);
+
+        let store = Store::open(dir.path()).unwrap();
+        let sql: String = store
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'events_severity'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(sql.ends_with("WHERE severity_id <> 1"), "{sql}");
+    }
+
+    #[test]
     fn version_3_database_gets_lookup_indexes() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::create(dir.path()).unwrap());
