@@ -160,10 +160,10 @@ CREATE TABLE IF NOT EXISTS dictionaries (
 );
 ";
 
-/// Schema version 6 keeps only events that are not Informational (`severity_id` other than
-/// 1) in the severity index. Nearly every event is Informational, and an analyst looks up the
-/// few others, so every insert of an Informational event now skips one B-tree. A query on a
-/// severity other than 1 repeats the index's condition so that SQLite uses it (see
+/// Schema version 6 keeps only events that are not Informational (`severity_id <> 1`) in
+/// the severity index. Nearly every event is Informational, and an analyst looks up the few
+/// others, so every insert of an Informational event now skips one B-tree. A query on
+/// another severity repeats the index's condition so that SQLite uses it (see
 /// [`query::SEVERITY_INDEXED`]).
 const SCHEMA_V6: &str = "
 DROP INDEX IF EXISTS events_severity;

@@ -69,6 +69,17 @@ pub enum EtlError {
         /// Bytes available.
         len: u64,
     },
+    /// The file starts with a valid buffer header but ends inside that first buffer, for
+    /// example a trace copied while it was being written.
+    #[error(
+        "the ETL file is cut short: it ends after {len} bytes, inside its first buffer of {buffer_size} bytes, so it holds no complete buffer; copy the file again once the trace session has stopped"
+    )]
+    FirstBufferCut {
+        /// Bytes available.
+        len: u64,
+        /// Size the first buffer's header announces.
+        buffer_size: u32,
+    },
     /// The first event of the first buffer is not the log file header event.
     #[error(
         "file is not an ETL file: the first buffer does not start with the EventTrace/Header event ({reason})"
@@ -263,8 +274,9 @@ impl<R: Read> EtlReader<R> {
         let rest = first_header.buffer_size as usize - BUFFER_HEADER_SIZE;
         let got = read_up_to(&mut source, &mut raw, rest, BUFFER_HEADER_SIZE as u64)?;
         if got < rest {
-            return Err(EtlError::TooShort {
+            return Err(EtlError::FirstBufferCut {
                 len: (BUFFER_HEADER_SIZE + got) as u64,
+                buffer_size: first_header.buffer_size,
             });
         }
         let mut data = Vec::new();

@@ -316,6 +316,16 @@ fn non_etl_input_is_rejected() {
         EtlReader::new(Cursor::new(vec![0u8; 10])),
         Err(EtlError::TooShort { len: 10 })
     ));
+    let mut cut = buffer(&[manifest_event(1, 1, 0, b"")]);
+    let full = cut.len();
+    cut.truncate(100);
+    match EtlReader::new(Cursor::new(cut)) {
+        Err(EtlError::FirstBufferCut { len, buffer_size }) => {
+            assert_eq!(len, 100);
+            assert_eq!(buffer_size as usize, full);
+        }
+        other => panic!("expected FirstBufferCut, got {:?}", other.err()),
+    }
     let not_header = buffer(&[manifest_event(1, 1, 0, b"")]);
     assert!(matches!(
         EtlReader::new(Cursor::new(not_header)),

@@ -147,7 +147,11 @@ pub fn detect_format(path: &Path) -> Result<Option<InputFormat>, PipelineError> 
     if filled == magic.len() && &magic == EVTX_MAGIC {
         return Ok(Some(InputFormat::Evtx));
     }
-    Ok(EtlReader::open(path).ok().map(|_| InputFormat::Etl))
+    // A file cut inside its first buffer is still an ETL file: `convert_etl` then reports it.
+    match EtlReader::open(path) {
+        Ok(_) | Err(edr_etw::EtlError::FirstBufferCut { .. }) => Ok(Some(InputFormat::Etl)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Converts the file at `path`, handing each OCSF event to `sink` in record order (ETL events

@@ -176,3 +176,55 @@ fn convert_rejects_fifo_input() {
         "{summary}"
     );
 }
+
+#[test]
+fn convert_reports_etl_cut_in_first_buffer() {
+    let etl = data_dir().join("etl");
+    let Some(trace) = walk(&etl).into_iter().find(|path| {
+        path.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("etl"))
+            && std::fs::metadata(path).is_ok_and(|meta| meta.len() > 8192)
+    }) else {
+        eprintln!(
+            "skipped: no ETL file under {} (set EDR_DATA_DIR)",
+            etl.display()
+        );
+        return;
+    };
+    // The first 4 KiB keep the buffer header but not the whole first buffer.
+    let bytes = std::fs::read(&trace).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let cut = folder.path().join("cut.etl");
+    std::fs::write(&cut, &bytes[..4096]).unwrap();
+
+    let result = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .arg("convert")
+        .arg(&cut)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{message}");
+    assert!(message.contains("cut short"), "{message}");
+    assert!(!message.contains("neither EVTX nor ETL"), "{message}");
+}
+
+/// Files under `dir`, recursively, sorted; empty when `dir` does not exist.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
