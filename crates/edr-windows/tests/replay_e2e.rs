@@ -167,3 +167,84 @@ fn kills_lose_and_duplicate_nothing() {
         "stored events differ from the converted ones"
     );
 }
+
+#[test]
+fn replay_gives_up_without_collector_and_resumes() {
+    let evtx = data_dir().join("evtx");
+    if !evtx.is_dir() {
+        eprintln!(
+            "skipped: no recorded EVTX files in {}; set EDR_DATA_DIR to the folder holding evtx/",
+            evtx.display()
+        );
+        return;
+    }
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    run(
+        &collector_bin,
+        &["init", "--data-dir", data.to_str().unwrap()],
+    );
+    let collector = Collector::start(&collector_bin, &data, "127.0.0.1:0");
+    let listen = collector.addr.clone();
+    let token = run(
+        &collector_bin,
+        &["token", "create", "--data-dir", data.to_str().unwrap()],
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    run(
+        Path::new(SENSOR),
+        &[
+            "enroll",
+            "--collector",
+            &format!("https://{listen}"),
+            "--token",
+            &token,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    collector.kill();
+
+    let replay_with_timeout = || {
+        Command::new(SENSOR)
+            .arg("replay")
+            .arg(&evtx)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--timeout", "2"])
+            .output()
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let output = replay_with_timeout();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains("acknowledged nothing for 2 s"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the replay took {:?} to give up",
+        started.elapsed()
+    );
+
+    // The events wait in the ring buffer; the same replay sends them once the Collector is back.
+    let _collector = Collector::start(&collector_bin, &data, &listen);
+    let output = replay_with_timeout();
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{summary}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stored = stored_events(&collector_bin, &data);
+    let expected =
+        String::from_utf8(run(Path::new(SENSOR), &["convert", evtx.to_str().unwrap()]).stdout)
+            .unwrap()
+            .lines()
+            .count();
+    assert_eq!(stored.len(), expected);
+}

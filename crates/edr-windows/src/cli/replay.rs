@@ -25,7 +25,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -60,6 +60,46 @@ pub(crate) struct ReplayArgs {
     /// Ring buffer directory; `<state-dir>/buffer` when absent
     #[arg(long)]
     buffer_dir: Option<PathBuf>,
+    /// Seconds to wait while the Collector acknowledges nothing new before giving up; 0 waits
+    /// forever. Unacknowledged events stay in the ring buffer, and the next replay of the same
+    /// inputs sends them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    timeout: u64,
+}
+
+/// Ends a wait for the Collector when it acknowledges nothing new for too long.
+struct AckWatch {
+    /// `None` waits forever.
+    limit: Option<Duration>,
+    acked: u64,
+    since: Instant,
+}
+
+impl AckWatch {
+    fn new(limit: Option<Duration>, acked: u64) -> Self {
+        Self {
+            limit,
+            acked,
+            since: Instant::now(),
+        }
+    }
+
+    /// Fails once `limit` has passed since the acknowledged sequence number last grew.
+    fn check(&mut self, acked: u64, buffer_dir: &Path) -> anyhow::Result<()> {
+        if acked > self.acked {
+            self.acked = acked;
+            self.since = Instant::now();
+            return Ok(());
+        }
+        match self.limit {
+            Some(limit) if self.since.elapsed() >= limit => anyhow::bail!(
+                "the Collector acknowledged nothing for {} s (--timeout): check that it runs and is reachable, then run the same replay again; the unacknowledged events stay in the ring buffer {} and are sent then",
+                limit.as_secs(),
+                buffer_dir.display()
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The resume point written before a run appends anything.
@@ -154,6 +194,7 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     let (stop, stop_signal) = tokio::sync::watch::channel(false);
     let task = runtime.spawn(transport.run(stop_signal));
+    let wait_limit = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     let check_transport = || -> anyhow::Result<()> {
         if task.is_finished() {
             anyhow::bail!("the transport stopped before the Collector acknowledged every event");
@@ -192,7 +233,8 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
             }
             counts.sent += 1;
             if counts.sent % CHECK_EVERY == 0
-                && let Err(error) = wait_for_room(&buffer, &check_transport)
+                && let Err(error) =
+                    wait_for_room(&buffer, &check_transport, wait_limit, &buffer_dir)
             {
                 append_error = Some(error);
             }
@@ -219,7 +261,17 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
         .context("cannot sync the ring buffer")?;
     progress.set_message("waiting for the Collector to acknowledge");
     let mut announced_wait = false;
-    while lock(&buffer).acked_seq() < last_seq {
+    let mut watch = AckWatch::new(wait_limit, lock(&buffer).acked_seq());
+    loop {
+        let acked = lock(&buffer).acked_seq();
+        if acked >= last_seq {
+            break;
+        }
+        if let Err(error) = watch.check(acked, &buffer_dir) {
+            progress.finish_and_clear();
+            let _ = stop.send(true);
+            return Err(error);
+        }
         if let Err(error) = check_transport() {
             progress.finish_and_clear();
             return Err(match runtime.block_on(task) {
@@ -353,12 +405,19 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn wait_for_room(
     buffer: &SharedBuffer,
     check_transport: &dyn Fn() -> anyhow::Result<()>,
+    wait_limit: Option<Duration>,
+    buffer_dir: &Path,
 ) -> anyhow::Result<()> {
+    let mut watch = AckWatch::new(wait_limit, lock(buffer).acked_seq());
     loop {
-        let metrics = lock(buffer).metrics();
+        let (metrics, acked) = {
+            let mut buffer = lock(buffer);
+            (buffer.metrics(), buffer.acked_seq())
+        };
         if metrics.disk_bytes <= metrics.capacity_bytes / 2 {
             return Ok(());
         }
+        watch.check(acked, buffer_dir)?;
         check_transport()?;
         std::thread::sleep(WAIT_STEP);
     }
