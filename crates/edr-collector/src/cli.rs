@@ -299,19 +299,24 @@ fn parse_server_name(value: &str) -> Result<String, String> {
     }
 }
 
-/// Parses an AWS Region name: lowercase letters, digits and hyphens, as in `us-east-1`. The
-/// value becomes a directory name, so nothing else is allowed.
+/// Parses an AWS Region name in the form AWS uses (`us-east-1`, `us-gov-west-1`): a
+/// two-letter area, one or more lowercase words and a number, joined by hyphens. The default
+/// `local` marks files not meant for a Security Lake. The value becomes a directory name.
 fn parse_region(value: &str) -> Result<String, String> {
-    let valid = (1..=32).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-');
-    if valid {
+    let parts: Vec<&str> = value.split('-').collect();
+    let aws = value.len() <= 32
+        && parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty();
+    if aws || value == "local" {
         Ok(value.to_string())
     } else {
         Err(format!(
-            "invalid Region \"{value}\": use an AWS Region name such as us-east-1 (lowercase letters, digits and hyphens)"
+            "invalid Region \"{value}\": use an AWS Region name such as us-east-1, or leave --region out for local files"
         ))
     }
 }
@@ -445,9 +450,24 @@ mod tests {
                 value,
             ])
         };
-        assert!(export("--region", "us-east-1"));
+        for good in ["us-east-1", "us-gov-west-1", "ap-southeast-2", "local"] {
+            assert!(export("--region", good), "region {good:?} was rejected");
+        }
         assert!(export("--account-id", "123456789012"));
-        for bad in ["../../etc", "us/east", "US-EAST-1", "", "-x", "a b"] {
+        for bad in [
+            "../../etc",
+            "us/east",
+            "US-EAST-1",
+            "",
+            "-x",
+            "a b",
+            "1",
+            "us-east",
+            "east-1",
+            "us--east-1",
+            "usa-east-1",
+            "us-east-1a",
+        ] {
             assert!(!export("--region", bad), "region {bad:?} was accepted");
         }
         for bad in [
