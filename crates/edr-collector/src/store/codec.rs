@@ -147,16 +147,16 @@ impl EventCodec {
             .include_checksum(true)
             .map_err(CodecError::Compress)?;
         for record in &mut batch.records {
-            if let Record::Event { body, .. } = record {
-                if let EventBody::Json(json) = body {
-                    if json.len() > MAX_EVENT_BYTES {
-                        continue;
-                    }
-                    let frame = compressor
-                        .compress(json.as_bytes())
-                        .map_err(CodecError::Compress)?;
-                    *body = EventBody::Zstd(frame);
+            if let Record::Event { body, .. } = record
+                && let EventBody::Json(json) = body
+            {
+                if json.len() > MAX_EVENT_BYTES {
+                    continue;
                 }
+                let frame = compressor
+                    .compress(json.as_bytes())
+                    .map_err(CodecError::Compress)?;
+                *body = EventBody::Zstd(frame);
             }
         }
         Ok(())
