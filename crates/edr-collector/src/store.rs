@@ -196,14 +196,6 @@ pub(crate) enum StoreError {
         path: PathBuf,
         source: codec::CodecError,
     },
-    /// A stored event could not be read.
-    #[error("event {sensor_id} seq {seq} in \"{}\" cannot be read: {source}", path.display())]
-    DamagedEvent {
-        path: PathBuf,
-        sensor_id: String,
-        seq: i64,
-        source: codec::CodecError,
-    },
     /// Another process holds the serve lock of the data directory (see [`lock`]).
     #[error("another Collector ({}) is already serving the data directory \"{}\": stop that process first, or give this one a different --data-dir", describe_pid(*.pid), data_dir.display())]
     Locked { data_dir: PathBuf, pid: Option<u32> },
@@ -882,10 +874,14 @@ mod tests {
             };
             let mut found = Vec::new();
             store
-                .for_each_event(&filter, |row| {
-                    found.push(row.seq);
-                    Ok(())
-                })
+                .for_each_event(
+                    &filter,
+                    |row| {
+                        found.push(row.seq);
+                        Ok(())
+                    },
+                    |damaged| panic!("{damaged}"),
+                )
                 .unwrap();
             found
         };
