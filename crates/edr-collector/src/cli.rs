@@ -36,6 +36,9 @@ pub(crate) enum Command {
         command: SensorsCommand,
     },
     /// Query stored OCSF events.
+    ///
+    /// A stored event that cannot be read (a damaged row) is skipped with a warning on standard
+    /// error. The other events are printed, and the command then exits with status 1.
     Events(EventsArgs),
     /// Queue a command for a sensor.
     #[command(name = "command")]
@@ -49,8 +52,14 @@ pub(crate) enum Command {
         command: CommandsCommand,
     },
     /// Write stored OCSF events to files.
+    ///
+    /// A stored event that cannot be read (a damaged row) is skipped with a warning on standard
+    /// error. The other events are written, and the command then exits with status 1.
     Export(ExportArgs),
     /// Serve enrollment, telemetry and command RPCs over TLS.
+    ///
+    /// Only one `serve` runs per data directory. It locks DATA_DIR/collector.lock, and a second
+    /// `serve` on the same directory exits with an error naming the PID of the first.
     Serve {
         /// Collector data directory, as created by `edr-collector init`.
         #[arg(long)]
@@ -199,7 +208,7 @@ pub(crate) struct EventsArgs {
     pub(crate) conditions: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub(crate) format: EventsFormat,
-    /// Maximum number of events to print.
+    /// Maximum number of events to print, not counting skipped damaged rows.
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: u64,
 }

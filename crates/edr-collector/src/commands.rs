@@ -1,7 +1,8 @@
 //! Command handlers for `init`, `token` and `sensors`; `serve` lives in [`crate::server`].
 //!
-//! Data directory layout: `ca/ca.crt`, `ca/ca.key` (see `edr_pki::ca`) and `collector.db`
-//! (see [`crate::store`]).
+//! Data directory layout: `ca/ca.crt`, `ca/ca.key` (see `edr_pki::ca`), `collector.db`
+//! (see [`crate::store`]) and `collector.lock`, which `serve` creates and locks (see
+//! [`crate::store::lock`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

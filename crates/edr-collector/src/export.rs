@@ -20,7 +20,7 @@ use anyhow::Context;
 use time::OffsetDateTime;
 
 use crate::cli::{ExportArgs, ExportFormat};
-use crate::inspect::time_filter;
+use crate::inspect::{check_damaged, time_filter, warn_damaged};
 use crate::store::query::EventRow;
 use crate::store::{Store, StoreError};
 
@@ -103,7 +103,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let mut files: HashMap<PathBuf, PartitionFile> = HashMap::new();
     let mut count: u64 = 0;
     let mut failure: Option<anyhow::Error> = None;
-    store.for_each_event(&filter, |event| {
+    let write_event = |event: EventRow| {
         if failure.is_some() {
             return Ok(());
         }
@@ -130,7 +130,8 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
             Err(err) => failure = Some(err),
         }
         Ok::<(), StoreError>(())
-    })?;
+    };
+    let scan = store.for_each_event(&filter, write_event, warn_damaged)?;
     if let Some(err) = failure {
         return Err(err);
     }
@@ -138,7 +139,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
         file.finish(&dir)?;
     }
     eprintln!("exported {count} events to {}", args.output.display());
-    Ok(())
+    check_damaged(scan, &args.data_dir, "exported")
 }
 
 /// Returns the custom source name of an OCSF class.

@@ -9,8 +9,8 @@ use edr_pki::token::format_time;
 use time::OffsetDateTime;
 
 use crate::cli::{EventsArgs, EventsFormat, TimeRange};
-use crate::store::Store;
-use crate::store::query::EventFilter;
+use crate::store::query::{DamagedEvent, EventFilter, EventRow, EventScan};
+use crate::store::{DB_FILE, Store, StoreError};
 
 /// Errors in filter arguments.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -168,7 +168,7 @@ pub(crate) fn events(args: &EventsArgs) -> anyhow::Result<()> {
         )?;
     }
     let mut write_error = None;
-    store.for_each_event(&filter, |event| {
+    let print_event = |event: EventRow| {
         let written = match args.format {
             EventsFormat::Jsonl => writeln!(out, "{}", event.json),
             EventsFormat::Table => writeln!(
@@ -191,18 +191,45 @@ pub(crate) fn events(args: &EventsArgs) -> anyhow::Result<()> {
         if let Err(err) = written {
             write_error.get_or_insert(err);
         }
-        Ok(())
-    })?;
+        Ok::<(), StoreError>(())
+    };
+    let scan = store.for_each_event(&filter, print_event, warn_damaged)?;
     let written = match write_error {
         Some(err) => Err(err),
         None => out.flush(),
     };
     match written {
         // The reader closed the pipe because it has what it needs, as `head` does.
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(err) => Err(err).context("failed to write events to standard output"),
-        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(err) => return Err(err).context("failed to write events to standard output"),
+        Ok(()) => {}
     }
+    check_damaged(scan, &args.data_dir, "printed")
+}
+
+/// Prints the warning line for a stored event that `events` or `export` skipped.
+pub(crate) fn warn_damaged(damaged: DamagedEvent) {
+    let DamagedEvent {
+        sensor_id,
+        seq,
+        source,
+    } = damaged;
+    eprintln!("warning: skipped event {sensor_id} seq {seq}: {source}");
+}
+
+/// Returns the error that ends `events` or `export` when `scan` skipped damaged rows, so that
+/// the command exits with a failure status after it has written every readable event.
+/// `written` is the verb for what happened to those events, such as "printed" or "exported".
+pub(crate) fn check_damaged(scan: EventScan, data_dir: &Path, written: &str) -> anyhow::Result<()> {
+    if scan.damaged == 0 {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "skipped {} stored events that cannot be read (see the warnings above) and {written} the other {}: restore \"{}\" from a backup to recover them",
+        scan.damaged,
+        scan.read,
+        data_dir.join(DB_FILE).display()
+    )
 }
 
 /// Formats Unix milliseconds as an RFC 3339 time with milliseconds.

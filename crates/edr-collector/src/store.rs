@@ -26,6 +26,7 @@ pub(crate) const DB_FILE: &str = "collector.db";
 pub(crate) mod codec;
 pub(crate) mod commands;
 pub(crate) mod ingest;
+pub(crate) mod lock;
 pub(crate) mod query;
 pub(crate) mod retention;
 
@@ -205,13 +206,15 @@ pub(crate) enum StoreError {
         path: PathBuf,
         source: codec::CodecError,
     },
-    /// A stored event could not be read.
-    #[error("event {sensor_id} seq {seq} in \"{}\" cannot be read: {source}", path.display())]
-    DamagedEvent {
+    /// Another process holds the serve lock of the data directory (see [`lock`]).
+    #[error("another Collector ({}) is already serving the data directory \"{}\": stop that process first, or give this one a different --data-dir", describe_pid(*.pid), data_dir.display())]
+    Locked { data_dir: PathBuf, pid: Option<u32> },
+    /// The serve lock file could not be opened, locked or written.
+    #[error("failed to {action} the lock file \"{}\": {source}", path.display())]
+    LockFile {
         path: PathBuf,
-        sensor_id: String,
-        seq: i64,
-        source: codec::CodecError,
+        action: &'static str,
+        source: std::io::Error,
     },
     /// No token with this id exists.
     #[error("no enrollment token with id \"{id}\": list tokens with `edr-collector token list`")]
@@ -219,6 +222,14 @@ pub(crate) enum StoreError {
     /// No sensor with this id exists.
     #[error("no sensor with id \"{id}\": list sensors with `edr-collector sensors list`")]
     UnknownSensor { id: String },
+}
+
+/// Names the process that holds the serve lock, for [`StoreError::Locked`].
+fn describe_pid(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("PID {pid}"),
+        None => "PID unknown".to_string(),
+    }
 }
 
 /// Reasons an enrollment is rejected or fails.
@@ -899,10 +910,14 @@ mod tests {
             };
             let mut found = Vec::new();
             store
-                .for_each_event(&filter, |row| {
-                    found.push(row.seq);
-                    Ok(())
-                })
+                .for_each_event(
+                    &filter,
+                    |row| {
+                        found.push(row.seq);
+                        Ok(())
+                    },
+                    |damaged| panic!("{damaged}"),
+                )
                 .unwrap();
             found
         };

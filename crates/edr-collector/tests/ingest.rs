@@ -1,5 +1,5 @@
 //! Telemetry ingest against the real `edr-collector serve` on loopback: idempotent storage,
-//! acks, rejection of invalid batches, heartbeats and metrics.
+//! acks, rejection of invalid batches, heartbeats, metrics, and one `serve` per data directory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -203,5 +203,93 @@ async fn pipelined_batches_acked_in_order() {
     assert_eq!(
         stored_seqs(&collector, &identity.sensor_id),
         (1..=2000).collect::<Vec<u64>>()
+    );
+}
+
+/// Starts a second `serve` on the data directory of `collector` and returns its output once it
+/// exits. Fails the test when it still runs after 20 s, that is when it was not rejected.
+fn second_serve(collector: &Collector) -> std::process::Output {
+    let data_dir = collector.data_dir();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "a second serve on {} still ran after 20 s: {}",
+                data_dir.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_serve_on_one_data_dir_exits() {
+    let mut collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
+
+    let rejected = second_serve(&collector);
+    let message = String::from_utf8_lossy(&rejected.stderr);
+    assert!(!rejected.status.success(), "{message}");
+    assert!(message.contains("already serving"), "{message}");
+    assert!(
+        message.contains(&format!("PID {}", collector.child.id())),
+        "{message}"
+    );
+    assert!(
+        message.contains(&collector.data_dir().display().to_string()),
+        "{message}"
+    );
+
+    // The first serve keeps storing, and the other commands run beside it.
+    assert_eq!(session.send(event_batch(11..=20)).await.unwrap(), 20);
+    let events = collector.cli(&["events", "--format", "jsonl", "--limit", "1000"]);
+    assert!(events.status.success(), "{events:?}");
+    assert_eq!(String::from_utf8_lossy(&events.stdout).lines().count(), 20);
+    for args in [
+        &["sensors", "list"][..],
+        &["commands", "list"],
+        &["token", "list"],
+    ] {
+        let out = collector.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let export_dir = tempfile::tempdir().unwrap();
+    let export = collector.cli(&[
+        "export",
+        "--format",
+        "jsonl",
+        "--output",
+        export_dir.path().to_str().unwrap(),
+    ]);
+    assert!(export.status.success(), "{export:?}");
+
+    // The operating system drops the lock of a killed process: `restart` sends SIGKILL and
+    // waits for the new serve's start-up line, and the new serve holds the lock in turn.
+    drop(session);
+    collector.restart();
+    let rejected = second_serve(&collector);
+    let message = String::from_utf8_lossy(&rejected.stderr);
+    assert!(!rejected.status.success(), "{message}");
+    assert!(
+        message.contains(&format!("PID {}", collector.child.id())),
+        "{message}"
     );
 }

@@ -466,3 +466,194 @@ fn events_into_closed_pipe_exits_quietly() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stderr(&output), "");
 }
+
+/// Stores events through `serve`: 1..=4000 train the compression dictionary, and 5001..=5100
+/// are stored compressed with it. Then damages the stored frames of `damaged` by flipping a
+/// byte in the middle of each, as a bad disk sector would. Returns the sensor id.
+async fn serve_with_damaged_rows(collector: &Collector, damaged: &[i64]) -> String {
+    let identity = direct_identity(collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(mixed_batch(1..=4000)).await.unwrap(), 4000);
+
+    // The ingest writer adopts a finished dictionary only after it stores a batch, so gap
+    // records follow until the dictionary is committed.
+    let db = rusqlite::Connection::open(collector.data_dir().join("collector.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |row| row.get::<_, i64>(0)).unwrap();
+    let mut next_seq = 4001;
+    while count("SELECT COUNT(*) FROM dictionaries") == 0 {
+        assert!(
+            next_seq < 5000,
+            "no dictionary trained after {next_seq} batches"
+        );
+        let gap = BufferedRecord {
+            seq: next_seq,
+            kind: Some(buffered_record::Kind::Gap(Gap {
+                first_seq: next_seq,
+                last_seq: next_seq,
+                records: 1,
+                bytes: 1,
+                reason: "test".into(),
+                detected_at: None,
+            })),
+        };
+        let batch = EventBatch {
+            first_seq: next_seq,
+            last_seq: next_seq,
+            records: vec![gap],
+        };
+        assert_eq!(session.send(batch).await.unwrap(), next_seq);
+        next_seq += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(session.send(mixed_batch(5001..=5100)).await.unwrap(), 5100);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM events WHERE seq > 5000 AND typeof(json) = 'blob'"),
+        100
+    );
+
+    for seq in damaged {
+        let mut frame: Vec<u8> = db
+            .query_row("SELECT json FROM events WHERE seq = ?1", [seq], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        let middle = frame.len() / 2;
+        frame[middle] ^= 0x55;
+        db.execute(
+            "UPDATE events SET json = ?2 WHERE seq = ?1",
+            rusqlite::params![seq, frame],
+        )
+        .unwrap();
+    }
+    identity.sensor_id
+}
+
+/// Returns the seqs of the events in JSON lines, sorted.
+fn seqs_of(jsonl: &str) -> Vec<i64> {
+    let mut seqs: Vec<i64> = jsonl
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            // mixed_batch sets process.pid to the seq.
+            event["process"]["pid"].as_i64().unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Checks that `stderr` has one warning line per damaged seq, naming the sensor and the seq,
+/// and contains the summary.
+fn assert_damage_reported(stderr: &str, sensor_id: &str, damaged: &[i64], written: &str) {
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("warning: skipped event"))
+        .collect();
+    assert_eq!(warnings.len(), damaged.len(), "{stderr}");
+    for (line, seq) in warnings.iter().zip(damaged) {
+        assert!(
+            line.contains(&format!(
+                "event {sensor_id} seq {seq}: stored event is damaged"
+            )),
+            "{line}"
+        );
+    }
+    let summary = format!(
+        "skipped {} stored events that cannot be read (see the warnings above) and {written}",
+        damaged.len()
+    );
+    assert!(stderr.contains(&summary), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_skips_damaged_rows() {
+    let collector = Collector::start();
+    let damaged = [5010, 5011, 5050];
+    let sensor_id = serve_with_damaged_rows(&collector, &damaged).await;
+    let readable: Vec<i64> = (1..=4000)
+        .chain(5001..=5100)
+        .filter(|seq| !damaged.contains(seq))
+        .collect();
+
+    let out = collector.cli(&["events", "--format", "jsonl", "--limit", "100000"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(seqs_of(&printed), readable);
+    assert_damage_reported(&err, &sensor_id, &damaged, "printed the other 4097");
+
+    // Event 5001 has the time 2023-11-14T23:36:41Z. Skipped rows do not count toward --limit,
+    // so 12 events are printed.
+    let out = collector.cli(&[
+        "events",
+        "--format",
+        "jsonl",
+        "--since",
+        "2023-11-14T23:36:41Z",
+        "--limit",
+        "12",
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let expected: Vec<i64> = (5001..=5009).chain(5012..=5014).collect();
+    assert_eq!(seqs_of(&printed), expected);
+    assert_damage_reported(&err, &sensor_id, &[5010, 5011], "printed the other 12");
+
+    // A --where condition cannot be checked on a damaged row, so the row is reported.
+    let out = collector.cli(&["events", "--format", "jsonl", "--where", "process.pid=5010"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "");
+    assert_damage_reported(&err, &sensor_id, &damaged, "printed the other 0");
+
+    // A time range before the damaged rows reports nothing and succeeds.
+    let out = collector.cli(&[
+        "events",
+        "--format",
+        "jsonl",
+        "--until",
+        "2023-11-14T23:36:50Z",
+        "--where",
+        "process.pid=5001",
+    ]);
+    assert_eq!(seqs_of(&stdout(&out)), [5001]);
+    assert_eq!(stderr(&out), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn export_skips_damaged_rows() {
+    let collector = Collector::start();
+    let damaged = [5010, 5011, 5050];
+    let sensor_id = serve_with_damaged_rows(&collector, &damaged).await;
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = collector.cli(&[
+        "export",
+        "--format",
+        "jsonl",
+        "--output",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("exported 4097 events"), "{err}");
+    assert_damage_reported(&err, &sensor_id, &damaged, "exported the other 4097");
+
+    // Every readable event is in the files, each once.
+    let mut exported = String::new();
+    for source in ["edr-process-activity", "edr-dns-activity"] {
+        let dir = out_dir.path().join(format!(
+            "ext/{source}/region=local/accountId=000000000000/eventDay=20231114"
+        ));
+        for file in std::fs::read_dir(&dir).unwrap() {
+            exported.push_str(&std::fs::read_to_string(file.unwrap().path()).unwrap());
+        }
+    }
+    let readable: Vec<i64> = (1..=4000)
+        .chain(5001..=5100)
+        .filter(|seq| !damaged.contains(seq))
+        .collect();
+    assert_eq!(seqs_of(&exported), readable);
+}

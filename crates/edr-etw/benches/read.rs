@@ -25,14 +25,14 @@ fn traces() -> Vec<(String, Vec<u8>)> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "etl") {
-                if let Ok(bytes) = std::fs::read(&path) {
-                    let name = path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    out.push((name, bytes));
-                }
+            } else if path.extension().is_some_and(|e| e == "etl")
+                && let Ok(bytes) = std::fs::read(&path)
+            {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                out.push((name, bytes));
             }
         }
     }

@@ -119,15 +119,14 @@ pub fn read_file_with(
             }
         }
     }
-    if let Some(cut) = truncation(path) {
-        if !report
+    if let Some(cut) = truncation(path)
+        && !report
             .skipped_chunks
             .iter()
             .any(|chunk| chunk.chunk_number == cut.chunk_number)
-        {
-            tracing::warn!(file = %path.display(), chunk = cut.chunk_number, reason = %cut.reason, "chunk missing");
-            report.skipped_chunks.push(cut);
-        }
+    {
+        tracing::warn!(file = %path.display(), chunk = cut.chunk_number, reason = %cut.reason, "chunk missing");
+        report.skipped_chunks.push(cut);
     }
     Ok(report)
 }

@@ -720,7 +720,7 @@ fn raw_field_value(value_type: u8, bytes: &[u8]) -> Option<FieldValue> {
     let value = match (value_type, bytes.len()) {
         (0x00, _) => BinXmlValue::NullType,
         (0x01, _) => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return None;
             }
             return utf16_until_nul(bytes).map(FieldValue::Str);
@@ -811,7 +811,7 @@ fn signed(n: i64) -> FieldValue {
 
 /// Decodes UTF-16LE; `None` for an odd length or unpaired surrogates.
 fn utf16_to_string(bytes: &[u8]) -> Option<String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     // Most event text is ASCII, which needs no surrogate handling: copy the low bytes.

@@ -232,14 +232,14 @@ impl SensorConfig {
             transport,
         } = self;
 
-        if let Some(url) = &collector.url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(invalid(
-                    "collector.url",
-                    url,
-                    "expected an http:// or https:// URL",
-                ));
-            }
+        if let Some(url) = &collector.url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "collector.url",
+                url,
+                "expected an http:// or https:// URL",
+            ));
         }
 
         check_range(

@@ -13,6 +13,9 @@
 //!
 //! The server certificate is issued by the Collector CA at every start, for the names given
 //! with `--server-name` plus localhost, 127.0.0.1, ::1 and a specific listen IP.
+//!
+//! Only one `serve` runs per data directory: it takes the lock of [`crate::store::lock`]
+//! before it opens the database, and a second `serve` exits with an error.
 
 mod admission;
 mod auth;
@@ -44,6 +47,7 @@ use self::admission::{Admission, RejectionLog};
 use crate::commands::ca_dir;
 use crate::metrics::Metrics;
 use crate::store::codec::EventCodec;
+use crate::store::lock::ServeLock;
 use crate::store::retention::RetentionOutcome;
 use crate::store::{Store, SyncMode};
 
@@ -114,6 +118,9 @@ pub(crate) struct Shared {
     pub(crate) codec: Arc<EventCodec>,
     /// Lifetime of sensor certificates issued at enrollment and renewal.
     pub(crate) sensor_certificate_lifetime: time::Duration,
+    /// The data directory's serve lock. The ingest writer thread holds this struct until the
+    /// process exits, so the lock lasts as long as the connections above.
+    _serve_lock: ServeLock,
 }
 
 pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
@@ -126,6 +133,8 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         retention,
         sensor_certificate_lifetime,
     } = options;
+    // Taken before the database is opened, because opening it may upgrade its schema.
+    let serve_lock = ServeLock::acquire(data_dir)?;
     let ca = CollectorCa::load(&ca_dir(data_dir))?;
     let store = Store::open(data_dir)?;
     let ingest = Store::open(data_dir)?;
@@ -193,6 +202,7 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         writer: writer_tx,
         codec,
         sensor_certificate_lifetime,
+        _serve_lock: serve_lock,
     });
     writer::spawn(Arc::clone(&shared), writer_rx)
         .context("failed to start the ingest writer thread")?;

@@ -16,8 +16,9 @@
 //! publishes it to the streams, which compress each batch after validating it. An event
 //! compressed with a dictionary is therefore never committed before that dictionary is.
 //! Readers decompress with [`Dictionaries`], and SQL reads the JSON through the function
-//! [`JSON_FUNCTION`].
+//! [`JSON_FUNCTION`], which returns NULL for a row it cannot read.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -147,14 +148,14 @@ impl EventCodec {
             .include_checksum(true)
             .map_err(CodecError::Compress)?;
         for record in &mut batch.records {
-            if let Record::Event { body, .. } = record {
-                if let EventBody::Json(json) = body {
-                    if json.len() > MAX_EVENT_BYTES {
-                        continue;
-                    }
-                    let frame = compressor.compress(json).map_err(CodecError::Compress)?;
-                    *body = EventBody::Zstd(frame);
+            if let Record::Event { body, .. } = record
+                && let EventBody::Json(json) = body
+            {
+                if json.len() > MAX_EVENT_BYTES {
+                    continue;
                 }
+                let frame = compressor.compress(json).map_err(CodecError::Compress)?;
+                *body = EventBody::Zstd(frame);
             }
         }
         Ok(())
@@ -365,15 +366,32 @@ impl Dictionaries {
         String::from_utf8(bytes).map_err(|_| damaged("the JSON text is not UTF-8"))
     }
 
-    /// Registers [`JSON_FUNCTION`] on `conn`, reading frames with these dictionaries.
+    /// Registers [`JSON_FUNCTION`] on `conn`, reading frames with these dictionaries. The
+    /// function returns NULL for a value that [`Self::json`] rejects, so that one damaged row
+    /// does not fail a whole statement. The caller reads such a row itself and reports it.
     pub(crate) fn register(self, conn: &Connection) -> rusqlite::Result<()> {
+        // A `--where` condition calls the function twice per row, and each further condition
+        // again. The last frame and its JSON are kept, so the calls for one row share one
+        // decompression.
+        let last: RefCell<Option<(Vec<u8>, Option<String>)>> = RefCell::new(None);
         conn.create_scalar_function(
             JSON_FUNCTION,
             1,
             FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
             move |ctx| {
-                self.json(ctx.get_raw(0))
-                    .map_err(|err| rusqlite::Error::UserFunctionError(Box::new(err)))
+                let value = ctx.get_raw(0);
+                let ValueRef::Blob(frame) = value else {
+                    return Ok(self.json(value).ok());
+                };
+                let mut last = last.borrow_mut();
+                if let Some((cached, json)) = last.as_ref()
+                    && cached.as_slice() == frame
+                {
+                    return Ok(json.clone());
+                }
+                let json = self.decompress(frame).ok();
+                *last = Some((frame.to_vec(), json.clone()));
+                Ok(json)
             },
         )
     }
@@ -387,7 +405,7 @@ mod tests {
     use super::*;
     use crate::ingest::validate;
     use crate::store::Store;
-    use crate::store::query::EventFilter;
+    use crate::store::query::{EventFilter, EventScan};
 
     /// Builds an OCSF-like event whose values vary with `n`, so that a dictionary can be trained.
     fn event_json(n: u64) -> String {
@@ -491,11 +509,15 @@ mod tests {
 
         let mut seen = Vec::new();
         store
-            .for_each_event(&EventFilter::default(), |row| {
-                assert_eq!(row.json, event_json(u64::try_from(row.seq).unwrap()));
-                seen.push(row.seq);
-                Ok(())
-            })
+            .for_each_event(
+                &EventFilter::default(),
+                |row| {
+                    assert_eq!(row.json, event_json(u64::try_from(row.seq).unwrap()));
+                    seen.push(row.seq);
+                    Ok(())
+                },
+                |damaged| panic!("{damaged}"),
+            )
             .unwrap();
         seen.sort_unstable();
         assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
@@ -523,11 +545,15 @@ mod tests {
             };
             let mut found = Vec::new();
             store
-                .for_each_event(&filter, |row| {
-                    assert!(matches(&row.json, path, value), "{path} in {}", row.json);
-                    found.push(row.seq);
-                    Ok(())
-                })
+                .for_each_event(
+                    &filter,
+                    |row| {
+                        assert!(matches(&row.json, path, value), "{path} in {}", row.json);
+                        found.push(row.seq);
+                        Ok(())
+                    },
+                    |damaged| panic!("{damaged}"),
+                )
                 .unwrap();
             let expected: Vec<i64> = (1..=1000)
                 .filter(|n| matches(&event_json(*n), path, value))
@@ -636,6 +662,139 @@ mod tests {
             store.insert_dictionary(&bytes, samples, now).unwrap().id(),
             id
         );
+    }
+
+    /// Stores events 1..=200 of `sensor-a` compressed with a trained dictionary, then damages
+    /// the frames of `damaged` by flipping a byte in the middle of each, as a bad sector would.
+    fn store_with_damaged_rows(dir: &std::path::Path, damaged: &[i64]) -> Store {
+        let mut store = Store::create(dir).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (bytes, samples) = trained();
+        let codec = EventCodec::default();
+        codec.publish(store.insert_dictionary(&bytes, samples, now).unwrap());
+        let mut valid = validate(batch(1, 200), usize::MAX).unwrap();
+        codec.compress(&mut valid).unwrap();
+        store
+            .ingest_group(&[("sensor-a".to_string(), valid)], now)
+            .unwrap();
+        for seq in damaged {
+            let mut frame: Vec<u8> = store
+                .conn
+                .query_row("SELECT json FROM events WHERE seq = ?1", [seq], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            let middle = frame.len() / 2;
+            frame[middle] ^= 0x55;
+            store
+                .conn
+                .execute(
+                    "UPDATE events SET json = ?2 WHERE seq = ?1",
+                    rusqlite::params![seq, frame],
+                )
+                .unwrap();
+        }
+        store
+    }
+
+    /// Runs `filter` and returns the seqs read, the seqs reported as damaged and the counts.
+    fn scan(store: &Store, filter: &EventFilter) -> (Vec<i64>, Vec<i64>, EventScan) {
+        let mut read = Vec::new();
+        let mut damaged = Vec::new();
+        let counts = store
+            .for_each_event(
+                filter,
+                |row| {
+                    assert_eq!(row.json, event_json(u64::try_from(row.seq).unwrap()));
+                    read.push(row.seq);
+                    Ok(())
+                },
+                |event| {
+                    assert_eq!(event.sensor_id, "sensor-a");
+                    assert!(
+                        matches!(event.source, CodecError::Damaged(_)),
+                        "{}",
+                        event.source
+                    );
+                    damaged.push(event.seq);
+                },
+            )
+            .unwrap();
+        (read, damaged, counts)
+    }
+
+    #[test]
+    fn damaged_rows_are_skipped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_damaged_rows(dir.path(), &[10, 11, 150]);
+
+        let (read, damaged, counts) = scan(&store, &EventFilter::default());
+        let expected: Vec<i64> = (1..=200)
+            .filter(|seq| ![10, 11, 150].contains(seq))
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(damaged, [10, 11, 150]);
+        assert_eq!(
+            counts,
+            EventScan {
+                read: 197,
+                damaged: 3
+            }
+        );
+    }
+
+    #[test]
+    fn limit_counts_only_readable_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_damaged_rows(dir.path(), &[10, 11, 150]);
+        let limited = |limit| EventFilter {
+            limit: Some(limit),
+            ..EventFilter::default()
+        };
+
+        // The first pass stops at the damaged seq 10, the next ones fetch one row each.
+        let (read, damaged, counts) = scan(&store, &limited(10));
+        assert_eq!(read, [1, 2, 3, 4, 5, 6, 7, 8, 9, 12]);
+        assert_eq!(damaged, [10, 11]);
+        assert_eq!(
+            counts,
+            EventScan {
+                read: 10,
+                damaged: 2
+            }
+        );
+
+        let (read, damaged, _) = scan(&store, &limited(9));
+        assert_eq!(read, (1..=9).collect::<Vec<_>>());
+        assert!(damaged.is_empty(), "{damaged:?}");
+
+        // Fewer readable events than the limit: every row is read once.
+        let (read, damaged, _) = scan(&store, &limited(500));
+        assert_eq!(read.len(), 197);
+        assert_eq!(damaged, [10, 11, 150]);
+    }
+
+    #[test]
+    fn where_reports_damaged_rows_it_cannot_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_damaged_rows(dir.path(), &[10, 11, 150]);
+        let condition = |path: &str, value: &str| EventFilter {
+            conditions: vec![(path.to_string(), value.to_string())],
+            ..EventFilter::default()
+        };
+
+        // The indexed column selects seqs 10 and 107; seq 10 cannot be checked further.
+        let (read, damaged, _) = scan(&store, &condition("$.process.uid", "proc-10"));
+        assert_eq!(read, [107]);
+        assert_eq!(damaged, [10]);
+
+        // A field outside the indexes is read from the JSON of every row.
+        let (read, damaged, _) = scan(&store, &condition("$.device.hostname", "host-3"));
+        let expected: Vec<i64> = (1..=200)
+            .filter(|seq| seq % 11 == 3 && ![10, 11, 150].contains(seq))
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(damaged, [10, 11, 150]);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 
+use super::codec::{CodecError, Dictionaries};
 use super::{Store, StoreError, from_unix};
 
 /// Filters of `edr-collector events` and `export`. Times are Unix milliseconds.
@@ -60,119 +61,120 @@ pub(crate) struct CommandRow {
     pub(crate) received_via: Option<String>,
 }
 
-/// The condition of the partial index `events_severity`, written exactly as in the schema:
-/// SQLite uses a partial index only for a query that contains its condition.
-pub(crate) const SEVERITY_INDEXED: &str = "severity_id <> 1";
+/// A stored event whose JSON cannot be read, which [`Store::for_each_event`] skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("event {sensor_id} seq {seq} cannot be read: {source}")]
+pub(crate) struct DamagedEvent {
+    pub(crate) sensor_id: String,
+    pub(crate) seq: i64,
+    pub(crate) source: CodecError,
+}
 
-/// Builds the SQL and parameters of an event query: rows matching `filter`, oldest first.
-fn event_query(filter: &EventFilter) -> (String, Vec<Value>) {
-    let mut sql = String::from(
-        "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
-                user_name, json
-         FROM events WHERE 1 = 1",
-    );
-    let mut values: Vec<Value> = Vec::new();
-    if let Some(sensor_id) = &filter.sensor_id {
-        values.push(Value::Text(sensor_id.clone()));
-        sql.push_str(&format!(" AND sensor_id = ?{}", values.len()));
-    }
-    if let Some(class_uid) = filter.class_uid {
-        values.push(Value::Integer(class_uid));
-        sql.push_str(&format!(" AND class_uid = ?{}", values.len()));
-    }
-    if let Some(since) = filter.since_ms {
-        values.push(Value::Integer(since));
-        sql.push_str(&format!(" AND time >= ?{}", values.len()));
-    }
-    if let Some(until) = filter.until_ms {
-        values.push(Value::Integer(until));
-        sql.push_str(&format!(" AND time < ?{}", values.len()));
-    }
-    for (path, value) in &filter.conditions {
-        // The indexed column narrows the rows and `json_extract` below decides. The column
-        // alone is not enough: `process_uid` falls back to `actor.process.uid`, and
-        // `user_name` to `user.name`, when the event lacks the first field.
-        let column = match path.as_str() {
-            "$.severity_id" => value
-                .parse::<i64>()
-                .ok()
-                .map(|n| ("severity_id", Value::Integer(n))),
-            "$.process.uid" => Some(("process_uid", Value::Text(value.clone()))),
-            "$.actor.user.name" => Some(("user_name", Value::Text(value.clone()))),
-            _ => None,
-        };
-        if let Some((column, column_value)) = column {
-            let severity_indexed = column == "severity_id" && column_value != Value::Integer(1);
-            values.push(column_value);
-            sql.push_str(&format!(" AND {column} = ?{}", values.len()));
-            if severity_indexed {
-                sql.push_str(&format!(" AND {SEVERITY_INDEXED}"));
-            }
-        }
-        values.push(Value::Text(path.clone()));
-        let path_index = values.len();
-        values.push(Value::Text(value.clone()));
-        let text_index = values.len();
-        match value.parse::<i64>() {
-            Ok(number) => {
-                values.push(Value::Integer(number));
-                sql.push_str(&format!(
-                    " AND json_extract(event_json(json), ?{path_index}) IN (?{text_index}, ?{})",
-                    values.len()
-                ));
-            }
-            Err(_) => sql.push_str(&format!(
-                " AND json_extract(event_json(json), ?{path_index}) = ?{text_index}"
-            )),
-        }
-    }
-    sql.push_str(" ORDER BY time, sensor_id, seq");
-    if let Some(limit) = filter.limit {
-        values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-        sql.push_str(&format!(" LIMIT ?{}", values.len()));
-    }
-    (sql, values)
+/// Counts of one [`Store::for_each_event`] call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EventScan {
+    /// Events passed to `each`.
+    pub(crate) read: u64,
+    /// Rows skipped because their JSON cannot be read.
+    pub(crate) damaged: u64,
 }
 
 impl Store {
-    /// Returns the events matching `filter`, oldest first, and calls `each` for every row so
-    /// that large exports do not hold all rows in memory.
+    /// Calls `each` for every event matching `filter`, oldest first, without holding all rows
+    /// in memory. A row whose JSON cannot be read goes to `damaged` instead, and the scan goes
+    /// on. Such a row also goes to `damaged` when a `--where` condition cannot be checked on
+    /// it, because it might match. `filter.limit` caps the events passed to `each`, so the
+    /// damaged rows do not count toward it.
     pub(crate) fn for_each_event(
         &self,
         filter: &EventFilter,
         mut each: impl FnMut(EventRow) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let (sql, values) = event_query(filter);
+        mut damaged: impl FnMut(DamagedEvent),
+    ) -> Result<EventScan, StoreError> {
+        let (conditions, values) = filter_sql(filter);
         let dictionaries = self.dictionaries()?;
-        let mut stmt = self.conn.prepare(&sql).map_err(self.sqlite())?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(values))
-            .map_err(self.sqlite())?;
-        while let Some(row) = rows.next().map_err(self.sqlite())? {
-            let sensor_id: String = row.get(0).map_err(self.sqlite())?;
-            let seq: i64 = row.get(1).map_err(self.sqlite())?;
-            let json = dictionaries
-                .json(row.get_ref(8).map_err(self.sqlite())?)
-                .map_err(|source| StoreError::DamagedEvent {
-                    path: self.path.clone(),
-                    sensor_id: sensor_id.clone(),
+        let mut scan = EventScan::default();
+        let mut after: Option<RowKey> = None;
+        loop {
+            let remaining = match filter.limit {
+                Some(limit) if scan.read >= limit => break,
+                Some(limit) => Some(limit - scan.read),
+                None => None,
+            };
+
+            // The first pass runs the filter alone. When it skipped damaged rows and the limit
+            // is not reached yet, the next pass continues after the last row seen, by the
+            // same key the rows are sorted on, and requests only the events still missing.
+            let (sql, values) = page_sql(&conditions, &values, after.as_ref(), remaining);
+            let mut stmt = self.conn.prepare(&sql).map_err(self.sqlite())?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(values))
+                .map_err(self.sqlite())?;
+            let mut returned: u64 = 0;
+            while let Some(row) = rows.next().map_err(self.sqlite())? {
+                returned += 1;
+                let (key, event) = self.read_event(row, &dictionaries)?;
+                after = Some(key);
+                match event {
+                    Ok(event) => {
+                        scan.read += 1;
+                        each(event)?;
+                    }
+                    Err(event) => {
+                        scan.damaged += 1;
+                        damaged(event);
+                    }
+                }
+            }
+
+            // Without a limit the pass read every matching row, and with one, so did a pass
+            // that returned fewer rows than it requested. Otherwise the check at the top of
+            // the loop decides whether damaged rows left events to read.
+            if remaining.is_none_or(|remaining| returned < remaining) {
+                break;
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Reads one row of the query built by [`page_sql`]. The JSON is decoded last, so that a
+    /// damaged row still returns its sort key.
+    fn read_event(
+        &self,
+        row: &rusqlite::Row<'_>,
+        dictionaries: &Dictionaries,
+    ) -> Result<(RowKey, Result<EventRow, DamagedEvent>), StoreError> {
+        let sensor_id: String = row.get(0).map_err(self.sqlite())?;
+        let seq: i64 = row.get(1).map_err(self.sqlite())?;
+        let time_ms: i64 = row.get(2).map_err(self.sqlite())?;
+        let key = RowKey {
+            time_ms,
+            sensor_id: sensor_id.clone(),
+            seq,
+        };
+        let json = match dictionaries.json(row.get_ref(8).map_err(self.sqlite())?) {
+            Ok(json) => json,
+            Err(source) => {
+                let damaged = DamagedEvent {
+                    sensor_id,
                     seq,
                     source,
-                })?;
-            let event = EventRow {
-                sensor_id,
-                seq,
-                time_ms: row.get(2).map_err(self.sqlite())?,
-                class_uid: row.get(3).map_err(self.sqlite())?,
-                activity_id: row.get(4).map_err(self.sqlite())?,
-                severity_id: row.get(5).map_err(self.sqlite())?,
-                process_uid: row.get(6).map_err(self.sqlite())?,
-                user_name: row.get(7).map_err(self.sqlite())?,
-                json,
-            };
-            each(event)?;
-        }
-        Ok(())
+                };
+                return Ok((key, Err(damaged)));
+            }
+        };
+        let event = EventRow {
+            sensor_id,
+            seq,
+            time_ms,
+            class_uid: row.get(3).map_err(self.sqlite())?,
+            activity_id: row.get(4).map_err(self.sqlite())?,
+            severity_id: row.get(5).map_err(self.sqlite())?,
+            process_uid: row.get(6).map_err(self.sqlite())?,
+            user_name: row.get(7).map_err(self.sqlite())?,
+            json,
+        };
+        Ok((key, Ok(event)))
     }
 
     /// Returns the telemetry state of `sensor_id`; all zero when it never streamed.
@@ -327,6 +329,119 @@ impl Store {
     }
 }
 
+/// The sort key of `events` rows in [`Store::for_each_event`]. It is unique because
+/// `(sensor_id, seq)` is.
+#[derive(Debug)]
+struct RowKey {
+    time_ms: i64,
+    sensor_id: String,
+    seq: i64,
+}
+
+/// Builds one pass of [`Store::for_each_event`]: the rows that match `conditions` (from
+/// [`filter_sql`], which bind `values`), sorted, after the row `after` when set, at most
+/// `limit` of them when set.
+fn page_sql(
+    conditions: &str,
+    values: &[Value],
+    after: Option<&RowKey>,
+    limit: Option<u64>,
+) -> (String, Vec<Value>) {
+    let mut sql = format!(
+        "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
+                user_name, json
+         FROM events WHERE 1 = 1{conditions}"
+    );
+    let mut values = values.to_vec();
+    if let Some(key) = after {
+        values.push(Value::Integer(key.time_ms));
+        values.push(Value::Text(key.sensor_id.clone()));
+        values.push(Value::Integer(key.seq));
+        let last = values.len();
+        sql.push_str(&format!(
+            " AND (time, sensor_id, seq) > (?{}, ?{}, ?{last})",
+            last - 2,
+            last - 1
+        ));
+    }
+    sql.push_str(" ORDER BY time, sensor_id, seq");
+    if let Some(limit) = limit {
+        values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT ?{}", values.len()));
+    }
+    (sql, values)
+}
+
+/// The condition of the partial index `events_severity`, written exactly as in the schema:
+/// SQLite uses a partial index only for a query that contains its condition.
+pub(crate) const SEVERITY_INDEXED: &str = "severity_id <> 1";
+
+/// Builds the SQL conditions of `filter`, each starting with ` AND `, and the values they bind
+/// as `?1`, `?2`, ... in order.
+fn filter_sql(filter: &EventFilter) -> (String, Vec<Value>) {
+    let mut sql = String::new();
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(sensor_id) = &filter.sensor_id {
+        values.push(Value::Text(sensor_id.clone()));
+        sql.push_str(&format!(" AND sensor_id = ?{}", values.len()));
+    }
+    if let Some(class_uid) = filter.class_uid {
+        values.push(Value::Integer(class_uid));
+        sql.push_str(&format!(" AND class_uid = ?{}", values.len()));
+    }
+    if let Some(since) = filter.since_ms {
+        values.push(Value::Integer(since));
+        sql.push_str(&format!(" AND time >= ?{}", values.len()));
+    }
+    if let Some(until) = filter.until_ms {
+        values.push(Value::Integer(until));
+        sql.push_str(&format!(" AND time < ?{}", values.len()));
+    }
+    for (path, value) in &filter.conditions {
+        // The indexed column narrows the rows and `json_extract` below decides. The column
+        // alone is not enough: `process_uid` falls back to `actor.process.uid`, and
+        // `user_name` to `user.name`, when the event lacks the first field.
+        let column = match path.as_str() {
+            "$.severity_id" => value
+                .parse::<i64>()
+                .ok()
+                .map(|n| ("severity_id", Value::Integer(n))),
+            "$.process.uid" => Some(("process_uid", Value::Text(value.clone()))),
+            "$.actor.user.name" => Some(("user_name", Value::Text(value.clone()))),
+            _ => None,
+        };
+        if let Some((column, column_value)) = column {
+            let severity_indexed = column == "severity_id" && column_value != Value::Integer(1);
+            values.push(column_value);
+            sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+            if severity_indexed {
+                sql.push_str(&format!(" AND {SEVERITY_INDEXED}"));
+            }
+        }
+        values.push(Value::Text(path.clone()));
+        let path_index = values.len();
+        values.push(Value::Text(value.clone()));
+        let text_index = values.len();
+        let matches = match value.parse::<i64>() {
+            Ok(number) => {
+                values.push(Value::Integer(number));
+                format!(
+                    "json_extract(event_json(json), ?{path_index}) IN (?{text_index}, ?{})",
+                    values.len()
+                )
+            }
+            Err(_) => format!("json_extract(event_json(json), ?{path_index}) = ?{text_index}"),
+        };
+        // `event_json` returns NULL for a row it cannot read. Such a row passes, so that the
+        // caller reports it as damaged instead of dropping it unseen.
+        // NOTE: a text row that starts with `{` but is not valid JSON still fails the whole
+        // statement in `json_extract`. Only a hand edit stores one, because ingest parses
+        // every event.
+        sql.push_str(&format!(" AND (event_json(json) IS NULL OR {matches})"));
+    }
+    (sql, values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,7 +458,8 @@ mod tests {
                 conditions: vec![("$.severity_id".into(), severity.into())],
                 ..EventFilter::default()
             };
-            let (sql, values) = event_query(&filter);
+            let (conditions, values) = filter_sql(&filter);
+            let (sql, values) = page_sql(&conditions, &values, None, None);
             let plan: Vec<String> = store
                 .conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

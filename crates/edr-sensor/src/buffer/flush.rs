@@ -92,10 +92,10 @@ impl Flusher {
 impl Drop for Flusher {
     fn drop(&mut self) {
         self.sender = None;
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("ring buffer flush thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("ring buffer flush thread panicked");
         }
     }
 }

@@ -314,10 +314,8 @@ impl Buffer {
         let interval_elapsed = self
             .unsynced_since
             .is_some_and(|since| since.sync_due_at(now));
-        if interval_elapsed {
-            if let Err(error) = self.sync() {
-                tracing::warn!(%error, seq, "group commit after append failed, record stays pending");
-            }
+        if interval_elapsed && let Err(error) = self.sync() {
+            tracing::warn!(%error, seq, "group commit after append failed, record stays pending");
         }
         self.debug_check_disk_bytes();
         Ok(seq)
@@ -853,10 +851,9 @@ impl Buffer {
                 state.lane,
                 max_payload,
                 &mut damaged,
-            )? {
-                if best.is_none_or(|(seq, _)| read.seq < seq) {
-                    best = Some((read.seq, state.lane));
-                }
+            )? && best.is_none_or(|(seq, _)| read.seq < seq)
+            {
+                best = Some((read.seq, state.lane));
             }
         }
         self.counters.damaged_regions += damaged;
@@ -876,10 +873,11 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if !self.poisoned && self.unsynced_since.is_some() {
-            if let Err(error) = self.sync() {
-                tracing::error!(%error, "final sync of ring buffer failed, unsynced records may be lost");
-            }
+        if !self.poisoned
+            && self.unsynced_since.is_some()
+            && let Err(error) = self.sync()
+        {
+            tracing::error!(%error, "final sync of ring buffer failed, unsynced records may be lost");
         }
     }
 }
@@ -1049,10 +1047,10 @@ impl LaneState {
     /// Closes the active segment and starts a new one keyed by `next_seq`.
     fn rotate(&mut self, next_seq: u64, flusher: &Flusher) -> Result<(), BufferError> {
         self.write_pending(flusher)?;
-        if self.writer.dirty {
-            if let Some(meta) = self.segments.get(&self.writer.key) {
-                self.unflushed_closed.push(meta.path.clone());
-            }
+        if self.writer.dirty
+            && let Some(meta) = self.segments.get(&self.writer.key)
+        {
+            self.unflushed_closed.push(meta.path.clone());
         }
         let (file, meta) = create_segment(&self.dir, self.lane, next_seq)?;
         self.insert_segment(next_seq, meta);

@@ -31,7 +31,7 @@ fn crash_options(directory: &Path) -> BufferOptions {
 /// Lane and payload length are functions of the sequence number, so the checker can recompute
 /// every record.
 fn shape(seq: u64) -> (Lane, usize) {
-    let lane = if seq % 7 == 0 {
+    let lane = if seq.is_multiple_of(7) {
         Lane::Priority
     } else {
         Lane::Telemetry
@@ -60,7 +60,7 @@ fn crash_writer_child() {
         out.flush().unwrap();
 
         // Act as the Collector now and then: drain, and acknowledge half of it.
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             let drained = buffer.drain(2000).unwrap();
             if let Some(record) = drained.get(drained.len() / 2) {
                 buffer.ack(record.seq).unwrap();

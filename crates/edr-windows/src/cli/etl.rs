@@ -90,10 +90,10 @@ fn run_dump(args: DumpArgs) -> anyhow::Result<()> {
             if write_error.is_some() {
                 return;
             }
-            if let Some(filter) = &args.provider {
-                if !matches_filter(record, filter) {
-                    return;
-                }
+            if let Some(filter) = &args.provider
+                && !matches_filter(record, filter)
+            {
+                return;
             }
             let decoded = decoder.decode(record);
             let line = match args.format {

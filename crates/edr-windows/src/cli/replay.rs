@@ -232,7 +232,7 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 return;
             }
             counts.sent += 1;
-            if counts.sent % CHECK_EVERY == 0
+            if counts.sent.is_multiple_of(CHECK_EVERY)
                 && let Err(error) =
                     wait_for_room(&buffer, &check_transport, wait_limit, &buffer_dir)
             {

@@ -226,10 +226,10 @@ impl<C: EtwController> Loader<C> {
     pub fn stop(mut self) -> LoaderStopReport {
         *lock(&self.shared.stopping) = true;
         self.shared.stop_signal.notify_all();
-        if let Some(handle) = self.maintenance.take() {
-            if handle.join().is_err() {
-                error!("the ETW maintenance thread panicked");
-            }
+        if let Some(handle) = self.maintenance.take()
+            && handle.join().is_err()
+        {
+            error!("the ETW maintenance thread panicked");
         }
 
         // A last poll reports what was lost since the previous one before the counters go away.
@@ -428,11 +428,11 @@ impl<C: EtwController> Shared<C> {
         let queue_overflows = overflows_total.saturating_sub(state.last_overflows);
         state.last_overflows = overflows_total;
 
-        if !poll_errors.is_empty() {
-            if let Some(held_back) = state.poll_error_log.allow(now) {
-                for poll_error in &poll_errors {
-                    warn!(error = %poll_error, held_back, "ETW loss counters could not be read");
-                }
+        if !poll_errors.is_empty()
+            && let Some(held_back) = state.poll_error_log.allow(now)
+        {
+            for poll_error in &poll_errors {
+                warn!(error = %poll_error, held_back, "ETW loss counters could not be read");
             }
         }
 

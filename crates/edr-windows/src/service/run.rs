@@ -137,7 +137,7 @@ pub fn run_sensor<C: EtwController>(
             break;
         }
         pumped += 1;
-        if pumped % UPLINK_CHECK_EVERY == 0
+        if pumped.is_multiple_of(UPLINK_CHECK_EVERY)
             && let Err(error) = uplink.check()
         {
             uplink_error = Some(error);

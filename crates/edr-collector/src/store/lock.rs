@@ -1,0 +1,146 @@
+//! The serve lock: at most one `edr-collector serve` per data directory.
+//!
+//! `serve` takes an exclusive advisory lock on `DATA_DIR/collector.lock` before it opens the
+//! database, and holds it until the process exits. A second `serve` on the same directory
+//! fails to take the lock and exits before it opens anything else. The other commands
+//! (`events`, `export`, `token create`, `sensors revoke`, ...) never take the lock, so they run
+//! while `serve` runs, as SQLite's WAL mode allows.
+//!
+//! The lock comes from [`std::fs::File::try_lock`], which calls `flock(LOCK_EX | LOCK_NB)` on
+//! Linux and `LockFileEx` on Windows. The operating system drops it when the process ends for
+//! any reason, SIGKILL included, so a stale lock never blocks a restart. No child process keeps
+//! it alive, because std opens files with `O_CLOEXEC`. The file itself stays and is never
+//! deleted, because deleting it would let a later `serve` lock a new file while an earlier one
+//! still holds the deleted one. Only the lock counts, not whether the file exists.
+//!
+//! The holder writes its PID and a newline into the file, so that a rejected `serve` can name
+//! the process it found. The PID in the file is that of the last `serve` that took the lock,
+//! which may have exited since.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write as _;
+use std::path::Path;
+
+use super::{DB_FILE, StoreError};
+
+/// Lock file name inside the data directory.
+pub(crate) const LOCK_FILE: &str = "collector.lock";
+
+/// The exclusive lock of one data directory; released when dropped or when the process ends.
+#[derive(Debug)]
+pub(crate) struct ServeLock {
+    /// Open lock file; the lock belongs to this open file description.
+    _file: File,
+}
+
+impl ServeLock {
+    /// Takes the serve lock of `data_dir` without waiting, and writes this process's PID into
+    /// the lock file.
+    ///
+    /// Fails with [`StoreError::Missing`] when `data_dir` has no database, so that no lock file
+    /// is left in a directory that `init` never set up, and with [`StoreError::Locked`] when
+    /// another process holds the lock.
+    pub(crate) fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
+        let database = data_dir.join(DB_FILE);
+        if !database.exists() {
+            return Err(StoreError::Missing { path: database });
+        }
+        let path = data_dir.join(LOCK_FILE);
+        let failed = |action: &'static str| {
+            let path = path.clone();
+            move |source| StoreError::LockFile {
+                path,
+                action,
+                source,
+            }
+        };
+
+        // Not truncated on open: until this process has the lock, the file contains the PID
+        // of the holder.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed("open"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    data_dir: data_dir.to_path_buf(),
+                    pid: read_pid(&path),
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(failed("lock")(source)),
+        }
+
+        file.set_len(0).map_err(failed("write"))?;
+        writeln!(file, "{}", std::process::id()).map_err(failed("write"))?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Reads the PID that the holder wrote into the lock file. Returns `None` when the file cannot
+/// be read or is still empty, because the holder has not written its PID yet.
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(super::super::Store::create(dir.path()).unwrap());
+
+        let first = ServeLock::acquire(dir.path()).unwrap();
+        let contents = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(contents, format!("{}\n", std::process::id()));
+
+        // flock locks belong to an open file description, so a second open in the same
+        // process conflicts as a second process would.
+        let err = ServeLock::acquire(dir.path()).unwrap_err();
+        match &err {
+            StoreError::Locked { data_dir, pid } => {
+                assert_eq!(data_dir, dir.path());
+                assert_eq!(*pid, Some(std::process::id()));
+            }
+            other => panic!("expected Locked, got {other}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("PID {}", std::process::id())),
+            "{message}"
+        );
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+
+        drop(first);
+        assert!(ServeLock::acquire(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn lock_needs_an_initialised_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ServeLock::acquire(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+        assert!(!dir.path().join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn stale_pid_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(super::super::Store::create(dir.path()).unwrap());
+        // A longer PID left by a process that has exited: the new one replaces it whole.
+        std::fs::write(dir.path().join(LOCK_FILE), "4000000000\n").unwrap();
+
+        let _lock = ServeLock::acquire(dir.path()).unwrap();
+        let contents = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(contents, format!("{}\n", std::process::id()));
+    }
+}
