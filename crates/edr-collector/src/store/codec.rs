@@ -259,6 +259,17 @@ impl Trainer {
     }
 }
 
+/// Returns `json` if it parses as JSON. Ingest parses every event, so only a row edited by
+/// another program fails; `events --where` would otherwise stop at it in `json_extract`.
+fn well_formed(json: String) -> Result<String, CodecError> {
+    match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
+        Ok(_) => Ok(json),
+        Err(err) => Err(CodecError::Damaged(format!(
+            "the stored JSON is not valid: {err}"
+        ))),
+    }
+}
+
 /// Decoder dictionaries by id, loaded from the `dictionaries` table, and one decompression
 /// context reused for every event read.
 #[derive(Default)]
@@ -319,8 +330,9 @@ impl Dictionaries {
                 CodecError::Damaged("the stored JSON text is not an object".into()),
             ),
             ValueRef::Text(text) => String::from_utf8(text.to_vec())
-                .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into())),
-            ValueRef::Blob(frame) => self.decompress(frame),
+                .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into()))
+                .and_then(well_formed),
+            ValueRef::Blob(frame) => self.decompress(frame).and_then(well_formed),
             other => Err(CodecError::Damaged(format!(
                 "invalid json column: it contains a {} value, expected JSON text or a zstd frame",
                 other.data_type()
@@ -389,7 +401,7 @@ impl Dictionaries {
                 {
                     return Ok(json.clone());
                 }
-                let json = self.decompress(frame).ok();
+                let json = self.decompress(frame).and_then(well_formed).ok();
                 *last = Some((frame.to_vec(), json.clone()));
                 Ok(json)
             },
@@ -772,6 +784,35 @@ mod tests {
         let (read, damaged, _) = scan(&store, &limited(500));
         assert_eq!(read.len(), 197);
         assert_eq!(damaged, [10, 11, 150]);
+    }
+
+    #[test]
+    fn invalid_json_text_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_damaged_rows(dir.path(), &[]);
+        // Another program replaced the frame of seq 14 with JSON text cut off midway.
+        store
+            .conn
+            .execute(
+                "UPDATE events SET json = ?1 WHERE seq = 14",
+                [r#"{"class_uid":1007,"device":{"hostname":"host-3""#],
+            )
+            .unwrap();
+        let everything = EventFilter::default();
+        let (read, damaged, _) = scan(&store, &everything);
+        assert_eq!(read.len(), 199);
+        assert_eq!(damaged, [14]);
+
+        let hostname = EventFilter {
+            conditions: vec![("$.device.hostname".to_string(), "host-3".to_string())],
+            ..EventFilter::default()
+        };
+        let (read, damaged, _) = scan(&store, &hostname);
+        let expected: Vec<i64> = (1..=200)
+            .filter(|seq| seq % 11 == 3 && *seq != 14)
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(damaged, [14]);
     }
 
     #[test]

@@ -432,11 +432,8 @@ fn filter_sql(filter: &EventFilter) -> (String, Vec<Value>) {
             }
             Err(_) => format!("json_extract(event_json(json), ?{path_index}) = ?{text_index}"),
         };
-        // `event_json` returns NULL for a row it cannot read. Such a row passes, so that the
-        // caller reports it as damaged instead of dropping it unseen.
-        // NOTE: a text row that starts with `{` but is not valid JSON still fails the whole
-        // statement in `json_extract`. Only a hand edit stores one, because ingest parses
-        // every event.
+        // `event_json` returns NULL for a row it cannot read, invalid JSON included. Such a
+        // row passes, so that the caller reports it as damaged instead of dropping it unseen.
         sql.push_str(&format!(" AND (event_json(json) IS NULL OR {matches})"));
     }
     (sql, values)
