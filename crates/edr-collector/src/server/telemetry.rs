@@ -78,7 +78,10 @@ type Outbound = tokio::sync::mpsc::Sender<Result<CollectorMessage, Status>>;
 
 /// Batches of one stream that may be queued at the writer before the oldest is acked. While
 /// one batch is being committed, the stream validates the next, so a single sensor keeps
-/// validation and storage busy at the same time.
+/// validation and storage busy at the same time. On the transport benchmark 16 gave about 4 %
+/// more events per second than 4; the writer queue ([`super::writer::QUEUE_CAPACITY`]) still
+/// bounds the batches held across all streams, and the 1,000-stream load test's peak RSS did
+/// not change.
 const PIPELINE_DEPTH: usize = 16;
 
 /// Serves one stream until it ends and returns the reason.
