@@ -54,6 +54,34 @@ fn stored_count(database: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Initialises a Collector in `data`, starts it on a free loopback port and enrolls a sensor
+/// whose state goes to `state`.
+fn enrolled(collector_bin: &Path, data: &Path, state: &Path) -> Collector {
+    run(
+        collector_bin,
+        &["init", "--data-dir", data.to_str().unwrap()],
+    );
+    let collector = Collector::start(collector_bin, data, "127.0.0.1:0");
+    let token = run(
+        collector_bin,
+        &["token", "create", "--data-dir", data.to_str().unwrap()],
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    run(
+        Path::new(SENSOR),
+        &[
+            "enroll",
+            "--collector",
+            &format!("https://{}", collector.addr),
+            "--token",
+            &token,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    collector
+}
+
 #[test]
 fn kills_lose_and_duplicate_nothing() {
     let evtx = data_dir().join("evtx");
@@ -92,29 +120,8 @@ fn kills_lose_and_duplicate_nothing() {
         expected.len()
     );
 
-    run(
-        &collector_bin,
-        &["init", "--data-dir", data.to_str().unwrap()],
-    );
-    let collector = Collector::start(&collector_bin, &data, "127.0.0.1:0");
+    let collector = enrolled(&collector_bin, &data, &state);
     let listen = collector.addr.clone();
-    let token = run(
-        &collector_bin,
-        &["token", "create", "--data-dir", data.to_str().unwrap()],
-    );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
-    run(
-        Path::new(SENSOR),
-        &[
-            "enroll",
-            "--collector",
-            &format!("https://{listen}"),
-            "--token",
-            &token,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
 
     // The Collector dies once the first events are stored, in the middle of the stream.
     let mut sensor = replay(&evtx, &state);
@@ -182,29 +189,8 @@ fn replay_gives_up_without_collector_and_resumes() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("collector");
     let state = root.path().join("sensor");
-    run(
-        &collector_bin,
-        &["init", "--data-dir", data.to_str().unwrap()],
-    );
-    let collector = Collector::start(&collector_bin, &data, "127.0.0.1:0");
+    let collector = enrolled(&collector_bin, &data, &state);
     let listen = collector.addr.clone();
-    let token = run(
-        &collector_bin,
-        &["token", "create", "--data-dir", data.to_str().unwrap()],
-    );
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
-    run(
-        Path::new(SENSOR),
-        &[
-            "enroll",
-            "--collector",
-            &format!("https://{listen}"),
-            "--token",
-            &token,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
     collector.kill();
 
     let replay_with_timeout = || {
