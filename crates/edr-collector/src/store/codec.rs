@@ -259,15 +259,24 @@ impl Trainer {
     }
 }
 
-/// Returns `json` if it parses as JSON. Ingest parses every event, so only a row edited by
-/// another program fails; `events --where` would otherwise stop at it in `json_extract`.
+/// Returns `json` as one line if it parses as JSON. Ingest parses every event, so only a row
+/// edited by another program fails; `events --where` would otherwise stop at it in
+/// `json_extract`.
+///
+/// A sensor may send an event spread over several lines, and ingest stores it as sent. JSON
+/// forbids raw line breaks inside strings, so each CR or LF lies between tokens and becomes a
+/// space, and JSON lines output keeps one event per line.
 fn well_formed(json: String) -> Result<String, CodecError> {
-    match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
-        Ok(_) => Ok(json),
-        Err(err) => Err(CodecError::Damaged(format!(
+    if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&json) {
+        return Err(CodecError::Damaged(format!(
             "the stored JSON is not valid: {err}"
-        ))),
+        )));
     }
+    let trimmed = json.trim_ascii();
+    if trimmed.len() == json.len() && !json.contains(['\n', '\r']) {
+        return Ok(json);
+    }
+    Ok(trimmed.replace(['\n', '\r'], " "))
 }
 
 /// Decoder dictionaries by id, loaded from the `dictionaries` table, and one decompression
@@ -728,7 +737,7 @@ mod tests {
                         "{}",
                         event.source
                     );
-                    damaged.push(event.seq);
+                    damaged.push(event.seq.parse::<i64>().unwrap());
                 },
             )
             .unwrap();
@@ -813,6 +822,70 @@ mod tests {
             .collect();
         assert_eq!(read, expected);
         assert_eq!(damaged, [14]);
+    }
+
+    #[test]
+    fn json_spread_over_lines_is_read_as_one_line() {
+        let spread = "  \r\n{\"class_uid\": 1007,\n \"note\": \"a\\nb\"}\n";
+        let json = Dictionaries::default()
+            .json(ValueRef::Text(spread.as_bytes()))
+            .unwrap();
+        assert_eq!(json, r#"{"class_uid": 1007,  "note": "a\nb"}"#);
+        let compact = r#"{"class_uid":1007}"#;
+        assert_eq!(
+            Dictionaries::default()
+                .json(ValueRef::Text(compact.as_bytes()))
+                .unwrap(),
+            compact
+        );
+    }
+
+    #[test]
+    fn wrongly_typed_columns_are_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_damaged_rows(dir.path(), &[]);
+        // Another program wrote text where numbers belong, in a plain column and in the
+        // columns the scan sorts and pages by.
+        store
+            .conn
+            .execute_batch(
+                "UPDATE events SET severity_id = 'bad' WHERE seq = 20;
+                 UPDATE events SET time = 'late' WHERE seq = 30;
+                 UPDATE events SET seq = 'forty' WHERE seq = 40;",
+            )
+            .unwrap();
+        for limit in [None, Some(25), Some(197), Some(500)] {
+            let filter = EventFilter {
+                limit,
+                ..EventFilter::default()
+            };
+            let mut read = Vec::new();
+            let mut damaged = Vec::new();
+            store
+                .for_each_event(
+                    &filter,
+                    |row| {
+                        read.push(row.seq);
+                        Ok(())
+                    },
+                    |event| damaged.push((event.seq, event.source.to_string())),
+                )
+                .unwrap();
+            let readable: Vec<i64> = (1..=200)
+                .filter(|seq| ![20, 30, 40].contains(seq))
+                .collect();
+            let expected = limit.map_or(readable.len(), |limit| readable.len().min(limit as usize));
+            assert_eq!(read, readable[..expected], "limit {limit:?}");
+            if limit.is_none() || limit == Some(500) {
+                let seqs: Vec<&str> = damaged.iter().map(|(seq, _)| seq.as_str()).collect();
+                assert_eq!(seqs, ["20", "forty", "30"], "limit {limit:?}");
+                assert!(
+                    damaged[0].1.contains("severity_id") && damaged[0].1.contains("\"bad\""),
+                    "{}",
+                    damaged[0].1
+                );
+            }
+        }
     }
 
     #[test]

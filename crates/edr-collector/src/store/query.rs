@@ -61,12 +61,14 @@ pub(crate) struct CommandRow {
     pub(crate) received_via: Option<String>,
 }
 
-/// A stored event whose JSON cannot be read, which [`Store::for_each_event`] skipped.
+/// A stored event that cannot be read, which [`Store::for_each_event`] skipped: its JSON is
+/// damaged, or one of its columns holds a value of the wrong type.
 #[derive(Debug, thiserror::Error)]
 #[error("event {sensor_id} seq {seq} cannot be read: {source}")]
 pub(crate) struct DamagedEvent {
     pub(crate) sensor_id: String,
-    pub(crate) seq: i64,
+    /// The seq as stored; a number unless the row was edited by another program.
+    pub(crate) seq: String,
     pub(crate) source: CodecError,
 }
 
@@ -137,44 +139,44 @@ impl Store {
         Ok(scan)
     }
 
-    /// Reads one row of the query built by [`page_sql`]. The JSON is decoded last, so that a
-    /// damaged row still returns its sort key.
+    /// Reads one row of the query built by [`page_sql`]. The sort key is kept as stored, so
+    /// that a row with a value of the wrong type in any column, the key included, is still
+    /// returned as damaged and the scan can continue after it.
     fn read_event(
         &self,
         row: &rusqlite::Row<'_>,
         dictionaries: &Dictionaries,
     ) -> Result<(RowKey, Result<EventRow, DamagedEvent>), StoreError> {
-        let sensor_id: String = row.get(0).map_err(self.sqlite())?;
-        let seq: i64 = row.get(1).map_err(self.sqlite())?;
-        let time_ms: i64 = row.get(2).map_err(self.sqlite())?;
         let key = RowKey {
-            time_ms,
-            sensor_id: sensor_id.clone(),
-            seq,
+            sensor_id: row.get(0).map_err(self.sqlite())?,
+            seq: row.get(1).map_err(self.sqlite())?,
+            time: row.get(2).map_err(self.sqlite())?,
         };
-        let json = match dictionaries.json(row.get_ref(8).map_err(self.sqlite())?) {
-            Ok(json) => json,
-            Err(source) => {
+        let event = (|| {
+            Ok(EventRow {
+                sensor_id: column(row, 0)?,
+                seq: column(row, 1)?,
+                time_ms: column(row, 2)?,
+                class_uid: column(row, 3)?,
+                activity_id: column(row, 4)?,
+                severity_id: column(row, 5)?,
+                process_uid: column(row, 6)?,
+                user_name: column(row, 7)?,
+                json: dictionaries.json(row.get_ref(8)?)?,
+            })
+        })();
+        match event {
+            Ok(event) => Ok((key, Ok(event))),
+            Err(ReadError::Damaged(source)) => {
                 let damaged = DamagedEvent {
-                    sensor_id,
-                    seq,
+                    sensor_id: stored_text(&key.sensor_id),
+                    seq: stored_text(&key.seq),
                     source,
                 };
-                return Ok((key, Err(damaged)));
+                Ok((key, Err(damaged)))
             }
-        };
-        let event = EventRow {
-            sensor_id,
-            seq,
-            time_ms,
-            class_uid: row.get(3).map_err(self.sqlite())?,
-            activity_id: row.get(4).map_err(self.sqlite())?,
-            severity_id: row.get(5).map_err(self.sqlite())?,
-            process_uid: row.get(6).map_err(self.sqlite())?,
-            user_name: row.get(7).map_err(self.sqlite())?,
-            json,
-        };
-        Ok((key, Ok(event)))
+            Err(ReadError::Sqlite(source)) => Err(self.sqlite()(source)),
+        }
     }
 
     /// Returns the telemetry state of `sensor_id`; all zero when it never streamed.
@@ -329,13 +331,64 @@ impl Store {
     }
 }
 
-/// The sort key of `events` rows in [`Store::for_each_event`]. It is unique because
+/// Why a row could not be read in [`Store::read_event`].
+enum ReadError {
+    /// The row is damaged; the scan reports it and goes on.
+    Damaged(CodecError),
+    /// The query itself failed; the scan stops.
+    Sqlite(rusqlite::Error),
+}
+
+impl From<CodecError> for ReadError {
+    fn from(source: CodecError) -> Self {
+        Self::Damaged(source)
+    }
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(source: rusqlite::Error) -> Self {
+        Self::Sqlite(source)
+    }
+}
+
+/// Reads column `index` of an `events` row. A value of the wrong type, which only another
+/// program can store, makes the row damaged.
+fn column<T: rusqlite::types::FromSql>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> Result<T, ReadError> {
+    row.get(index).map_err(|err| match err {
+        rusqlite::Error::InvalidColumnType(_, name, kind) => {
+            ReadError::Damaged(CodecError::Damaged(format!(
+                "its {name} column holds the {kind} value \"{}\"",
+                stored_text(&row.get::<_, Value>(index).unwrap_or(Value::Null))
+            )))
+        }
+        rusqlite::Error::IntegralValueOutOfRange(_, value) => ReadError::Damaged(
+            CodecError::Damaged(format!("its column {index} holds {value}, out of range")),
+        ),
+        other => ReadError::Sqlite(other),
+    })
+}
+
+/// Renders a stored value for a message: text as it is, anything else in short.
+fn stored_text(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".to_string(),
+        Value::Integer(n) => n.to_string(),
+        Value::Real(x) => x.to_string(),
+        Value::Text(text) => text.chars().take(64).collect(),
+        Value::Blob(bytes) => format!("a BLOB of {} bytes", bytes.len()),
+    }
+}
+
+/// The sort key of `events` rows in [`Store::for_each_event`], as stored. It is unique because
 /// `(sensor_id, seq)` is.
 #[derive(Debug)]
 struct RowKey {
-    time_ms: i64,
-    sensor_id: String,
-    seq: i64,
+    sensor_id: Value,
+    seq: Value,
+    time: Value,
 }
 
 /// Builds one pass of [`Store::for_each_event`]: the rows that match `conditions` (from
@@ -354,9 +407,9 @@ fn page_sql(
     );
     let mut values = values.to_vec();
     if let Some(key) = after {
-        values.push(Value::Integer(key.time_ms));
-        values.push(Value::Text(key.sensor_id.clone()));
-        values.push(Value::Integer(key.seq));
+        values.push(key.time.clone());
+        values.push(key.sensor_id.clone());
+        values.push(key.seq.clone());
         let last = values.len();
         sql.push_str(&format!(
             " AND (time, sensor_id, seq) > (?{}, ?{}, ?{last})",
