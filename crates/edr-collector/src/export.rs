@@ -7,6 +7,11 @@
 //! know), the day is the UTC day of the event's `time`. Each run writes one new file per
 //! partition, named after the run's start time, and never overwrites an existing file.
 //!
+//! A file is written under its name plus [`PARTIAL_SUFFIX`] and renamed when it is complete,
+//! after every partition has been written and synced, so that a reader of the tree never
+//! takes an incomplete file for a complete one. An export that fails removes its partial files;
+//! one that is killed leaves them, under the suffix.
+//!
 //! `--format parquet` writes the format Security Lake requires, with zstd compression; see
 //! [`parquet_file`] for the columns. `--format jsonl` writes one OCSF event per line into
 //! the same layout.
@@ -27,6 +32,39 @@ use crate::store::{Store, StoreError};
 mod parquet_file;
 
 use parquet_file::ParquetPartition;
+
+/// Suffix of an export file while it is written.
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// The output file of one partition, written under a temporary name.
+#[derive(Debug)]
+struct Partition {
+    /// Final path of the file, once it is complete.
+    path: PathBuf,
+    /// Path the file is written to until then.
+    partial: PathBuf,
+    file: PartitionFile,
+}
+
+impl Partition {
+    fn create(format: ExportFormat, path: PathBuf) -> anyhow::Result<Self> {
+        if path.exists() {
+            anyhow::bail!(
+                "\"{}\" exists already: export to an empty directory or wait a second",
+                path.display()
+            );
+        }
+        let mut partial = path.clone().into_os_string();
+        partial.push(PARTIAL_SUFFIX);
+        let partial = PathBuf::from(partial);
+        let file = PartitionFile::create(format, &partial)?;
+        Ok(Self {
+            path,
+            partial,
+            file,
+        })
+    }
+}
 
 /// The open output file of one partition.
 #[derive(Debug)]
@@ -100,7 +138,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
         ExportFormat::Parquet => format!("{run_name}.parquet"),
     };
 
-    let mut files: HashMap<PathBuf, PartitionFile> = HashMap::new();
+    let mut files: HashMap<PathBuf, Partition> = HashMap::new();
     let mut count: u64 = 0;
     let mut failure: Option<anyhow::Error> = None;
     let write_event = |event: EventRow| {
@@ -120,10 +158,10 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("failed to create \"{}\"", dir.display()))?;
-                    entry.insert(PartitionFile::create(args.format, &dir.join(&file_name))?)
+                    entry.insert(Partition::create(args.format, dir.join(&file_name))?)
                 }
             };
-            file.push(event, &dir)
+            file.file.push(event, &dir)
         })();
         match written {
             Ok(()) => count += 1,
@@ -131,15 +169,70 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
         }
         Ok::<(), StoreError>(())
     };
-    let scan = store.for_each_event(&filter, write_event, warn_damaged)?;
-    if let Some(err) = failure {
-        return Err(err);
+    let scanned = store.for_each_event(&filter, write_event, warn_damaged);
+    let partitions: Vec<Partition> = files.into_values().collect();
+    let scan = match (scanned, failure) {
+        (Ok(scan), None) => scan,
+        (Err(err), _) => return Err(discard(partitions, err.into())),
+        (Ok(_), Some(err)) => return Err(discard(partitions, err)),
+    };
+    let mut finished = Vec::with_capacity(partitions.len());
+    let mut partitions = partitions.into_iter();
+    while let Some(Partition {
+        path,
+        partial,
+        file,
+    }) = partitions.next()
+    {
+        let dir = path.parent().unwrap_or(&args.output).to_path_buf();
+        let finishing = file.finish(&dir);
+        finished.push((path, partial));
+        if let Err(err) = finishing {
+            let paths = finished.into_iter().map(|(_, partial)| partial);
+            let rest = partitions.map(|partition| partition.partial);
+            return Err(discard_paths(paths.chain(rest).collect(), err));
+        }
     }
-    for (dir, file) in files.drain() {
-        file.finish(&dir)?;
+    for (path, partial) in &finished {
+        std::fs::rename(partial, path).with_context(|| {
+            format!(
+                "failed to rename \"{}\" to \"{}\"",
+                partial.display(),
+                path.display()
+            )
+        })?;
     }
     eprintln!("exported {count} events to {}", args.output.display());
     check_damaged(scan, &args.data_dir, "exported")
+}
+
+/// Closes the files of a failed export, removes them and returns `err`.
+fn discard(partitions: Vec<Partition>, err: anyhow::Error) -> anyhow::Error {
+    let partials = partitions
+        .into_iter()
+        .map(|partition| partition.partial)
+        .collect();
+    discard_paths(partials, err)
+}
+
+/// Removes the partial files of a failed export and returns `err`, naming any file that could
+/// not be removed.
+fn discard_paths(partials: Vec<PathBuf>, err: anyhow::Error) -> anyhow::Error {
+    let left: Vec<String> = partials
+        .iter()
+        .filter(|partial| {
+            std::fs::remove_file(partial).is_err_and(|e| e.kind() != std::io::ErrorKind::NotFound)
+        })
+        .map(|partial| format!("\"{}\"", partial.display()))
+        .collect();
+    if left.is_empty() {
+        err
+    } else {
+        anyhow::anyhow!(
+            "{err:#}; these incomplete files could not be removed, delete them: {}",
+            left.join(", ")
+        )
+    }
 }
 
 /// Returns the custom source name of an OCSF class.

@@ -283,6 +283,50 @@ async fn export_writes_security_lake_layout() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_export_leaves_no_files() {
+    let collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(mixed_batch(1..=10)).await.unwrap(), 10);
+
+    for format in ["jsonl", "parquet"] {
+        // Seq 1 opens the DNS partition; seq 2 then fails, because a plain file takes the path
+        // of the process partition's directory.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(out.path().join("ext")).unwrap();
+        let blocker = out.path().join("ext/edr-process-activity");
+        std::fs::write(&blocker, "not a directory").unwrap();
+        let result = collector.cli(&[
+            "export",
+            "--format",
+            format,
+            "--output",
+            out.path().to_str().unwrap(),
+        ]);
+        assert!(!result.status.success(), "{result:?}");
+        assert!(
+            stderr(&result).contains("edr-process-activity"),
+            "{}",
+            stderr(&result)
+        );
+
+        let mut left = Vec::new();
+        let mut dirs = vec![out.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path != blocker {
+                    left.push(path);
+                }
+            }
+        }
+        assert!(left.is_empty(), "{format}: files left behind: {left:?}");
+    }
+}
+
 /// One row of an exported Parquet file, read back with the parquet crate's record reader.
 #[derive(Debug, PartialEq)]
 struct ParquetRow {
