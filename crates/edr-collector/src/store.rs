@@ -207,7 +207,7 @@ pub(crate) enum StoreError {
         source: codec::CodecError,
     },
     /// Another process holds the serve lock of the data directory (see [`lock`]).
-    #[error("another Collector ({}) is already serving the data directory \"{}\": stop that process first, or give this one a different --data-dir", describe_pid(*.pid), data_dir.display())]
+    #[error("the data directory \"{}\" is locked by another process ({}): stop the Collector serving it first, or give this one a different --data-dir", data_dir.display(), describe_pid(*.pid))]
     Locked { data_dir: PathBuf, pid: Option<u32> },
     /// The serve lock file could not be opened, locked or written.
     #[error("failed to {action} the lock file \"{}\": {source}", path.display())]
@@ -227,8 +227,8 @@ pub(crate) enum StoreError {
 /// Names the process that holds the serve lock, for [`StoreError::Locked`].
 fn describe_pid(pid: Option<u32>) -> String {
     match pid {
-        Some(pid) => format!("PID {pid}"),
-        None => "PID unknown".to_string(),
+        Some(pid) => format!("PID {pid} by its lock file, the last serve to take the lock"),
+        None => "its lock file names no PID yet".to_string(),
     }
 }
 

@@ -248,7 +248,10 @@ async fn second_serve_on_one_data_dir_exits() {
     let rejected = second_serve(&collector);
     let message = String::from_utf8_lossy(&rejected.stderr);
     assert!(!rejected.status.success(), "{message}");
-    assert!(message.contains("already serving"), "{message}");
+    assert!(
+        message.contains("is locked by another process"),
+        "{message}"
+    );
     assert!(
         message.contains(&format!("PID {}", collector.child.id())),
         "{message}"

@@ -55,6 +55,8 @@ impl ServeLock {
             }
         };
 
+        // A symbolic link would make the truncation below empty another file.
+        reject_symlink(&path).map_err(failed("open"))?;
         // Not truncated on open: until this process has the lock, the file contains the PID
         // of the holder.
         let mut file = OpenOptions::new()
@@ -75,9 +77,47 @@ impl ServeLock {
             Err(TryLockError::Error(source)) => return Err(failed("lock")(source)),
         }
 
+        // The link check above and the open are two steps; this check, made while the lock
+        // is held, closes the gap between them.
+        let opened = file.metadata().map_err(failed("open"))?;
+        if !same_file(
+            &opened,
+            &std::fs::symlink_metadata(&path).map_err(failed("open"))?,
+        ) {
+            return Err(failed("open")(std::io::Error::other(
+                "it was replaced while it was opened; start serve again",
+            )));
+        }
         file.set_len(0).map_err(failed("write"))?;
         writeln!(file, "{}", std::process::id()).map_err(failed("write"))?;
         Ok(Self { _file: file })
+    }
+}
+
+/// Fails when `path` is a symbolic link.
+fn reject_symlink(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(std::io::Error::other(
+            "it is a symbolic link, which serve does not follow; delete the link",
+        )),
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Returns whether `opened` (of an open file) and `at_path` (of the path, not followed) describe the
+/// same file. Only Unix exposes the inode; elsewhere a link at the path is the only check.
+fn same_file(opened: &std::fs::Metadata, at_path: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        opened.dev() == at_path.dev() && opened.ino() == at_path.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = opened;
+        !at_path.file_type().is_symlink()
     }
 }
 
@@ -122,6 +162,27 @@ mod tests {
 
         drop(first);
         assert!(ServeLock::acquire(dir.path()).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn lock_file_that_is_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(super::super::Store::create(dir.path()).unwrap());
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+
+        let err = ServeLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+        // A link to a file that does not exist creates nothing either.
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let missing = dir.path().join("missing.txt");
+        std::os::unix::fs::symlink(&missing, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(ServeLock::acquire(dir.path()).is_err());
+        assert!(!missing.exists());
     }
 
     #[test]
