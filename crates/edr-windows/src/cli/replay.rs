@@ -450,7 +450,7 @@ fn print_summary(sensor_id: &str, counts: &Counts, lost: u64, inputs: &Inputs) {
     )];
     if counts.resumed_after > 0 {
         lines.push(format!(
-            "resumed an interrupted replay after {} events sent by an earlier run",
+            "resumed an interrupted replay after {} events appended by an earlier run; the Collector has acknowledged those too",
             counts.resumed_after
         ));
     }
