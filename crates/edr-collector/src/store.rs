@@ -416,16 +416,44 @@ impl Store {
                 ],
             )
             .map_err(self.sqlite())?;
-        let stored: Option<Vec<u8>> = self
+        let stored: Option<rusqlite::types::Value> = self
             .conn
             .query_row(
-                "SELECT dict FROM dictionaries WHERE id = ?1 AND typeof(dict) = 'blob'",
+                "SELECT dict FROM dictionaries WHERE id = ?1",
                 params![dictionary.id()],
                 |row| row.get(0),
             )
             .optional()
             .map_err(self.sqlite())?;
-        if stored.as_deref() != Some(bytes) {
+        let usable = |value: &rusqlite::types::Value| match value {
+            rusqlite::types::Value::Blob(stored) => {
+                codec::Dictionary::new(stored).is_ok_and(|d| d.id() == dictionary.id())
+            }
+            _ => false,
+        };
+        if let Some(damaged) = stored.as_ref().filter(|stored| !usable(stored)) {
+            // The events compressed with the damaged row cannot be read anyway. If this
+            // dictionary came from the same events, it reads them again; if not, their
+            // checksums show it and they stay reported as damaged.
+            tracing::warn!(
+                dictionary_id = dictionary.id(),
+                stored = %damaged.data_type(),
+                "replacing a damaged dictionary row with a newly trained dictionary of the same id"
+            );
+            self.conn
+                .execute(
+                    "UPDATE dictionaries SET created_at = ?2, samples = ?3, dict = ?4 WHERE id = ?1",
+                    params![
+                        dictionary.id(),
+                        now.unix_timestamp(),
+                        i64::try_from(samples).unwrap_or(i64::MAX),
+                        bytes
+                    ],
+                )
+                .map_err(self.sqlite())?;
+            return Ok(dictionary);
+        }
+        if !matches!(&stored, Some(rusqlite::types::Value::Blob(stored)) if stored == bytes) {
             return Err(StoreError::Codec {
                 path: self.path.clone(),
                 source: codec::CodecError::InvalidDictionary(format!(

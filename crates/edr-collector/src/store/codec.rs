@@ -685,6 +685,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn retrained_dictionary_replaces_its_damaged_row() {
+        let (bytes, samples) = trained();
+        let id = dictionary_id(&bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let frame = compressed_event(store.insert_dictionary(&bytes, samples, now).unwrap());
+        for damage in [
+            rusqlite::types::Value::Blob(vec![0x37, 0xa4, 0x30, 0xec, 1, 2, 3, 4]),
+            rusqlite::types::Value::Text("text".into()),
+        ] {
+            store
+                .conn
+                .execute(
+                    "UPDATE dictionaries SET dict = ?2 WHERE id = ?1",
+                    rusqlite::params![id, damage],
+                )
+                .unwrap();
+            assert!(
+                Dictionaries::load(&store.conn)
+                    .unwrap()
+                    .json(ValueRef::Blob(&frame))
+                    .is_err()
+            );
+
+            // Training again on the same events gives the same dictionary, which takes the
+            // damaged row's place and reads the old events again.
+            assert_eq!(
+                store.insert_dictionary(&bytes, samples, now).unwrap().id(),
+                id
+            );
+            assert_eq!(
+                Dictionaries::load(&store.conn)
+                    .unwrap()
+                    .json(ValueRef::Blob(&frame))
+                    .unwrap(),
+                event_json(1)
+            );
+        }
+    }
+
     /// Stores events 1..=200 of `sensor-a` compressed with a trained dictionary, then damages
     /// the frames of `damaged` by flipping a byte in the middle of each, as a bad sector would.
     fn store_with_damaged_rows(dir: &std::path::Path, damaged: &[i64]) -> Store {
