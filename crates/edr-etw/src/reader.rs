@@ -274,6 +274,9 @@ impl<R: Read> EtlReader<R> {
         let rest = first_header.buffer_size as usize - BUFFER_HEADER_SIZE;
         let got = read_up_to(&mut source, &mut raw, rest, BUFFER_HEADER_SIZE as u64)?;
         if got < rest {
+            // Whatever part of the first event is there must start like the log file header
+            // event, so that a file of zeros after a plausible size is not taken for a trace.
+            check_header_event_start(&raw[BUFFER_HEADER_SIZE..])?;
             return Err(EtlError::FirstBufferCut {
                 len: (BUFFER_HEADER_SIZE + got) as u64,
                 buffer_size: first_header.buffer_size,
@@ -563,6 +566,28 @@ fn read_up_to(
 }
 
 /// Finds the `EventTrace/Header` event at the start of the first buffer.
+/// Checks the bytes present of a first event whose buffer is cut: its header type (byte 2)
+/// must name a system header, and its hook id (bytes 6 and 7) must be 0, as
+/// [`parse_logfile_header_event`] requires of a whole one.
+fn check_header_event_start(event: &[u8]) -> Result<(), EtlError> {
+    let missing = |reason: String| EtlError::MissingLogfileHeader { reason };
+    if let Some(&header_type) = event.get(2)
+        && header_type != 1
+        && header_type != 2
+    {
+        return Err(missing(format!(
+            "header type {header_type} instead of a system header"
+        )));
+    }
+    if let Some(hook) = event.get(6..8) {
+        let hook_id = u16::from_le_bytes([hook[0], hook[1]]);
+        if hook_id != 0 {
+            return Err(missing(format!("hook id {hook_id:#06x} instead of 0x0000")));
+        }
+    }
+    Ok(())
+}
+
 fn parse_logfile_header_event(data: &[u8]) -> Result<(LogfileHeader, i64), EtlError> {
     let missing = |reason: &str| EtlError::MissingLogfileHeader {
         reason: reason.to_owned(),

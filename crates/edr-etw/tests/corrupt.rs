@@ -316,16 +316,36 @@ fn non_etl_input_is_rejected() {
         EtlReader::new(Cursor::new(vec![0u8; 10])),
         Err(EtlError::TooShort { len: 10 })
     ));
-    let mut cut = buffer(&[manifest_event(1, 1, 0, b"")]);
-    let full = cut.len();
-    cut.truncate(100);
-    match EtlReader::new(Cursor::new(cut)) {
-        Err(EtlError::FirstBufferCut { len, buffer_size }) => {
-            assert_eq!(len, 100);
-            assert_eq!(buffer_size as usize, full);
+    // A trace cut inside its first buffer, at the header, inside the header event and after.
+    let whole = buffer(&[logfile_header_event(), manifest_event(1, 1, 0, b"")]);
+    for at in [72, 73, 75, 80, 100, whole.len() - 1] {
+        let mut cut = whole.clone();
+        cut.truncate(at);
+        match EtlReader::new(Cursor::new(cut)) {
+            Err(EtlError::FirstBufferCut { len, buffer_size }) => {
+                assert_eq!(len as usize, at);
+                assert_eq!(buffer_size as usize, whole.len());
+            }
+            other => panic!(
+                "cut at {at}: expected FirstBufferCut, got {:?}",
+                other.err()
+            ),
         }
-        other => panic!("expected FirstBufferCut, got {:?}", other.err()),
     }
+    // A plausible buffer size followed by zeros, or by an event other than the header event,
+    // is not a cut trace.
+    let mut zeros = buffer_header(4096, 0, 0);
+    zeros.resize(100, 0);
+    assert!(matches!(
+        EtlReader::new(Cursor::new(zeros)),
+        Err(EtlError::MissingLogfileHeader { .. })
+    ));
+    let mut other_first = buffer(&[manifest_event(1, 1, 0, b"")]);
+    other_first.truncate(100);
+    assert!(matches!(
+        EtlReader::new(Cursor::new(other_first)),
+        Err(EtlError::MissingLogfileHeader { .. })
+    ));
     let not_header = buffer(&[manifest_event(1, 1, 0, b"")]);
     assert!(matches!(
         EtlReader::new(Cursor::new(not_header)),

@@ -205,7 +205,19 @@ fn convert_reports_etl_cut_in_first_buffer() {
     let message = String::from_utf8_lossy(&result.stderr);
     assert!(!result.status.success(), "{message}");
     assert!(message.contains("cut short"), "{message}");
-    assert!(!message.contains("neither EVTX nor ETL"), "{message}");
+    assert!(!message.contains("neither an EVTX nor an ETL"), "{message}");
+
+    // Under the 72-byte buffer header the file could be anything; the message says why.
+    let tiny = folder.path().join("tiny.etl");
+    std::fs::write(&tiny, &bytes[..40]).unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_edr-windows"))
+        .arg("convert")
+        .arg(&tiny)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{message}");
+    assert!(message.contains("only 40 bytes"), "{message}");
 }
 
 /// Files under `dir`, recursively, sorted; empty when `dir` does not exist.

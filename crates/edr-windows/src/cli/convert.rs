@@ -207,9 +207,18 @@ pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
         ));
     }
     if !path.is_dir() && matches!(pipeline::detect_format(path), Ok(None)) {
+        // Below the 72-byte ETL buffer header nothing tells a cut trace from another file.
+        let len = path.metadata().map_or(u64::MAX, |meta| meta.len());
+        let message = if len < 72 {
+            format!(
+                "neither an EVTX nor an ETL file: it holds only {len} bytes, fewer than either format's header; if it is a copy of a trace still being written, copy it again once the trace has stopped"
+            )
+        } else {
+            "neither an EVTX nor an ETL file (its first bytes match neither format): name EVTX or ETL files, or a folder that holds them".to_string()
+        };
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "neither an EVTX nor an ETL file (its first bytes match neither format): name EVTX or ETL files, or a folder that holds them",
+            message,
         ));
     }
     collect_entry(path, inputs)
