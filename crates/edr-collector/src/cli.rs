@@ -38,7 +38,7 @@ pub(crate) enum Command {
     /// Query stored OCSF events.
     ///
     /// A stored event that cannot be read (a damaged row) is skipped with a warning on standard
-    /// error. The other events are printed, and the command then exits with status 1.
+    /// error. The other events are printed, and the command then exits with status 3.
     Events(EventsArgs),
     /// Queue a command for a sensor.
     #[command(name = "command")]
@@ -54,7 +54,7 @@ pub(crate) enum Command {
     /// Write stored OCSF events to files.
     ///
     /// A stored event that cannot be read (a damaged row) is skipped with a warning on standard
-    /// error. The other events are written, and the command then exits with status 1.
+    /// error. The other events are written, and the command then exits with status 3.
     Export(ExportArgs),
     /// Serve enrollment, telemetry and command RPCs over TLS.
     ///

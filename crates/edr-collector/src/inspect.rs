@@ -217,19 +217,37 @@ pub(crate) fn warn_damaged(damaged: DamagedEvent) {
     eprintln!("warning: skipped event {sensor_id} seq {seq}: {source}");
 }
 
-/// Returns the error that ends `events` or `export` when `scan` skipped damaged rows, so that
-/// the command exits with a failure status after it has written every readable event.
-/// `written` is the verb for what happened to those events, such as "printed" or "exported".
+/// The error that ends `events` or `export` after they wrote every readable event but skipped
+/// damaged rows. The Collector exits with [`DamagedRowsSkipped::EXIT_STATUS`] for it, so that a
+/// script can tell it from a failed command.
+#[derive(Debug, thiserror::Error)]
+#[error("skipped {damaged} stored events that cannot be read (see the warnings above) and {written} the other {read}: restore \"{}\" from a backup to recover them", database.display())]
+pub struct DamagedRowsSkipped {
+    damaged: u64,
+    read: u64,
+    written: String,
+    database: std::path::PathBuf,
+}
+
+impl DamagedRowsSkipped {
+    /// Exit status of a command that ends with this error; other errors exit with 1.
+    pub const EXIT_STATUS: u8 = 3;
+}
+
+/// Returns the error that ends `events` or `export` when `scan` skipped damaged rows.
+/// `written` is the verb for what happened to the other events, such as "printed" or
+/// "exported".
 pub(crate) fn check_damaged(scan: EventScan, data_dir: &Path, written: &str) -> anyhow::Result<()> {
     if scan.damaged == 0 {
         return Ok(());
     }
-    anyhow::bail!(
-        "skipped {} stored events that cannot be read (see the warnings above) and {written} the other {}: restore \"{}\" from a backup to recover them",
-        scan.damaged,
-        scan.read,
-        data_dir.join(DB_FILE).display()
-    )
+    Err(DamagedRowsSkipped {
+        damaged: scan.damaged,
+        read: scan.read,
+        written: written.to_string(),
+        database: data_dir.join(DB_FILE),
+    }
+    .into())
 }
 
 /// Formats Unix milliseconds as an RFC 3339 time with milliseconds.

@@ -16,6 +16,8 @@ mod store;
 #[doc(hidden)]
 pub mod bench;
 
+pub use inspect::DamagedRowsSkipped;
+
 use clap::Parser;
 
 /// Parses the command line, sets up logging to stderr and runs the chosen command.

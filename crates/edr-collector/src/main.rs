@@ -1,6 +1,21 @@
 //! The Collector: enrols sensors, stores their telemetry and sends them commands.
 #![forbid(unsafe_code)]
 
-fn main() -> anyhow::Result<()> {
-    edr_collector::run()
+use std::process::ExitCode;
+
+use edr_collector::DamagedRowsSkipped;
+
+fn main() -> ExitCode {
+    match edr_collector::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The same form as returning the error from main.
+            eprintln!("Error: {err:?}");
+            if err.downcast_ref::<DamagedRowsSkipped>().is_some() {
+                ExitCode::from(DamagedRowsSkipped::EXIT_STATUS)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }

@@ -622,7 +622,7 @@ async fn events_skips_damaged_rows() {
 
     let out = collector.cli(&["events", "--format", "jsonl", "--limit", "100000"]);
     let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
     let printed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(seqs_of(&printed), readable);
     assert_damage_reported(&err, &sensor_id, &damaged, "printed the other 4097");
@@ -639,7 +639,7 @@ async fn events_skips_damaged_rows() {
         "12",
     ]);
     let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
     let printed = String::from_utf8(out.stdout).unwrap();
     let expected: Vec<i64> = (5001..=5009).chain(5012..=5014).collect();
     assert_eq!(seqs_of(&printed), expected);
@@ -648,7 +648,7 @@ async fn events_skips_damaged_rows() {
     // A --where condition cannot be checked on a damaged row, so the row is reported.
     let out = collector.cli(&["events", "--format", "jsonl", "--where", "process.pid=5010"]);
     let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "");
     assert_damage_reported(&err, &sensor_id, &damaged, "printed the other 0");
 
@@ -681,7 +681,7 @@ async fn export_skips_damaged_rows() {
         out_dir.path().to_str().unwrap(),
     ]);
     let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
+    assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("exported 4097 events"), "{err}");
     assert_damage_reported(&err, &sensor_id, &damaged, "exported the other 4097");
 
