@@ -9,8 +9,8 @@
 //!
 //! A file is written under its name plus [`PARTIAL_SUFFIX`] and renamed when it is complete,
 //! after every partition has been written and synced, so that a reader of the tree never
-//! takes an incomplete file for a complete one. An export that fails removes its partial files;
-//! one that is killed leaves them, under the suffix.
+//! takes an incomplete file for a complete one. An export that fails removes the files it wrote;
+//! one that is killed leaves the files it had not renamed under the suffix.
 //!
 //! `--format parquet` writes the format Security Lake requires, with zstd compression; see
 //! [`parquet_file`] for the columns. `--format jsonl` writes one OCSF event per line into
@@ -79,11 +79,14 @@ impl PartitionFile {
             .write(true)
             .create_new(true)
             .open(path)
-            .with_context(|| {
-                format!(
-                    "failed to create \"{}\": export to an empty directory or wait a second",
-                    path.display()
-                )
+            .map_err(|err| {
+                let hint = if err.kind() == std::io::ErrorKind::AlreadyExists {
+                    ": export to an empty directory or wait a second"
+                } else {
+                    ""
+                };
+                anyhow::Error::new(err)
+                    .context(format!("failed to create \"{}\"{hint}", path.display()))
             })?;
         Ok(match format {
             ExportFormat::Jsonl => Self::Jsonl(BufWriter::new(file)),
@@ -128,6 +131,8 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let started = OffsetDateTime::now_utc();
     let filter = time_filter(&args.range, started)?;
     let store = Store::open(&args.data_dir)?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("failed to create \"{}\"", args.output.display()))?;
     let run_name = started
         .format(time::macros::format_description!(
             "edr-[year][month][day]T[hour][minute][second]Z"
@@ -193,14 +198,23 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
             return Err(discard_paths(paths.chain(rest).collect(), err));
         }
     }
-    for (path, partial) in &finished {
-        std::fs::rename(partial, path).with_context(|| {
-            format!(
+    for (index, (path, partial)) in finished.iter().enumerate() {
+        if let Err(err) = std::fs::rename(partial, path) {
+            let err = anyhow::Error::new(err).context(format!(
                 "failed to rename \"{}\" to \"{}\"",
                 partial.display(),
                 path.display()
-            )
-        })?;
+            ));
+            // Files renamed already go too: a rerun exports every event again.
+            let (renamed, rest) = finished.split_at(index);
+            let files = renamed
+                .iter()
+                .map(|(path, _)| path)
+                .chain(rest.iter().map(|(_, partial)| partial))
+                .cloned()
+                .collect();
+            return Err(discard_paths(files, err));
+        }
     }
     eprintln!("exported {count} events to {}", args.output.display());
     check_damaged(scan, &args.data_dir, "exported")
@@ -215,8 +229,8 @@ fn discard(partitions: Vec<Partition>, err: anyhow::Error) -> anyhow::Error {
     discard_paths(partials, err)
 }
 
-/// Removes the partial files of a failed export and returns `err`, naming any file that could
-/// not be removed.
+/// Removes the files of a failed export and returns `err`, naming any file that could not be
+/// removed.
 fn discard_paths(partials: Vec<PathBuf>, err: anyhow::Error) -> anyhow::Error {
     let left: Vec<String> = partials
         .iter()

@@ -47,7 +47,9 @@ pub(crate) enum BatchError {
 /// Fields of an OCSF event that the store keeps in indexed columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IndexedFields {
-    /// Event time in Unix milliseconds; `None` when the event has no `time`.
+    /// Event time in Unix milliseconds; `None` when the event has no `time`, or one that no
+    /// date can show (see [`is_datable`]). The store then indexes the time it received the
+    /// event; the JSON keeps the value the sensor sent.
     pub(crate) time: Option<i64>,
     pub(crate) class_uid: i64,
     pub(crate) activity_id: Option<i64>,
@@ -228,7 +230,7 @@ pub(crate) fn parse_event(bytes: &[u8]) -> Result<IndexedFields, String> {
         None => (None, None),
     };
     let fields = IndexedFields {
-        time,
+        time: time.filter(|&ms| is_datable(ms)),
         class_uid,
         activity_id,
         severity_id,
@@ -240,6 +242,12 @@ pub(crate) fn parse_event(bytes: &[u8]) -> Result<IndexedFields, String> {
             .or_else(|| user.and_then(|u| u.name)),
     };
     Ok(fields)
+}
+
+/// Returns whether Unix milliseconds `ms` fall in the years -9999 to 9999, which printed
+/// dates and the export's `eventDay` partitions can show.
+pub(crate) fn is_datable(ms: i64) -> bool {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).is_ok()
 }
 
 #[cfg(test)]
@@ -276,6 +284,14 @@ mod tests {
         };
         assert_eq!(fields.class_uid, 1007);
         assert_eq!(fields.time, Some(1_700_000_000_000));
+        for undatable in [i64::MAX, i64::MIN, 253_402_300_800_000] {
+            let json = OK.replace("1700000000000", &undatable.to_string());
+            assert_eq!(
+                parse_event(json.as_bytes()).unwrap().time,
+                None,
+                "{undatable}"
+            );
+        }
         assert_eq!(fields.process_uid.as_deref(), Some("p-1"));
         assert_eq!(fields.user_name.as_deref(), Some("alice"));
     }

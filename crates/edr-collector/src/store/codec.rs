@@ -893,7 +893,8 @@ mod tests {
             .execute_batch(
                 "UPDATE events SET severity_id = 'bad' WHERE seq = 20;
                  UPDATE events SET time = 'late' WHERE seq = 30;
-                 UPDATE events SET seq = 'forty' WHERE seq = 40;",
+                 UPDATE events SET seq = 'forty' WHERE seq = 40;
+                 UPDATE events SET time = 9223372036854775807 WHERE seq = 50;",
             )
             .unwrap();
         for limit in [None, Some(25), Some(197), Some(500)] {
@@ -914,13 +915,13 @@ mod tests {
                 )
                 .unwrap();
             let readable: Vec<i64> = (1..=200)
-                .filter(|seq| ![20, 30, 40].contains(seq))
+                .filter(|seq| ![20, 30, 40, 50].contains(seq))
                 .collect();
             let expected = limit.map_or(readable.len(), |limit| readable.len().min(limit as usize));
             assert_eq!(read, readable[..expected], "limit {limit:?}");
             if limit.is_none() || limit == Some(500) {
                 let seqs: Vec<&str> = damaged.iter().map(|(seq, _)| seq.as_str()).collect();
-                assert_eq!(seqs, ["20", "forty", "30"], "limit {limit:?}");
+                assert_eq!(seqs, ["20", "forty", "50", "30"], "limit {limit:?}");
                 assert!(
                     damaged[0].1.contains("severity_id") && damaged[0].1.contains("\"bad\""),
                     "{}",

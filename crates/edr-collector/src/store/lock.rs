@@ -57,15 +57,7 @@ impl ServeLock {
 
         // A symbolic link would make the truncation below empty another file.
         reject_symlink(&path).map_err(failed("open"))?;
-        // Not truncated on open: until this process has the lock, the file contains the PID
-        // of the holder.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(failed("open"))?;
+        let mut file = open_or_create(&path).map_err(failed("open"))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -91,6 +83,29 @@ impl ServeLock {
         file.set_len(0).map_err(failed("write"))?;
         writeln!(file, "{}", std::process::id()).map_err(failed("write"))?;
         Ok(Self { _file: file })
+    }
+}
+
+/// Opens the lock file, or creates it when it does not exist. Not truncated on open: until
+/// this process has the lock, the file contains the PID of the holder. The file is created
+/// only with `create_new`, which fails on a symbolic link instead of following it, so a link
+/// put in its place never makes `serve` create the file the link points to.
+fn open_or_create(path: &Path) -> std::io::Result<File> {
+    let existing = || OpenOptions::new().read(true).write(true).open(path);
+    match existing() {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                // Another process created it meanwhile.
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => existing(),
+                created => created,
+            }
+        }
+        opened => opened,
     }
 }
 

@@ -156,7 +156,7 @@ impl Store {
             Ok(EventRow {
                 sensor_id: column(row, 0)?,
                 seq: column(row, 1)?,
-                time_ms: column(row, 2)?,
+                time_ms: datable(column(row, 2)?)?,
                 class_uid: column(row, 3)?,
                 activity_id: column(row, 4)?,
                 severity_id: column(row, 5)?,
@@ -369,6 +369,18 @@ fn column<T: rusqlite::types::FromSql>(
         ),
         other => ReadError::Sqlite(other),
     })
+}
+
+/// Returns `ms` if a date can show it. Ingest indexes only such times, so another program
+/// stored any other.
+fn datable(ms: i64) -> Result<i64, ReadError> {
+    if crate::ingest::is_datable(ms) {
+        Ok(ms)
+    } else {
+        Err(ReadError::Damaged(CodecError::Damaged(format!(
+            "its time column holds {ms}, which is not a time between the years -9999 and 9999"
+        ))))
+    }
 }
 
 /// Renders a stored value for a message: text as it is, anything else in short.
