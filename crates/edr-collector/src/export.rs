@@ -94,25 +94,26 @@ impl PartitionFile {
         })
     }
 
-    fn push(&mut self, event: EventRow, dir: &std::path::Path) -> anyhow::Result<()> {
+    /// Appends one event; `path` names the file in messages.
+    fn push(&mut self, event: EventRow, path: &std::path::Path) -> anyhow::Result<()> {
         match self {
             Self::Jsonl(writer) => writeln!(writer, "{}", event.json)
-                .with_context(|| format!("failed to write into \"{}\"", dir.display())),
+                .with_context(|| format!("failed to write into \"{}\"", path.display())),
             Self::Parquet(partition) => partition.push(event),
         }
     }
 
-    /// Writes what is buffered and syncs the file to disk.
-    fn finish(self, dir: &std::path::Path) -> anyhow::Result<()> {
+    /// Writes what is buffered and syncs the file to disk; `path` names it in messages.
+    fn finish(self, path: &std::path::Path) -> anyhow::Result<()> {
         match self {
             Self::Jsonl(mut writer) => {
                 writer
                     .flush()
-                    .with_context(|| format!("failed to write into \"{}\"", dir.display()))?;
+                    .with_context(|| format!("failed to write into \"{}\"", path.display()))?;
                 writer
                     .get_ref()
                     .sync_all()
-                    .with_context(|| format!("failed to sync \"{}\"", dir.display()))
+                    .with_context(|| format!("failed to sync \"{}\"", path.display()))
             }
             Self::Parquet(partition) => partition.finish(),
         }
@@ -166,7 +167,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
                     entry.insert(Partition::create(args.format, dir.join(&file_name))?)
                 }
             };
-            file.file.push(event, &dir)
+            file.file.push(event, &file.partial)
         })();
         match written {
             Ok(()) => count += 1,
@@ -189,8 +190,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
         file,
     }) = partitions.next()
     {
-        let dir = path.parent().unwrap_or(&args.output).to_path_buf();
-        let finishing = file.finish(&dir);
+        let finishing = file.finish(&partial);
         finished.push((path, partial));
         if let Err(err) = finishing {
             let paths = finished.into_iter().map(|(_, partial)| partial);
