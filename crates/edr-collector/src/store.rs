@@ -403,19 +403,7 @@ impl Store {
             source,
         })?;
         // zstd derives a trained dictionary's id from its content, so training again on the
-        // same events gives the same id; that row is then reused.
-        self.conn
-            .execute(
-                "INSERT INTO dictionaries (id, created_at, samples, dict) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO NOTHING",
-                params![
-                    dictionary.id(),
-                    now.unix_timestamp(),
-                    i64::try_from(samples).unwrap_or(i64::MAX),
-                    bytes
-                ],
-            )
-            .map_err(self.sqlite())?;
+        // same events gives the same id, and the stored row is then reused.
         let stored: Option<rusqlite::types::Value> = self
             .conn
             .query_row(
@@ -425,35 +413,16 @@ impl Store {
             )
             .optional()
             .map_err(self.sqlite())?;
-        let usable = |value: &rusqlite::types::Value| match value {
-            rusqlite::types::Value::Blob(stored) => {
-                codec::Dictionary::new(stored).is_ok_and(|d| d.id() == dictionary.id())
+        let damaged = match &stored {
+            Some(rusqlite::types::Value::Blob(stored)) => {
+                !codec::Dictionary::new(stored).is_ok_and(|d| d.id() == dictionary.id())
             }
-            _ => false,
+            Some(_) => true,
+            None => false,
         };
-        if let Some(damaged) = stored.as_ref().filter(|stored| !usable(stored)) {
-            // The events compressed with the damaged row cannot be read anyway. If this
-            // dictionary came from the same events, it reads them again; if not, their
-            // checksums show it and they stay reported as damaged.
-            tracing::warn!(
-                dictionary_id = dictionary.id(),
-                stored = %damaged.data_type(),
-                "replacing a damaged dictionary row with a newly trained dictionary of the same id"
-            );
-            self.conn
-                .execute(
-                    "UPDATE dictionaries SET created_at = ?2, samples = ?3, dict = ?4 WHERE id = ?1",
-                    params![
-                        dictionary.id(),
-                        now.unix_timestamp(),
-                        i64::try_from(samples).unwrap_or(i64::MAX),
-                        bytes
-                    ],
-                )
-                .map_err(self.sqlite())?;
-            return Ok(dictionary);
-        }
-        if !matches!(&stored, Some(rusqlite::types::Value::Blob(stored)) if stored == bytes) {
+        if let (Some(stored), false) = (&stored, damaged)
+            && !matches!(stored, rusqlite::types::Value::Blob(blob) if blob == bytes)
+        {
             return Err(StoreError::Codec {
                 path: self.path.clone(),
                 source: codec::CodecError::InvalidDictionary(format!(
@@ -462,6 +431,30 @@ impl Store {
                 )),
             });
         }
+        if damaged {
+            // The events compressed with the damaged row cannot be read anyway. If this
+            // dictionary came from the same events, it reads them again. If not, their
+            // checksums show it, and they stay reported as damaged.
+            tracing::warn!(
+                dictionary_id = dictionary.id(),
+                "replacing a damaged dictionary row with a newly trained dictionary of the same id"
+            );
+        }
+        self.conn
+            .execute(
+                "INSERT INTO dictionaries (id, created_at, samples, dict) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at,
+                     samples = excluded.samples, dict = excluded.dict
+                 WHERE ?5",
+                params![
+                    dictionary.id(),
+                    now.unix_timestamp(),
+                    i64::try_from(samples).unwrap_or(i64::MAX),
+                    bytes,
+                    damaged
+                ],
+            )
+            .map_err(self.sqlite())?;
         Ok(dictionary)
     }
 

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -54,6 +54,20 @@ fn stored_count(database: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Returns the folder of recorded EVTX files, or `None` after printing why the test is
+/// skipped.
+fn recorded_evtx() -> Option<PathBuf> {
+    let evtx = data_dir().join("evtx");
+    if evtx.is_dir() {
+        return Some(evtx);
+    }
+    eprintln!(
+        "skipped: no recorded EVTX files in {}; set EDR_DATA_DIR to the folder holding evtx/",
+        evtx.display()
+    );
+    None
+}
+
 /// Initialises a Collector in `data`, starts it on a free loopback port and enrolls a sensor
 /// whose state goes to `state`.
 fn enrolled(collector_bin: &Path, data: &Path, state: &Path) -> Collector {
@@ -84,14 +98,9 @@ fn enrolled(collector_bin: &Path, data: &Path, state: &Path) -> Collector {
 
 #[test]
 fn kills_lose_and_duplicate_nothing() {
-    let evtx = data_dir().join("evtx");
-    if !evtx.is_dir() {
-        eprintln!(
-            "skipped: no recorded EVTX files in {}; set EDR_DATA_DIR to the folder holding evtx/",
-            evtx.display()
-        );
+    let Some(evtx) = recorded_evtx() else {
         return;
-    }
+    };
     let collector_bin = collector_binary();
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("collector");
@@ -177,14 +186,9 @@ fn kills_lose_and_duplicate_nothing() {
 
 #[test]
 fn replay_gives_up_without_collector_and_resumes() {
-    let evtx = data_dir().join("evtx");
-    if !evtx.is_dir() {
-        eprintln!(
-            "skipped: no recorded EVTX files in {}; set EDR_DATA_DIR to the folder holding evtx/",
-            evtx.display()
-        );
+    let Some(evtx) = recorded_evtx() else {
         return;
-    }
+    };
     let collector_bin = collector_binary();
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("collector");
