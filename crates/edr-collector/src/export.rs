@@ -50,7 +50,7 @@ impl Partition {
     fn create(format: ExportFormat, path: PathBuf) -> anyhow::Result<Self> {
         if path.exists() {
             anyhow::bail!(
-                "\"{}\" exists already: export to an empty directory or wait a second",
+                "\"{}\" already exists: export to an empty directory or wait a second",
                 path.display()
             );
         }
@@ -205,7 +205,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 partial.display(),
                 path.display()
             ));
-            // Files renamed already go too: a rerun exports every event again.
+            // Files already renamed are removed too, because a rerun exports every event again.
             let (renamed, rest) = finished.split_at(index);
             let files = renamed
                 .iter()
@@ -243,7 +243,7 @@ fn discard_paths(partials: Vec<PathBuf>, err: anyhow::Error) -> anyhow::Error {
         err
     } else {
         anyhow::anyhow!(
-            "{err:#}; these incomplete files could not be removed, delete them: {}",
+            "{err:#}. Failed to remove these incomplete files, delete them by hand: {}",
             left.join(", ")
         )
     }

@@ -47,9 +47,9 @@ pub(crate) enum BatchError {
 /// Fields of an OCSF event that the store keeps in indexed columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IndexedFields {
-    /// Event time in Unix milliseconds; `None` when the event has no `time`, or one that no
-    /// date can show (see [`is_datable`]). The store then indexes the time it received the
-    /// event; the JSON keeps the value the sensor sent.
+    /// Event time in Unix milliseconds. `None` when the event has no `time`, or one that no
+    /// date can show (see [`is_datable`]): the store then indexes the time it received the
+    /// event, and the JSON keeps the value the sensor sent.
     pub(crate) time: Option<i64>,
     pub(crate) class_uid: i64,
     pub(crate) activity_id: Option<i64>,

@@ -219,7 +219,7 @@ pub(crate) fn warn_damaged(damaged: DamagedEvent) {
 
 /// The error that ends `events` or `export` after they wrote every readable event but skipped
 /// damaged rows. The Collector exits with [`DamagedRowsSkipped::EXIT_STATUS`] for it, so that a
-/// script can tell it from a failed command.
+/// script can distinguish it from a failed command.
 #[derive(Debug, thiserror::Error)]
 #[error("skipped {damaged} stored events that cannot be read (see the warnings above) and {written} the other {read}: restore \"{}\" from a backup to recover them", database.display())]
 pub struct DamagedRowsSkipped {
@@ -230,7 +230,7 @@ pub struct DamagedRowsSkipped {
 }
 
 impl DamagedRowsSkipped {
-    /// Exit status of a command that ends with this error; other errors exit with 1.
+    /// Exit status of a command that ends with this error. Other errors exit with 1.
     pub const EXIT_STATUS: u8 = 3;
 }
 

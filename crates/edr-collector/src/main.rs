@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match edr_collector::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // The same form as returning the error from main.
+            // Printed in the same form as when main returns the error.
             eprintln!("Error: {err:?}");
             if err.downcast_ref::<DamagedRowsSkipped>().is_some() {
                 ExitCode::from(DamagedRowsSkipped::EXIT_STATUS)

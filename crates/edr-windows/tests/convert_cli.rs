@@ -207,7 +207,8 @@ fn convert_reports_etl_cut_in_first_buffer() {
     assert!(message.contains("cut short"), "{message}");
     assert!(!message.contains("neither an EVTX nor an ETL"), "{message}");
 
-    // Under the 72-byte buffer header the file could be anything; the message says why.
+    // Under the 72-byte buffer header the file could be anything, so the message gives its
+    // length.
     let tiny = folder.path().join("tiny.etl");
     std::fs::write(&tiny, &bytes[..40]).unwrap();
     let result = Command::new(env!("CARGO_BIN_EXE_edr-windows"))

@@ -259,13 +259,12 @@ impl Trainer {
     }
 }
 
-/// Returns `json` as one line if it parses as JSON. Ingest parses every event, so only a row
-/// edited by another program fails; `events --where` would otherwise stop at it in
-/// `json_extract`.
+/// Returns `json` on one line if it is valid JSON. Ingest parses every event, so only a row
+/// edited by another program is invalid. Without this check, `events --where` would stop at
+/// such a row in `json_extract`.
 ///
-/// A sensor may send an event spread over several lines, and ingest stores it as sent. JSON
-/// forbids raw line breaks inside strings, so each CR or LF lies between tokens and becomes a
-/// space, and JSON lines output keeps one event per line.
+/// Ingest stores an event as the sensor sent it, possibly over several lines. JSON forbids raw
+/// line breaks inside strings, so each CR or LF is between tokens and becomes a space.
 fn well_formed(json: String) -> Result<String, CodecError> {
     if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&json) {
         return Err(CodecError::Damaged(format!(
@@ -867,7 +866,7 @@ mod tests {
     }
 
     #[test]
-    fn json_spread_over_lines_is_read_as_one_line() {
+    fn multi_line_json_reads_as_one_line() {
         let spread = "  \r\n{\"class_uid\": 1007,\n \"note\": \"a\\nb\"}\n";
         let json = Dictionaries::default()
             .json(ValueRef::Text(spread.as_bytes()))

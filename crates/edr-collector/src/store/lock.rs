@@ -7,8 +7,9 @@
 //! while `serve` runs, as SQLite's WAL mode allows.
 //!
 //! The lock comes from [`std::fs::File::try_lock`], which calls `flock(LOCK_EX | LOCK_NB)` on
-//! Linux and `LockFileEx` on Windows. The operating system drops it when the process ends for
-//! any reason, SIGKILL included, so a stale lock never blocks a restart. No child process keeps
+//! Linux and `LockFileEx` on Windows. Both release the lock when the last handle to the file
+//! closes (see flock(2)), and the end of the process closes it, SIGKILL included. So a killed
+//! `serve` leaves no lock that blocks the next start. No child process keeps
 //! it alive, because std opens files with `O_CLOEXEC`. The file itself stays and is never
 //! deleted, because deleting it would let a later `serve` lock a new file while an earlier one
 //! still holds the deleted one. Only the lock counts, not whether the file exists.
@@ -69,8 +70,8 @@ impl ServeLock {
             Err(TryLockError::Error(source)) => return Err(failed("lock")(source)),
         }
 
-        // The link check above and the open are two steps; this check, made while the lock
-        // is held, closes the gap between them.
+        // The link check above and the open are two separate steps. This check, made while
+        // the lock is held, closes the gap between them.
         let opened = file.metadata().map_err(failed("open"))?;
         if !same_file(
             &opened,
@@ -113,7 +114,7 @@ fn open_or_create(path: &Path) -> std::io::Result<File> {
 fn reject_symlink(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => Err(std::io::Error::other(
-            "it is a symbolic link, which serve does not follow; delete the link",
+            "it is a symbolic link, which serve rejects: delete the link and start serve again",
         )),
         Ok(_) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -122,7 +123,7 @@ fn reject_symlink(path: &Path) -> std::io::Result<()> {
 }
 
 /// Returns whether `opened` (of an open file) and `at_path` (of the path, not followed) describe the
-/// same file. Only Unix exposes the inode; elsewhere a link at the path is the only check.
+/// same file. Only Unix exposes the inode, so elsewhere a link at the path is the only check.
 fn same_file(opened: &std::fs::Metadata, at_path: &std::fs::Metadata) -> bool {
     #[cfg(unix)]
     {
@@ -181,7 +182,7 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn lock_file_that_is_a_link_is_refused() {
+    fn symlinked_lock_file_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         drop(super::super::Store::create(dir.path()).unwrap());
         let victim = dir.path().join("victim.txt");

@@ -62,7 +62,7 @@ pub(crate) struct CommandRow {
 }
 
 /// A stored event that cannot be read, which [`Store::for_each_event`] skipped: its JSON is
-/// damaged, or one of its columns holds a value of the wrong type.
+/// damaged, or one of its columns contains a value of the wrong type.
 #[derive(Debug, thiserror::Error)]
 #[error("event {sensor_id} seq {seq} cannot be read: {source}")]
 pub(crate) struct DamagedEvent {
@@ -331,11 +331,11 @@ impl Store {
     }
 }
 
-/// Why a row could not be read in [`Store::read_event`].
+/// The reason a row could not be read in [`Store::read_event`].
 enum ReadError {
-    /// The row is damaged; the scan reports it and goes on.
+    /// The row is damaged. The scan reports it and goes on.
     Damaged(CodecError),
-    /// The query itself failed; the scan stops.
+    /// The query itself failed, so the scan stops.
     Sqlite(rusqlite::Error),
 }
 
@@ -360,12 +360,12 @@ fn column<T: rusqlite::types::FromSql>(
     row.get(index).map_err(|err| match err {
         rusqlite::Error::InvalidColumnType(_, name, kind) => {
             ReadError::Damaged(CodecError::Damaged(format!(
-                "its {name} column holds the {kind} value \"{}\"",
+                "invalid {name} column: it contains the {kind} value \"{}\"",
                 stored_text(&row.get::<_, Value>(index).unwrap_or(Value::Null))
             )))
         }
         rusqlite::Error::IntegralValueOutOfRange(_, value) => ReadError::Damaged(
-            CodecError::Damaged(format!("its column {index} holds {value}, out of range")),
+            CodecError::Damaged(format!("invalid column {index}: {value} is out of range")),
         ),
         other => ReadError::Sqlite(other),
     })
@@ -378,7 +378,7 @@ fn datable(ms: i64) -> Result<i64, ReadError> {
         Ok(ms)
     } else {
         Err(ReadError::Damaged(CodecError::Damaged(format!(
-            "its time column holds {ms}, which is not a time between the years -9999 and 9999"
+            "invalid time column: {ms} is not a time between the years -9999 and 9999"
         ))))
     }
 }

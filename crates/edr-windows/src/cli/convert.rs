@@ -207,7 +207,8 @@ pub(crate) fn collect(path: &Path, inputs: &mut Inputs) -> std::io::Result<()> {
         ));
     }
     if !path.is_dir() && matches!(pipeline::detect_format(path), Ok(None)) {
-        // Below the 72-byte ETL buffer header nothing tells a cut trace from another file.
+        // Below the 72-byte ETL buffer header, a cut trace cannot be distinguished from
+        // another file.
         let len = path.metadata().map_or(u64::MAX, |meta| meta.len());
         let message = if len < 72 {
             format!(
