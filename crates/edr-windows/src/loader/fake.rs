@@ -298,6 +298,11 @@ pub(crate) fn with_captured_logs<T>(f: impl FnOnce() -> T) -> (T, LogCapture) {
         .with_ansi(false)
         .with_max_level(tracing::Level::DEBUG)
         .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
+    let result = tracing::subscriber::with_default(subscriber, || {
+        // Another test thread may have registered a call site while this subscriber was being
+        // installed, and cached it as disabled. Rebuilding the cache now includes this one.
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     (result, capture)
 }
