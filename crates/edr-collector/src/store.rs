@@ -35,8 +35,16 @@ const SCHEMA_VERSION: i64 = 6;
 /// Page cache of the ingest connection, in KiB.
 const INGEST_CACHE_KIB: i64 = 64 * 1024;
 
-/// WAL size, in pages, at which the ingest connection checkpoints.
-const INGEST_CHECKPOINT_PAGES: i64 = 16_384;
+/// WAL size, in bytes, at which the ingest connection checkpoints.
+const INGEST_CHECKPOINT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Page size of a new database, in bytes. SQLite's default is 4,096. A commit writes each
+/// page it changed to the WAL as one frame, and an event row and its index entries usually
+/// land in pages that the previous events of the batch have changed already, so larger
+/// pages mean fewer frames, fewer B-tree levels and less work per event. On the transport
+/// benchmark 16 KiB pages cut the Collector's CPU time per event by about 8 % (ADR 0010).
+/// An existing database keeps the page size it was created with.
+pub(crate) const PAGE_SIZE: i64 = 16 * 1024;
 
 /// Size, in bytes, the WAL is truncated to after a checkpoint.
 const INGEST_WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
@@ -327,6 +335,12 @@ impl Store {
             return Err(StoreError::Foreign { path });
         }
 
+        // SQLite fixes the page size when it writes the first page, which switching to WAL
+        // does; so only a database without any table yet gets it.
+        if version == 0 && tables == 0 {
+            conn.pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(sqlite)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -380,10 +394,18 @@ impl Store {
             .pragma_update(None, "cache_size", -INGEST_CACHE_KIB)
             .map_err(self.sqlite())?;
         // A checkpoint copies every page changed since the last one into the database file
-        // and fsyncs it. Checkpointing every 16,384 pages (64 MiB of WAL) instead of 1,000
+        // and fsyncs it. Checkpointing after 64 MiB of WAL instead of SQLite's 1,000 pages
         // writes an index page changed by many commits once per checkpoint.
+        let page_size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .map_err(self.sqlite())?;
         self.conn
-            .pragma_update(None, "wal_autocheckpoint", INGEST_CHECKPOINT_PAGES)
+            .pragma_update(
+                None,
+                "wal_autocheckpoint",
+                INGEST_CHECKPOINT_BYTES / page_size.max(512),
+            )
             .map_err(self.sqlite())?;
         // Truncate the WAL back to this size after a checkpoint, so it does not keep its peak.
         self.conn
@@ -849,6 +871,42 @@ mod tests {
             )
             .unwrap();
         assert!(sql.ends_with("WHERE severity_id <> 1"), "{sql}");
+    }
+
+    /// A new database gets [`PAGE_SIZE`]; one created with SQLite's default keeps its pages.
+    /// Either way the ingest connection checkpoints after the same number of WAL bytes.
+    #[test]
+    fn new_database_gets_large_pages_and_old_one_keeps_its_own() {
+        let pragma = |store: &Store, name: &str| -> i64 {
+            store
+                .conn
+                .pragma_query_value(None, name, |row| row.get(0))
+                .unwrap()
+        };
+        let new = tempfile::tempdir().unwrap();
+        let store = Store::create(new.path()).unwrap();
+        store.configure_for_ingest(SyncMode::Full).unwrap();
+        assert_eq!(pragma(&store, "page_size"), PAGE_SIZE);
+        assert_eq!(
+            pragma(&store, "wal_autocheckpoint"),
+            INGEST_CHECKPOINT_BYTES / PAGE_SIZE
+        );
+
+        let old = tempfile::tempdir().unwrap();
+        let conn = Connection::open(old.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let store = Store::open(old.path()).unwrap();
+        store.configure_for_ingest(SyncMode::Full).unwrap();
+        assert_eq!(pragma(&store, "page_size"), 4096);
+        assert_eq!(
+            pragma(&store, "wal_autocheckpoint"),
+            INGEST_CHECKPOINT_BYTES / 4096
+        );
+        assert_eq!(pragma(&store, "user_version"), SCHEMA_VERSION);
     }
 
     #[test]
