@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use prost::bytes::Bytes;
 use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
@@ -138,6 +139,9 @@ impl EventCodec {
 
     /// Compresses the JSON of every event in `batch` if there is a dictionary; otherwise
     /// leaves the batch as it is.
+    ///
+    /// The frames of a batch share one buffer, which is freed with the last of them: one
+    /// allocation per batch instead of one per event, each sized for the worst case.
     pub(crate) fn compress(&self, batch: &mut ValidBatch) -> Result<(), CodecError> {
         let Some(dictionary) = self.current.read().ok().and_then(|current| current.clone()) else {
             return Ok(());
@@ -147,15 +151,38 @@ impl EventCodec {
         compressor
             .include_checksum(true)
             .map_err(CodecError::Compress)?;
+        // A frame is compressed into `scratch`, sized for the largest possible frame, and
+        // copied to the end of `frames`; `ends` records where each one stops.
+        let mut scratch = Vec::new();
+        let mut frames = Vec::with_capacity(batch.event_bytes / 4);
+        let mut ends = Vec::with_capacity(batch.records.len());
+        for record in &batch.records {
+            if let Record::Event {
+                body: EventBody::Json(json),
+                ..
+            } = record
+                && json.len() <= MAX_EVENT_BYTES
+            {
+                scratch.clear();
+                scratch.reserve(zstd::zstd_safe::compress_bound(json.len()));
+                compressor
+                    .compress_to_buffer(json, &mut scratch)
+                    .map_err(CodecError::Compress)?;
+                frames.extend_from_slice(&scratch);
+                ends.push(frames.len());
+            }
+        }
+        let frames = Bytes::from(frames);
+        let mut ends = ends.into_iter();
+        let mut start = 0;
         for record in &mut batch.records {
             if let Record::Event { body, .. } = record
                 && let EventBody::Json(json) = body
+                && json.len() <= MAX_EVENT_BYTES
+                && let Some(end) = ends.next()
             {
-                if json.len() > MAX_EVENT_BYTES {
-                    continue;
-                }
-                let frame = compressor.compress(json).map_err(CodecError::Compress)?;
-                *body = EventBody::Zstd(frame);
+                *body = EventBody::Zstd(frames.slice(start..end));
+                start = end;
             }
         }
         Ok(())
@@ -477,8 +504,65 @@ mod tests {
             Some(Record::Event {
                 body: EventBody::Zstd(frame),
                 ..
-            }) => frame,
+            }) => frame.to_vec(),
             other => panic!("event not compressed: {other:?}"),
+        }
+    }
+
+    /// The frames of a batch share one buffer. Records that are not events, and an event too
+    /// large to compress, sit between them; each event still gets its own frame back.
+    #[test]
+    fn frames_of_a_batch_match_their_events() {
+        let (bytes, _) = trained();
+        let dictionary = Dictionary::new(&bytes).unwrap();
+        let decoder = DecoderDictionary::copy(&bytes);
+        let codec = EventCodec::default();
+        codec.publish(dictionary);
+
+        let huge = format!(
+            r#"{{"class_uid":1007,"padding":"{}"}}"#,
+            "x".repeat(MAX_EVENT_BYTES)
+        );
+        let mut records = batch(1, 6).records;
+        records[1].kind = Some(buffered_record::Kind::Gap(edr_proto::v1::Gap {
+            first_seq: 100,
+            last_seq: 200,
+            ..Default::default()
+        }));
+        records[3].kind = Some(buffered_record::Kind::OcsfEventJson(
+            huge.clone().into_bytes().into(),
+        ));
+        let mut valid = validate(
+            EventBatch {
+                first_seq: 1,
+                last_seq: 6,
+                records,
+            },
+            usize::MAX,
+        )
+        .unwrap();
+        codec.compress(&mut valid).unwrap();
+
+        let mut decompressor =
+            zstd::bulk::Decompressor::with_prepared_dictionary(&decoder).unwrap();
+        for record in &valid.records {
+            match record {
+                Record::Event {
+                    seq: 4,
+                    body: EventBody::Json(json),
+                    ..
+                } => assert_eq!(json.as_ref(), huge.as_bytes()),
+                Record::Event {
+                    seq,
+                    body: EventBody::Zstd(frame),
+                    ..
+                } => {
+                    let json = decompressor.decompress(frame, 1 << 20).unwrap();
+                    assert_eq!(json, event_json(*seq).into_bytes(), "seq {seq}");
+                }
+                Record::Gap { seq: 2, .. } => {}
+                other => panic!("unexpected record: {other:?}"),
+            }
         }
     }
 

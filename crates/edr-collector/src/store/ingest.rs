@@ -16,7 +16,6 @@
 //! is set by [`super::SyncMode`].
 
 use edr_proto::v1::{CommandResult, SensorHealth};
-use rusqlite::ToSql;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use time::OffsetDateTime;
@@ -140,14 +139,11 @@ fn ingest_one(
         }
         match record {
             Record::Event { seq, fields, body } => {
-                // Text was checked to be UTF-8 by validation; it is bound without a copy.
-                let text;
-                let json: &dyn ToSql = match body {
-                    EventBody::Json(bytes) => {
-                        text = ToSqlOutput::Borrowed(ValueRef::Text(bytes));
-                        &text
-                    }
-                    EventBody::Zstd(frame) => frame,
+                // Text was checked to be UTF-8 by validation. Both forms are bound as borrowed
+                // slices; SQLite copies them once.
+                let json = match body {
+                    EventBody::Json(bytes) => ToSqlOutput::Borrowed(ValueRef::Text(bytes)),
+                    EventBody::Zstd(frame) => ToSqlOutput::Borrowed(ValueRef::Blob(frame)),
                 };
                 insert_event.execute(params![
                     sensor_id,
