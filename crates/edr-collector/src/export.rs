@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use time::OffsetDateTime;
@@ -145,6 +145,9 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     };
 
     let mut files: HashMap<PathBuf, Partition> = HashMap::new();
+    // Directories this export created, parents before children, so that a failed export can
+    // remove them again.
+    let mut created_dirs: Vec<PathBuf> = Vec::new();
     let mut count: u64 = 0;
     let mut failure: Option<anyhow::Error> = None;
     let write_event = |event: EventRow| {
@@ -162,6 +165,13 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
             let file = match files.entry(dir.clone()) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
+                    let first_new = created_dirs.len();
+                    created_dirs.extend(
+                        dir.ancestors()
+                            .take_while(|ancestor| !ancestor.exists())
+                            .map(Path::to_path_buf),
+                    );
+                    created_dirs[first_new..].reverse();
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("failed to create \"{}\"", dir.display()))?;
                     entry.insert(Partition::create(args.format, dir.join(&file_name))?)
@@ -179,8 +189,8 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let partitions: Vec<Partition> = files.into_values().collect();
     let scan = match (scanned, failure) {
         (Ok(scan), None) => scan,
-        (Err(err), _) => return Err(discard(partitions, err.into())),
-        (Ok(_), Some(err)) => return Err(discard(partitions, err)),
+        (Err(err), _) => return Err(discard(partitions, &created_dirs, err.into())),
+        (Ok(_), Some(err)) => return Err(discard(partitions, &created_dirs, err)),
     };
     let mut finished = Vec::with_capacity(partitions.len());
     let mut partitions = partitions.into_iter();
@@ -195,7 +205,11 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
         if let Err(err) = finishing {
             let paths = finished.into_iter().map(|(_, partial)| partial);
             let rest = partitions.map(|partition| partition.partial);
-            return Err(discard_paths(paths.chain(rest).collect(), err));
+            return Err(discard_paths(
+                paths.chain(rest).collect(),
+                &created_dirs,
+                err,
+            ));
         }
     }
     for (index, (path, partial)) in finished.iter().enumerate() {
@@ -213,25 +227,35 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
                 .chain(rest.iter().map(|(_, partial)| partial))
                 .cloned()
                 .collect();
-            return Err(discard_paths(files, err));
+            return Err(discard_paths(files, &created_dirs, err));
         }
     }
     eprintln!("exported {count} events to {}", args.output.display());
     check_damaged(scan, &args.data_dir, "exported")
 }
 
-/// Closes the files of a failed export, removes them and returns `err`.
-fn discard(partitions: Vec<Partition>, err: anyhow::Error) -> anyhow::Error {
+/// Closes the files of a failed export, removes them and the directories it created, and
+/// returns `err`.
+fn discard(
+    partitions: Vec<Partition>,
+    created_dirs: &[PathBuf],
+    err: anyhow::Error,
+) -> anyhow::Error {
     let partials = partitions
         .into_iter()
         .map(|partition| partition.partial)
         .collect();
-    discard_paths(partials, err)
+    discard_paths(partials, created_dirs, err)
 }
 
-/// Removes the files of a failed export and returns `err`, naming any file that could not be
-/// removed.
-fn discard_paths(partials: Vec<PathBuf>, err: anyhow::Error) -> anyhow::Error {
+/// Removes the files of a failed export, then the directories it created (`created_dirs`,
+/// parents first) that are empty, and returns `err`, naming any file that could not be
+/// removed. A directory that another program wrote into meanwhile stays.
+fn discard_paths(
+    partials: Vec<PathBuf>,
+    created_dirs: &[PathBuf],
+    err: anyhow::Error,
+) -> anyhow::Error {
     let left: Vec<String> = partials
         .iter()
         .filter(|partial| {
@@ -239,6 +263,9 @@ fn discard_paths(partials: Vec<PathBuf>, err: anyhow::Error) -> anyhow::Error {
         })
         .map(|partial| format!("\"{}\"", partial.display()))
         .collect();
+    for dir in created_dirs.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
     if left.is_empty() {
         err
     } else {
