@@ -33,3 +33,79 @@ pub fn run() -> anyhow::Result<()> {
         .init();
     commands::run(cli)
 }
+
+/// Renders `err` for standard error in the form `main` would print it, `Error: MESSAGE`
+/// followed by its causes, but leaves out each cause whose text the message before it already
+/// contains. Many errors of this crate name their cause in their own message, so the plain
+/// form would print that cause twice.
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut previous = err.to_string();
+    let mut report = format!("Error: {previous}");
+    let mut causes = Vec::new();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            causes.push(text.clone());
+        }
+        previous = text;
+    }
+    match causes.as_slice() {
+        [] => {}
+        [only] => report.push_str(&format!("\n\nCaused by:\n    {only}")),
+        many => {
+            report.push_str("\n\nCaused by:");
+            for (index, cause) in many.iter().enumerate() {
+                report.push_str(&format!("\n    {index}: {cause}"));
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    /// An error that names its cause in its own message, as `StoreError::LockFile` does.
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to open the lock file: {source}")]
+    struct Inner {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn cause_named_in_the_message_is_not_repeated() {
+        let inner = Inner {
+            source: std::io::Error::other("it is a symbolic link"),
+        };
+        let report = error_report(&anyhow::Error::new(inner));
+        assert_eq!(
+            report,
+            "Error: failed to open the lock file: it is a symbolic link"
+        );
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_listed() {
+        let one = anyhow::Error::new(std::io::Error::other("disk full")).context("export failed");
+        assert_eq!(
+            error_report(&one),
+            "Error: export failed\n\nCaused by:\n    disk full"
+        );
+        let inner = Inner {
+            source: std::io::Error::other("denied"),
+        };
+        let two = anyhow::Error::new(inner).context("serve failed");
+        assert_eq!(
+            error_report(&two),
+            "Error: serve failed\n\nCaused by:\n    failed to open the lock file: denied"
+        );
+        let three = anyhow::Error::new(std::io::Error::other("denied"))
+            .context("reading the key")
+            .context("serve failed");
+        assert_eq!(
+            error_report(&three),
+            "Error: serve failed\n\nCaused by:\n    0: reading the key\n    1: denied"
+        );
+    }
+}

@@ -9,8 +9,7 @@ fn main() -> ExitCode {
     match edr_collector::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // Printed in the same form as when main returns the error.
-            eprintln!("Error: {err:?}");
+            eprintln!("{}", edr_collector::error_report(&err));
             if err.downcast_ref::<DamagedRowsSkipped>().is_some() {
                 ExitCode::from(DamagedRowsSkipped::EXIT_STATUS)
             } else {
