@@ -208,8 +208,8 @@ pub(crate) struct EventsArgs {
     pub(crate) conditions: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub(crate) format: EventsFormat,
-    /// Maximum number of events to print, not counting skipped damaged rows.
-    #[arg(long, default_value_t = 100)]
+    /// Maximum number of events to print, not counting skipped damaged rows; at least 1.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) limit: u64,
 }
 
@@ -498,6 +498,13 @@ mod tests {
         assert!(!serve_with("--max-streams-per-connection", "0"));
         assert!(serve_with("--max-message-bytes", "1024"));
         assert!(serve_with("--max-streams-per-connection", "1"));
+    }
+
+    #[test]
+    fn events_limit_rejects_zero() {
+        let events = |limit: &str| parses(&["events", "--data-dir", "d", "--limit", limit]);
+        assert!(!events("0"));
+        assert!(events("1"));
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub(crate) fn ca_dir(data_dir: &Path) -> PathBuf {
 }
 
 fn init(data_dir: &Path) -> anyhow::Result<()> {
+    crate::store::check_data_dir(data_dir)?;
     let ca = CollectorCa::create(&ca_dir(data_dir), CA_COMMON_NAME)?;
     Store::create(data_dir)?;
     println!("created Collector CA in {}", ca_dir(data_dir).display());

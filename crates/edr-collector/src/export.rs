@@ -132,6 +132,12 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let started = OffsetDateTime::now_utc();
     let filter = time_filter(&args.range, started)?;
     let store = Store::open(&args.data_dir)?;
+    if args.output.exists() && !args.output.is_dir() {
+        anyhow::bail!(
+            "--output \"{}\" is not a directory: pass a directory for the export tree",
+            args.output.display()
+        );
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("failed to create \"{}\"", args.output.display()))?;
     let run_name = started

@@ -87,9 +87,10 @@ mod tests {
 
     #[test]
     fn causes_not_in_the_message_are_listed() {
-        let one = anyhow::Error::new(std::io::Error::other("disk full")).context("export failed");
+        let single =
+            anyhow::Error::new(std::io::Error::other("disk full")).context("export failed");
         assert_eq!(
-            error_report(&one),
+            error_report(&single),
             "Error: export failed\n\nCaused by:\n    disk full"
         );
         let inner = Inner {

@@ -179,6 +179,45 @@ DROP INDEX IF EXISTS events_severity;
 CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id) WHERE severity_id <> 1;
 ";
 
+/// Rejects a data directory path that exists but is not a directory, which would otherwise
+/// be reported as a database missing from it.
+pub(crate) fn check_data_dir(data_dir: &Path) -> Result<(), StoreError> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(StoreError::NotADirectory {
+            path: data_dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Returns what to do about a failed SQLite call, as the end of [`StoreError::Sqlite`]'s
+/// message; empty when SQLite's own message is all there is to say.
+fn sqlite_hint(error: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode;
+    let Some(code) = error.sqlite_error_code() else {
+        return "";
+    };
+    match code {
+        ErrorCode::NotADatabase => {
+            ": the file is not an SQLite database: move it away and restore a backup, or run `edr-collector init` with a new --data-dir"
+        }
+        ErrorCode::DatabaseCorrupt => {
+            ": the file is damaged: restore a backup (`sqlite3 FILE .recover` may save the rows that can still be read)"
+        }
+        ErrorCode::CannotOpen => {
+            ": check that the path is a regular file, not a directory, and that its directory exists and is writable"
+        }
+        ErrorCode::ReadOnly | ErrorCode::PermissionDenied => {
+            ": the file or its directory is read-only for this user: fix the owner, the permissions or the file attributes"
+        }
+        ErrorCode::DiskFull => ": the disk is full: free space and try again",
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+            ": another process holds a lock on the database: try again"
+        }
+        _ => "",
+    }
+}
+
 /// How SQLite syncs the write-ahead log, which decides what an ack promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum SyncMode {
@@ -192,15 +231,22 @@ pub(crate) enum SyncMode {
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
+    /// The data directory path exists but is not a directory.
+    #[error("the data directory \"{}\" is not a directory: pass the directory that contains collector.db, or a new one for `edr-collector init`", path.display())]
+    NotADirectory { path: PathBuf },
     /// The database file does not exist.
     #[error("no Collector database at \"{}\": run `edr-collector init --data-dir DIR` first", path.display())]
     Missing { path: PathBuf },
-    /// SQLite failed.
-    #[error("database error in \"{}\": {source}", path.display())]
+    /// SQLite failed. The message names SQLite's error, so it is not also the error's source,
+    /// which would print it a second time.
+    #[error("database error in \"{}\": {error}{}", path.display(), sqlite_hint(error))]
     Sqlite {
         path: PathBuf,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
+    /// The ingest connection cannot write to the database.
+    #[error("the database \"{}\" is read-only for this process, so serve could not store telemetry: make the file and its directory writable for this user (check the owner, the permissions and file attributes such as immutable)", path.display())]
+    ReadOnly { path: PathBuf },
     /// The schema version is newer or older than this build understands.
     #[error("the database \"{}\" has schema version {found}, this Collector expects {SCHEMA_VERSION}: use a matching Collector version", path.display())]
     SchemaVersion { path: PathBuf, found: i64 },
@@ -312,13 +358,14 @@ impl Store {
     }
 
     fn open_with(data_dir: &Path, create: bool) -> Result<Self, StoreError> {
+        check_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         if !create && !path.exists() {
             return Err(StoreError::Missing { path });
         }
-        let sqlite = |source| StoreError::Sqlite {
+        let sqlite = |error| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
@@ -335,11 +382,22 @@ impl Store {
             return Err(StoreError::Foreign { path });
         }
 
-        // SQLite fixes the page size when it writes the first page, which switching to WAL
-        // does; so only a database without any table yet gets it.
+        // Only a database without any table yet gets the page size. SQLite ignores the
+        // setting in a file that is already in WAL mode, so such a file, empty as it is, is
+        // switched out of WAL and rebuilt by a VACUUM.
         if version == 0 && tables == 0 {
             conn.pragma_update(None, "page_size", PAGE_SIZE)
                 .map_err(sqlite)?;
+            let page_size: i64 = conn
+                .pragma_query_value(None, "page_size", |row| row.get(0))
+                .map_err(sqlite)?;
+            if page_size != PAGE_SIZE {
+                conn.pragma_update(None, "journal_mode", "DELETE")
+                    .map_err(sqlite)?;
+                conn.pragma_update(None, "page_size", PAGE_SIZE)
+                    .map_err(sqlite)?;
+                conn.execute_batch("VACUUM").map_err(sqlite)?;
+            }
         }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sqlite)?;
@@ -385,6 +443,17 @@ impl Store {
     /// sets, and the page cache and WAL checkpoint interval are sized for a steady stream of
     /// inserts. Neither of the two sizes changes what a commit promises.
     pub(crate) fn configure_for_ingest(&self, mode: SyncMode) -> Result<(), StoreError> {
+        // SQLite opens a file it may not write to read-only, without an error, and only the
+        // first write would fail.
+        if self
+            .conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(self.sqlite())?
+        {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
         self.set_sync_mode(mode)?;
         // Every insert touches one leaf page in each index on `events`, at positions spread
         // over the whole index (times and process uids do not arrive in order). SQLite's
@@ -519,9 +588,9 @@ impl Store {
     }
 
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        |source| StoreError::Sqlite {
+        |error| StoreError::Sqlite {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -600,9 +669,9 @@ impl Store {
         issue: impl FnOnce(SensorId) -> Result<IssuedCertificate, String>,
     ) -> Result<IssuedCertificate, EnrollError> {
         let path = self.path.clone();
-        let sqlite = move |source| StoreError::Sqlite {
+        let sqlite = move |error| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let tx = self
             .conn
@@ -907,6 +976,77 @@ mod tests {
             INGEST_CHECKPOINT_BYTES / 4096
         );
         assert_eq!(pragma(&store, "user_version"), SCHEMA_VERSION);
+    }
+
+    /// SQLite opens a file it may not write read-only without an error; the ingest connection
+    /// must refuse it before `serve` accepts telemetry it could not store.
+    #[test]
+    fn read_only_database_is_rejected_for_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::create(dir.path()).unwrap());
+        let path = dir.path().join(DB_FILE);
+        let store = Store {
+            conn: Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap(),
+            path: path.clone(),
+        };
+        let err = store.configure_for_ingest(SyncMode::Full).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::ReadOnly { path: p } if *p == path),
+            "{err}"
+        );
+        assert!(err.to_string().contains("writable"), "{err}");
+    }
+
+    /// A file that is not an SQLite database gets SQLite's message and what to do about it,
+    /// once.
+    #[test]
+    fn file_that_is_not_sqlite_gets_a_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0x5a_u8; 8192]).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("file is not a database"), "{message}");
+        assert!(message.contains("restore a backup"), "{message}");
+        assert!(std::error::Error::source(&err).is_none(), "{message}");
+    }
+
+    /// A data directory path that is a file is named as such, not as a missing database.
+    #[test]
+    fn data_dir_that_is_a_file_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        for err in [
+            Store::open(&file).unwrap_err(),
+            Store::create(&file).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, StoreError::NotADirectory { path } if *path == file),
+                "{err}"
+            );
+        }
+    }
+
+    /// A file that another program left in WAL mode with no table yet still gets the page
+    /// size of a new database.
+    #[test]
+    fn empty_wal_file_gets_large_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        let page_size: i64 = store
+            .conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .unwrap();
+        assert_eq!(page_size, PAGE_SIZE);
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     #[test]

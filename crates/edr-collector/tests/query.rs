@@ -329,6 +329,28 @@ async fn failed_export_leaves_no_files() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn export_to_a_file_is_rejected() {
+    let collector = Collector::start();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("events.jsonl");
+    std::fs::write(&file, "kept").unwrap();
+    let result = collector.cli(&[
+        "export",
+        "--format",
+        "jsonl",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!result.status.success(), "{result:?}");
+    assert!(
+        stderr(&result).contains("is not a directory"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+}
+
 /// One row of an exported Parquet file, read back with the parquet crate's record reader.
 #[derive(Debug, PartialEq)]
 struct ParquetRow {

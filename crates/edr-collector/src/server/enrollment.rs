@@ -80,6 +80,10 @@ impl Enrollment for EnrollmentService {
 
         let issued = match issued {
             Ok(issued) => issued,
+            Err(err @ (EnrollError::Issue(_) | EnrollError::Store(_))) => {
+                tracing::error!(?peer, token_id = %token_id, error = %err, "enrollment failed");
+                return Err(internal_status("enroll this sensor"));
+            }
             Err(err) => {
                 tracing::warn!(?peer, token_id = %token_id, error = %err, "rejected enrollment");
                 return Err(enroll_status(err));
@@ -113,19 +117,23 @@ impl Enrollment for EnrollmentService {
                 .store
                 .lock()
                 .map_err(|_| Status::internal("database lock poisoned"))?;
+            let renewal_failed = |err: &dyn std::fmt::Display| {
+                tracing::error!(sensor_id = %sensor_id, error = %err, "certificate renewal failed");
+                internal_status("renew this sensor's certificate")
+            };
             if let Some(revoked_at) = store
                 .sensor_revoked_at(sensor_id)
-                .map_err(|err| Status::permission_denied(err.to_string()))?
+                .map_err(|err| renewal_failed(&err))?
             {
                 return Err(Status::permission_denied(format!(
                     "sensor {sensor_id} was revoked at {}: enroll it again with a new token",
                     edr_pki::token::format_time(revoked_at)
                 )));
             }
-            let issued = issue(&shared, &csr, sensor_id).map_err(Status::internal)?;
+            let issued = issue(&shared, &csr, sensor_id).map_err(|err| renewal_failed(&err))?;
             store
                 .record_certificate(&issued, OffsetDateTime::now_utc())
-                .map_err(|err| Status::internal(err.to_string()))?;
+                .map_err(|err| renewal_failed(&err))?;
             Ok(issued)
         })
         .await
@@ -174,8 +182,16 @@ fn enroll_status(err: EnrollError) -> Status {
         EnrollError::UnknownToken { .. }
         | EnrollError::TokenRevoked { .. }
         | EnrollError::Token(_) => Status::permission_denied(err.to_string()),
-        EnrollError::Issue(_) | EnrollError::Store(_) => Status::internal(err.to_string()),
+        EnrollError::Issue(_) | EnrollError::Store(_) => internal_status("enroll this sensor"),
     }
+}
+
+/// Returns the status for a failure of the Collector itself, which the caller has logged.
+/// The sensor learns that the Collector failed but not its paths or SQLite messages.
+fn internal_status(action: &str) -> Status {
+    Status::internal(format!(
+        "the Collector failed to {action}; its log names the cause"
+    ))
 }
 
 /// Returns a bounded, printable copy of a string the sensor controls.

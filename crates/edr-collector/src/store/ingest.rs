@@ -47,9 +47,9 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let path = self.path.clone();
-        let sqlite = move |source| StoreError::Sqlite {
+        let sqlite = move |error| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error,
         };
         let tx = self
             .conn

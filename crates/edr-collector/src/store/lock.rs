@@ -42,6 +42,7 @@ impl ServeLock {
     /// is left in a directory that `init` never set up, and with [`StoreError::Locked`] when
     /// another process holds the lock.
     pub(crate) fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
+        super::check_data_dir(data_dir)?;
         let database = data_dir.join(DB_FILE);
         if !database.exists() {
             return Err(StoreError::Missing { path: database });
@@ -58,7 +59,17 @@ impl ServeLock {
 
         // A symbolic link would make the truncation below empty another file.
         reject_symlink(&path).map_err(failed("open"))?;
-        let mut file = open_or_create(&path).map_err(failed("open"))?;
+        let mut file = open_or_create(&path)
+            .map_err(|err| {
+                if err.kind() == std::io::ErrorKind::IsADirectory {
+                    std::io::Error::other(
+                        "it is a directory: remove it, serve creates the lock file itself",
+                    )
+                } else {
+                    err
+                }
+            })
+            .map_err(failed("open"))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
