@@ -211,6 +211,9 @@ fn sqlite_hint(error: &rusqlite::Error) -> &'static str {
             ": the file or its directory is read-only for this user: fix the owner, the permissions or the file attributes"
         }
         ErrorCode::DiskFull => ": the disk is full: free space and try again",
+        ErrorCode::SystemIoFailure => {
+            ": reading or writing the file failed: check the disk and the file system, and that no other program changed or removed collector.db-wal or collector.db-shm"
+        }
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
             ": another process holds a lock on the database: try again"
         }

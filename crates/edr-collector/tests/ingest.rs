@@ -296,3 +296,36 @@ async fn second_serve_on_one_data_dir_exits() {
         "{message}"
     );
 }
+
+/// A WAL file deleted under `serve` is noticed at the next commit. That batch and every later
+/// one are refused, and the commits still in the deleted file, the acknowledged ones
+/// included, are copied into the database file. After a restart the resent batches are
+/// stored exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_wal_stops_acks_until_restart() {
+    let mut collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
+
+    std::fs::remove_file(collector.data_dir().join("collector.db-wal")).unwrap();
+    let refused = session.send(event_batch(11..=20)).await.unwrap_err();
+    assert!(
+        status_text(&refused).contains("collector.db-wal was deleted"),
+        "{refused:?}"
+    );
+    drop(session);
+    let mut session = TelemetrySession::open(&identity).await;
+    let refused = session.send(event_batch(11..=20)).await.unwrap_err();
+    assert!(
+        status_text(&refused).contains("restart serve"),
+        "{refused:?}"
+    );
+    drop(session);
+
+    collector.restart();
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(11..=30)).await.unwrap(), 30);
+    let seqs = stored_seqs(&collector, &identity.sensor_id);
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
+}

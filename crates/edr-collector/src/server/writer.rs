@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Shared;
 use crate::ingest::ValidBatch;
 use crate::store::codec::Trainer;
-use crate::store::ingest::IngestOutcome;
+use crate::store::ingest::{IngestOutcome, WalState};
 
 /// Most batches stored in one transaction.
 const MAX_GROUP_BATCHES: usize = 512;
@@ -53,6 +53,8 @@ pub(crate) fn spawn(
         .name("ingest-writer".into())
         .spawn(move || {
             let mut trainer = Trainer::default();
+            let mut wal_deleted = false;
+            let mut last_wal_warning = None;
             while let Some(first) = queue.blocking_recv() {
                 let mut records = first.batch.records.len();
                 let mut group = vec![first];
@@ -65,19 +67,56 @@ pub(crate) fn spawn(
                         Err(_) => break,
                     }
                 }
-                store_group(&shared, group, &mut trainer);
+                store_group(
+                    &shared,
+                    group,
+                    &mut trainer,
+                    &mut wal_deleted,
+                    &mut last_wal_warning,
+                );
             }
             tracing::info!("ingest writer stopped");
         })
 }
 
-fn store_group(shared: &Shared, group: Vec<IngestRequest>, trainer: &mut Trainer) {
+/// WAL size above which the writer warns that checkpoints do not keep up: four times the
+/// 64 MiB at which the ingest connection checkpoints. SQLite's automatic checkpoints fail
+/// without an error, for example while the database file is not writable, and a reader that
+/// holds an old snapshot for a long time holds them back too.
+const WAL_WARNING_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Minimum time between two warnings about the WAL size.
+const WAL_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Logs that the WAL has grown to `bytes`, at most once per [`WAL_WARNING_INTERVAL`].
+fn warn_large_wal(bytes: u64, last_warning: &mut Option<Instant>) {
+    if last_warning.is_some_and(|at| at.elapsed() < WAL_WARNING_INTERVAL) {
+        return;
+    }
+    *last_warning = Some(Instant::now());
+    tracing::warn!(
+        wal_mib = bytes / (1024 * 1024),
+        "collector.db-wal has grown far beyond the 64 MiB at which serve checkpoints, so checkpoints are failing or held back: check that collector.db is writable and that no reader, such as a long export, holds the database open; the WAL keeps growing until then"
+    );
+}
+
+/// Reason given for every batch once the WAL file was deleted under `serve`.
+const WAL_DELETED: &str = "the Collector's database file collector.db-wal was deleted while serve ran, so it stores nothing more: restart serve";
+
+fn store_group(
+    shared: &Shared,
+    group: Vec<IngestRequest>,
+    trainer: &mut Trainer,
+    wal_deleted: &mut bool,
+    last_wal_warning: &mut Option<Instant>,
+) {
     let (items, replies): (Vec<_>, Vec<_>) = group
         .into_iter()
         .map(|request| ((request.sensor_id, request.batch), request.reply))
         .unzip();
     let started = Instant::now();
     let result: Vec<Result<IngestOutcome, String>> = match shared.ingest.lock() {
+        Ok(_) if *wal_deleted => vec![Err(WAL_DELETED.to_string()); items.len()],
         Ok(mut store) => {
             let now = time::OffsetDateTime::now_utc();
             match store.ingest_group(&items, now) {
@@ -103,6 +142,21 @@ fn store_group(shared: &Shared, group: Vec<IngestRequest>, trainer: &mut Trainer
         }
         Err(_) => vec![Err("database lock poisoned".to_string()); items.len()],
     };
+    let wal = match shared.ingest.lock() {
+        Ok(store) if !*wal_deleted => store.wal_state(),
+        _ => WalState::Unknown,
+    };
+    let result = match wal {
+        WalState::Deleted => {
+            *wal_deleted = true;
+            wal_deleted_outcomes(shared, result.len())
+        }
+        WalState::Bytes(bytes) if bytes > WAL_WARNING_BYTES => {
+            warn_large_wal(bytes, last_wal_warning);
+            result
+        }
+        _ => result,
+    };
     shared.metrics.observe_store_latency(started.elapsed());
 
     for ((sensor_id, batch), (reply, outcome)) in
@@ -120,6 +174,31 @@ fn store_group(shared: &Shared, group: Vec<IngestRequest>, trainer: &mut Trainer
     if let Some((bytes, samples)) = trainer.poll() {
         adopt_dictionary(shared, &bytes, samples);
     }
+}
+
+/// Handles a WAL file deleted by another program. The commits not yet checkpointed are only
+/// in the deleted file, so a checkpoint copies them into the database file while the file is
+/// still open. The group is not acknowledged either way: a sensor resends it after `serve` restarts,
+/// and the high-water mark drops what the checkpoint saved.
+fn wal_deleted_outcomes(shared: &Shared, batches: usize) -> Vec<Result<IngestOutcome, String>> {
+    let saved = shared
+        .ingest
+        .lock()
+        .map_err(|_| "database lock poisoned".to_string())
+        .and_then(|store| store.checkpoint_full().map_err(|err| err.to_string()));
+    match saved {
+        Ok(true) => tracing::error!(
+            "collector.db-wal was deleted while serve ran; the commits it held were copied into collector.db, and serve stores nothing more until it restarts"
+        ),
+        Ok(false) => tracing::error!(
+            "collector.db-wal was deleted while serve ran; some of the commits it held could not be copied into collector.db because readers held them back, and serve stores nothing more until it restarts"
+        ),
+        Err(err) => tracing::error!(
+            error = %err,
+            "collector.db-wal was deleted while serve ran, and copying the commits it held into collector.db failed; serve stores nothing more until it restarts"
+        ),
+    }
+    vec![Err(WAL_DELETED.to_string()); batches]
 }
 
 /// Commits a trained dictionary and then hands it to the streams, so that no event compressed

@@ -63,6 +63,36 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// Returns the state of the WAL file, `collector.db-wal`, as the file system shows it.
+    pub(crate) fn wal_state(&self) -> WalState {
+        // Without WAL mode, which SQLite may decline to enter, there is no WAL file at all.
+        let journal_mode: Result<String, _> =
+            self.conn
+                .pragma_query_value(None, "journal_mode", |row| row.get(0));
+        if !journal_mode.is_ok_and(|mode| mode.eq_ignore_ascii_case("wal")) {
+            return WalState::NotWal;
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::metadata(&wal) {
+            Ok(metadata) => WalState::Bytes(metadata.len()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => WalState::Deleted,
+            Err(_) => WalState::Unknown,
+        }
+    }
+
+    /// Copies every committed page from the WAL into the database file, waiting for readers,
+    /// and returns whether all of them were copied.
+    pub(crate) fn checkpoint_full(&self) -> Result<bool, StoreError> {
+        let (busy, log, copied): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(self.sqlite())?;
+        Ok(busy == 0 && log == copied)
+    }
+
     /// Records a heartbeat: last seen time, health as JSON, versions and certificate expiry.
     pub(crate) fn record_heartbeat(
         &self,
@@ -99,6 +129,22 @@ impl Store {
             .map_err(self.sqlite())?;
         Ok(())
     }
+}
+
+/// The WAL file of the ingest connection, as [`Store::wal_state`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WalState {
+    /// The database is not in WAL mode.
+    NotWal,
+    /// The file is gone while the connection is open. SQLite deletes it only when its last
+    /// connection closes, so another program removed it. The commits not yet checkpointed,
+    /// and every later one, are then only in the deleted file, and are lost when the process
+    /// exits.
+    Deleted,
+    /// The file's size in bytes.
+    Bytes(u64),
+    /// The file could not be examined.
+    Unknown,
 }
 
 /// Stores one batch inside the open transaction `tx`.

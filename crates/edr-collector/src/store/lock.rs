@@ -60,14 +60,14 @@ impl ServeLock {
         // A symbolic link would make the truncation below empty another file.
         reject_symlink(&path).map_err(failed("open"))?;
         let mut file = open_or_create(&path)
-            .map_err(|err| {
-                if err.kind() == std::io::ErrorKind::IsADirectory {
-                    std::io::Error::other(
-                        "it is a directory: remove it, serve creates the lock file itself",
-                    )
-                } else {
-                    err
-                }
+            .map_err(|err| match err.kind() {
+                std::io::ErrorKind::IsADirectory => std::io::Error::other(
+                    "it is a directory: remove it, serve creates the lock file itself",
+                ),
+                std::io::ErrorKind::ReadOnlyFilesystem => std::io::Error::other(
+                    "the file system is read-only: serve needs a writable data directory",
+                ),
+                _ => err,
             })
             .map_err(failed("open"))?;
         match file.try_lock() {
