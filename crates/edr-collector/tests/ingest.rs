@@ -329,3 +329,34 @@ async fn deleted_wal_stops_acks_until_restart() {
     let seqs = stored_seqs(&collector, &identity.sensor_id);
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
 }
+
+/// A graceful stop copies the WAL into the database file, so that `collector.db` copied alone
+/// afterwards, as a backup often is, holds every acknowledged event.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_stop_leaves_a_complete_database_file() {
+    let mut collector = Collector::start();
+    let identity = direct_identity(&collector);
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=10)).await.unwrap(), 10);
+    drop(session);
+
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &collector.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(collector.child.wait().unwrap().success());
+
+    let backup = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        collector.data_dir().join("collector.db"),
+        backup.path().join("collector.db"),
+    )
+    .unwrap();
+    let conn = rusqlite::Connection::open(backup.path().join("collector.db")).unwrap();
+    let events: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(events, 10);
+}

@@ -253,8 +253,29 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown_signal(signals))
         .await
         .context("the gRPC server failed")?;
+    checkpoint_at_stop(&shared);
     tracing::info!("edr-collector stopped");
     Ok(())
+}
+
+/// Copies the WAL into `collector.db` when `serve` stops, so that a copy of `collector.db`
+/// alone, taken while `serve` is stopped, holds every acknowledged event.
+fn checkpoint_at_stop(shared: &Shared) {
+    let checkpointed = shared
+        .ingest
+        .lock()
+        .map_err(|_| "database lock poisoned".to_string())
+        .and_then(|store| store.checkpoint_truncate().map_err(|err| err.to_string()));
+    match checkpointed {
+        Ok(true) => tracing::info!("copied the WAL into collector.db"),
+        Ok(false) => tracing::warn!(
+            "a reader kept part of the WAL from being copied into collector.db: copy collector.db-wal along with collector.db"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "failed to copy the WAL into collector.db: copy collector.db-wal along with collector.db"
+        ),
+    }
 }
 
 type TlsConnection =

@@ -84,9 +84,20 @@ impl Store {
     /// Copies every committed page from the WAL into the database file, waiting for readers,
     /// and returns whether all of them were copied.
     pub(crate) fn checkpoint_full(&self) -> Result<bool, StoreError> {
+        self.checkpoint("FULL")
+    }
+
+    /// Copies every committed page from the WAL into the database file and empties the WAL,
+    /// so that `collector.db` alone holds every commit. Returns whether that succeeded; a
+    /// reader holding an old snapshot prevents it.
+    pub(crate) fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        self.checkpoint("TRUNCATE")
+    }
+
+    fn checkpoint(&self, mode: &str) -> Result<bool, StoreError> {
         let (busy, log, copied): (i64, i64, i64) = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })
             .map_err(self.sqlite())?;
