@@ -80,9 +80,10 @@ impl Enrollment for EnrollmentService {
 
         let issued = match issued {
             Ok(issued) => issued,
+            // A failure of the Collector itself is an error in its log; a bad token is not.
             Err(err @ (EnrollError::Issue(_) | EnrollError::Store(_))) => {
                 tracing::error!(?peer, token_id = %token_id, error = %err, "enrollment failed");
-                return Err(internal_status("enroll this sensor"));
+                return Err(enroll_status(err));
             }
             Err(err) => {
                 tracing::warn!(?peer, token_id = %token_id, error = %err, "rejected enrollment");
@@ -187,7 +188,8 @@ fn enroll_status(err: EnrollError) -> Status {
 }
 
 /// Returns the status for a failure of the Collector itself, which the caller has logged.
-/// The sensor learns that the Collector failed but not its paths or SQLite messages.
+/// The sensor learns that the Collector failed, but not the Collector's paths or SQLite
+/// messages.
 fn internal_status(action: &str) -> Status {
     Status::internal(format!(
         "the Collector failed to {action}; its log names the cause"

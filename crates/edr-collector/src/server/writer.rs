@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use crate::ingest::ValidBatch;
+use crate::store::Store;
 use crate::store::codec::Trainer;
 use crate::store::ingest::{IngestOutcome, WalState};
 
@@ -81,14 +82,15 @@ pub(crate) fn spawn(
 
 /// WAL size above which the writer warns that checkpoints do not keep up: four times the
 /// 64 MiB at which the ingest connection checkpoints. SQLite's automatic checkpoints fail
-/// without an error, for example while the database file is not writable, and a reader that
-/// holds an old snapshot for a long time holds them back too.
+/// without an error, for example while the database file is not writable. A reader that keeps
+/// an old snapshot open for a long time also delays them.
 const WAL_WARNING_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Minimum time between two warnings about the WAL size.
 const WAL_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Logs that the WAL has grown to `bytes`, at most once per [`WAL_WARNING_INTERVAL`].
+/// Logs that the WAL has grown to `bytes`, unless the last such warning, recorded in
+/// `last_warning`, is more recent than [`WAL_WARNING_INTERVAL`].
 fn warn_large_wal(bytes: u64, last_warning: &mut Option<Instant>) {
     if last_warning.is_some_and(|at| at.elapsed() < WAL_WARNING_INTERVAL) {
         return;
@@ -96,7 +98,7 @@ fn warn_large_wal(bytes: u64, last_warning: &mut Option<Instant>) {
     *last_warning = Some(Instant::now());
     tracing::warn!(
         wal_mib = bytes / (1024 * 1024),
-        "collector.db-wal has grown far beyond the 64 MiB at which serve checkpoints, so checkpoints are failing or held back: check that collector.db is writable and that no reader, such as a long export, holds the database open; the WAL keeps growing until then"
+        "collector.db-wal has grown far beyond the 64 MiB at which serve checkpoints, so checkpoints are failing or held back: check that collector.db is writable and that no reader, such as a long export, keeps the database open; the WAL keeps growing until then"
     );
 }
 
@@ -115,47 +117,26 @@ fn store_group(
         .map(|request| ((request.sensor_id, request.batch), request.reply))
         .unzip();
     let started = Instant::now();
-    let result: Vec<Result<IngestOutcome, String>> = match shared.ingest.lock() {
+    let result = match shared.ingest.lock() {
         Ok(_) if *wal_deleted => vec![Err(WAL_DELETED.to_string()); items.len()],
         Ok(mut store) => {
-            let now = time::OffsetDateTime::now_utc();
-            match store.ingest_group(&items, now) {
-                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                // Store each batch alone, so that a batch that cannot be stored fails only
-                // its own stream.
-                Err(err) if items.len() > 1 => {
-                    tracing::warn!(batches = items.len(), error = %err, "failed to store a group of batches; storing them one by one");
-                    items
-                        .iter()
-                        .map(|item| {
-                            store
-                                .ingest_group(std::slice::from_ref(item), now)
-                                .map_err(|err| err.to_string())
-                                .and_then(|mut outcomes| {
-                                    outcomes.pop().ok_or_else(|| "no outcome".to_string())
-                                })
-                        })
-                        .collect()
+            let result = store_batches(&mut store, &items);
+            // Checked after the commit: a commit that went into a deleted WAL must not be
+            // acknowledged.
+            match store.wal_state() {
+                WalState::Deleted => {
+                    *wal_deleted = true;
+                    rescue_deleted_wal(&store);
+                    vec![Err(WAL_DELETED.to_string()); items.len()]
                 }
-                Err(err) => vec![Err(err.to_string())],
+                WalState::Bytes(bytes) if bytes > WAL_WARNING_BYTES => {
+                    warn_large_wal(bytes, last_wal_warning);
+                    result
+                }
+                _ => result,
             }
         }
         Err(_) => vec![Err("database lock poisoned".to_string()); items.len()],
-    };
-    let wal = match shared.ingest.lock() {
-        Ok(store) if !*wal_deleted => store.wal_state(),
-        _ => WalState::Unknown,
-    };
-    let result = match wal {
-        WalState::Deleted => {
-            *wal_deleted = true;
-            wal_deleted_outcomes(shared, result.len())
-        }
-        WalState::Bytes(bytes) if bytes > WAL_WARNING_BYTES => {
-            warn_large_wal(bytes, last_wal_warning);
-            result
-        }
-        _ => result,
     };
     shared.metrics.observe_store_latency(started.elapsed());
 
@@ -176,29 +157,50 @@ fn store_group(
     }
 }
 
-/// Handles a WAL file deleted by another program. The commits not yet checkpointed are only
-/// in the deleted file, so a checkpoint copies them into the database file while the file is
-/// still open. The group is not acknowledged either way: a sensor resends it after `serve` restarts,
-/// and the high-water mark drops what the checkpoint saved.
-fn wal_deleted_outcomes(shared: &Shared, batches: usize) -> Vec<Result<IngestOutcome, String>> {
-    let saved = shared
-        .ingest
-        .lock()
-        .map_err(|_| "database lock poisoned".to_string())
-        .and_then(|store| store.checkpoint_full().map_err(|err| err.to_string()));
-    match saved {
+/// Stores `items` in one transaction or, when that fails, each batch in a transaction of its
+/// own, so that a batch that cannot be stored fails only its own stream.
+fn store_batches(
+    store: &mut Store,
+    items: &[(String, ValidBatch)],
+) -> Vec<Result<IngestOutcome, String>> {
+    let now = time::OffsetDateTime::now_utc();
+    match store.ingest_group(items, now) {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(err) if items.len() > 1 => {
+            tracing::warn!(batches = items.len(), error = %err, "failed to store a group of batches; storing them one by one");
+            items
+                .iter()
+                .map(|item| {
+                    store
+                        .ingest_group(std::slice::from_ref(item), now)
+                        .map_err(|err| err.to_string())
+                        .and_then(|mut outcomes| {
+                            outcomes.pop().ok_or_else(|| "no outcome".to_string())
+                        })
+                })
+                .collect()
+        }
+        Err(err) => vec![Err(err.to_string())],
+    }
+}
+
+/// Copies into the database file the commits that are only in a WAL file deleted by another
+/// program, while `serve` still has it open, and logs the result. The caller acknowledges
+/// nothing more: a sensor resends after `serve` restarts, and the high-water mark drops what
+/// the checkpoint saved.
+fn rescue_deleted_wal(store: &Store) {
+    match store.checkpoint_full() {
         Ok(true) => tracing::error!(
-            "collector.db-wal was deleted while serve ran; the commits it held were copied into collector.db, and serve stores nothing more until it restarts"
+            "collector.db-wal was deleted while serve ran; the commits it contained were copied into collector.db, and serve stores nothing more until it restarts"
         ),
         Ok(false) => tracing::error!(
-            "collector.db-wal was deleted while serve ran; some of the commits it held could not be copied into collector.db because readers held them back, and serve stores nothing more until it restarts"
+            "collector.db-wal was deleted while serve ran; readers kept some of the commits it contained from being copied into collector.db, and serve stores nothing more until it restarts"
         ),
         Err(err) => tracing::error!(
             error = %err,
-            "collector.db-wal was deleted while serve ran, and copying the commits it held into collector.db failed; serve stores nothing more until it restarts"
+            "collector.db-wal was deleted while serve ran, and copying the commits it contained into collector.db failed; serve stores nothing more until it restarts"
         ),
     }
-    vec![Err(WAL_DELETED.to_string()); batches]
 }
 
 /// Commits a trained dictionary and then hands it to the streams, so that no event compressed
