@@ -208,7 +208,7 @@ pub(crate) struct EventsArgs {
     pub(crate) conditions: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub(crate) format: EventsFormat,
-    /// Maximum number of events to print, not counting skipped damaged rows; at least 1.
+    /// Maximum number of events to print, at least 1. Skipped damaged rows do not count.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) limit: u64,
 }

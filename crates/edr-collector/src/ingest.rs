@@ -84,8 +84,8 @@ pub(crate) enum EventBody {
     /// The JSON text as the sensor sent it, checked to be UTF-8; a slice of the decoded
     /// message, not a copy.
     Json(Bytes),
-    /// A zstd frame of the JSON, made with a stored dictionary (see [`crate::store::codec`]);
-    /// the frames of a batch are slices of one buffer.
+    /// A zstd frame of the JSON, made with a stored dictionary (see [`crate::store::codec`]).
+    /// The frames of a batch are slices of one buffer.
     Zstd(Bytes),
 }
 

@@ -34,10 +34,9 @@ pub fn run() -> anyhow::Result<()> {
     commands::run(cli)
 }
 
-/// Renders `err` for standard error in the form `main` would print it, `Error: MESSAGE`
-/// followed by its causes, but leaves out each cause whose text the message before it already
-/// contains. Many errors of this crate name their cause in their own message, so the plain
-/// form would print that cause twice.
+/// Renders `err` for standard error as `main` would print it: `Error: MESSAGE`, then its
+/// causes. A cause whose text the message before it already contains is left out, because
+/// many errors of this crate name their cause in their own message.
 pub fn error_report(err: &anyhow::Error) -> String {
     let mut previous = err.to_string();
     let mut report = format!("Error: {previous}");
@@ -87,25 +86,25 @@ mod tests {
 
     #[test]
     fn causes_not_in_the_message_are_listed() {
-        let single =
+        let one_cause =
             anyhow::Error::new(std::io::Error::other("disk full")).context("export failed");
         assert_eq!(
-            error_report(&single),
+            error_report(&one_cause),
             "Error: export failed\n\nCaused by:\n    disk full"
         );
         let inner = Inner {
             source: std::io::Error::other("denied"),
         };
-        let two = anyhow::Error::new(inner).context("serve failed");
+        let cause_in_message = anyhow::Error::new(inner).context("serve failed");
         assert_eq!(
-            error_report(&two),
+            error_report(&cause_in_message),
             "Error: serve failed\n\nCaused by:\n    failed to open the lock file: denied"
         );
-        let three = anyhow::Error::new(std::io::Error::other("denied"))
+        let two_causes = anyhow::Error::new(std::io::Error::other("denied"))
             .context("reading the key")
             .context("serve failed");
         assert_eq!(
-            error_report(&three),
+            error_report(&two_causes),
             "Error: serve failed\n\nCaused by:\n    0: reading the key\n    1: denied"
         );
     }

@@ -330,8 +330,8 @@ async fn deleted_wal_stops_acks_until_restart() {
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
 }
 
-/// A graceful stop copies the WAL into the database file, so that `collector.db` copied alone
-/// afterwards, as a backup often is, holds every acknowledged event.
+/// A graceful stop copies the WAL into the database file. So `collector.db` copied alone
+/// afterwards, as a backup often is, contains every acknowledged event.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_stop_leaves_a_complete_database_file() {

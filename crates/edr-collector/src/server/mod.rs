@@ -258,8 +258,8 @@ pub(crate) async fn serve(data_dir: &Path, options: ServeOptions) -> anyhow::Res
     Ok(())
 }
 
-/// Copies the WAL into `collector.db` when `serve` stops, so that a copy of `collector.db`
-/// alone, taken while `serve` is stopped, holds every acknowledged event.
+/// Copies the WAL into `collector.db` when `serve` stops. A copy of `collector.db` alone,
+/// taken while `serve` is stopped, then contains every acknowledged event.
 fn checkpoint_at_stop(shared: &Shared) {
     let checkpointed = shared
         .ingest

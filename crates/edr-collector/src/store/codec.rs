@@ -140,8 +140,8 @@ impl EventCodec {
     /// Compresses the JSON of every event in `batch` if there is a dictionary; otherwise
     /// leaves the batch as it is.
     ///
-    /// The frames of a batch share one buffer, which is freed with the last of them: one
-    /// allocation per batch instead of one per event, each sized for the worst case.
+    /// The frames of a batch share one buffer, which is freed with the last of them. That is
+    /// one allocation per batch, instead of one per event sized for the worst case.
     pub(crate) fn compress(&self, batch: &mut ValidBatch) -> Result<(), CodecError> {
         let Some(dictionary) = self.current.read().ok().and_then(|current| current.clone()) else {
             return Ok(());
@@ -152,7 +152,7 @@ impl EventCodec {
             .include_checksum(true)
             .map_err(CodecError::Compress)?;
         // A frame is compressed into `scratch`, sized for the largest possible frame, and
-        // copied to the end of `frames`; `ends` records where each one stops.
+        // copied to the end of `frames`. `ends` records where each frame stops.
         let mut scratch = Vec::new();
         let mut frames = Vec::with_capacity(batch.event_bytes / 4);
         let mut ends = Vec::with_capacity(batch.records.len());

@@ -88,8 +88,8 @@ impl Store {
     }
 
     /// Copies every committed page from the WAL into the database file and empties the WAL,
-    /// so that `collector.db` alone holds every commit. Returns whether that succeeded; a
-    /// reader holding an old snapshot prevents it.
+    /// so that `collector.db` alone contains every commit. Returns whether that succeeded,
+    /// which a reader with an old snapshot prevents.
     pub(crate) fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
         self.checkpoint("TRUNCATE")
     }
@@ -197,7 +197,7 @@ fn ingest_one(
         match record {
             Record::Event { seq, fields, body } => {
                 // Text was checked to be UTF-8 by validation. Both forms are bound as borrowed
-                // slices; SQLite copies them once.
+                // slices, which SQLite copies once.
                 let json = match body {
                     EventBody::Json(bytes) => ToSqlOutput::Borrowed(ValueRef::Text(bytes)),
                     EventBody::Zstd(frame) => ToSqlOutput::Borrowed(ValueRef::Blob(frame)),
