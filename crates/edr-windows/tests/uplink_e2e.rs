@@ -127,13 +127,19 @@ impl Sensor {
     }
 
     fn uplink(&self, url: &str) -> CollectorUplink {
-        let transport = TransportConfig {
-            batch_max_delay_ms: 10,
-            heartbeat_interval_secs: 1,
-            backoff_initial_ms: 20,
-            backoff_max_ms: 200,
-            ..TransportConfig::default()
-        };
+        self.uplink_with(
+            url,
+            TransportConfig {
+                batch_max_delay_ms: 10,
+                heartbeat_interval_secs: 1,
+                backoff_initial_ms: 20,
+                backoff_max_ms: 200,
+                ..TransportConfig::default()
+            },
+        )
+    }
+
+    fn uplink_with(&self, url: &str, transport: TransportConfig) -> CollectorUplink {
         let settings = UplinkSettings::next_to_config(
             &self.config_dir(),
             Some(url.to_owned()),
@@ -414,4 +420,92 @@ fn rejected_token_not_retried() {
         error.to_string().contains("the last token was rejected"),
         "{error}"
     );
+}
+
+/// Log lines of the whole test binary at DEBUG for the sensor crate, for tests that check what
+/// the transport logs. Installed once; lines of tests running in parallel are mixed in, so a
+/// test picks its own by the Collector's address.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    Arc::clone(LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("edr_sensor=debug"))
+            .with_ansi(false)
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .init();
+        logs
+    }))
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Collector that opens the stream and then refuses every batch, here because its WAL was
+/// deleted, gets reconnects with growing delays. The sensor logs the Collector's reason once at
+/// WARN, not a bare "stream closed" per attempt.
+#[test]
+fn refused_batches_back_off_and_log_the_reason() {
+    let logs = captured_logs();
+    let collector_data = CollectorData::init();
+    let collector = collector_data.serve("127.0.0.1:0", &[]);
+    let sensor = Sensor::new(Some(&collector_data.token(&[])));
+    let mut uplink = sensor.uplink_with(
+        &collector.url(),
+        TransportConfig {
+            batch_max_delay_ms: 10,
+            heartbeat_interval_secs: 1,
+            backoff_initial_ms: 50,
+            backoff_max_ms: 1_000,
+            ..TransportConfig::default()
+        },
+    );
+    uplink.start().unwrap();
+    wait_for_streaming(&uplink);
+    let sensor_id = sensor.sensor_id();
+    sensor.append_events(10, "stored");
+    wait_until("the first events are stored", WAIT, || {
+        collector_data.stored_events(&sensor_id).len() == 10
+    });
+
+    std::fs::remove_file(collector_data.data.join("collector.db-wal")).unwrap();
+    sensor.append_events(10, "refused");
+    let mut link = uplink.subscribe();
+    link.borrow_and_update();
+    let mut sessions = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        if link.has_changed().unwrap() && *link.borrow_and_update() == LinkState::Streaming {
+            sessions += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    uplink.check().unwrap();
+    uplink.stop().unwrap();
+
+    // When every session started the delays over, they stayed below 50 ms and the sensor
+    // opened 31 sessions in 4 s. Growing up to 1 s, they allowed 8 to 10.
+    assert!((2..=18).contains(&sessions), "{sessions} sessions in 4 s");
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(&collector.url()))
+        .collect();
+    let warnings: Vec<&&str> = ours
+        .iter()
+        .filter(|line| line.contains("WARN") && line.contains("link to the Collector down"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{ours:#?}");
+    assert!(warnings[0].contains("collector.db-wal"), "{ours:#?}");
 }

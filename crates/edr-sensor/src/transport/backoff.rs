@@ -32,6 +32,17 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
+
+    /// Returns the longest delay.
+    pub(crate) fn max_delay(&self) -> Duration {
+        self.max
+    }
+}
+
+/// Returns whether a session that ended with an error worked well enough to start the backoff
+/// over: the Collector acknowledged records in it, or it lasted as long as the longest delay.
+pub(crate) fn session_worked(acked: bool, lasted: Duration, max_delay: Duration) -> bool {
+    acked || lasted >= max_delay
 }
 
 /// Computes the delay for the attempt after `failures` failures: `unit` (in `[0, 1)`) times
@@ -78,6 +89,13 @@ mod tests {
             jittered_delay(INITIAL, MAX, 3, 0.5),
             Duration::from_millis(400)
         );
+    }
+
+    #[test]
+    fn short_sessions_without_acks_count_as_failures() {
+        assert!(!session_worked(false, Duration::from_millis(300), MAX));
+        assert!(session_worked(true, Duration::from_millis(300), MAX));
+        assert!(session_worked(false, MAX, MAX));
     }
 
     #[test]

@@ -14,9 +14,13 @@
 //! [`Transport::run`] walks these states until shutdown or an error that reconnecting cannot
 //! cure ([`TransportError::is_retryable`]). The state is published through
 //! [`Transport::subscribe`]. Reconnect delays grow exponentially from `backoff_initial_ms` to
-//! `backoff_max_ms` with full jitter. A failure is logged at WARN once when its cause changes,
-//! and at DEBUG for every further attempt with the same cause. The ring buffer is owned by the
-//! caller, which keeps appending to it in every state.
+//! `backoff_max_ms` with full jitter. A session counts as a failed attempt too unless the
+//! Collector acknowledged records in it or it lasted `backoff_max_ms`: a Collector that
+//! accepts the stream and then refuses every batch (a full disk, say) gets growing delays, not
+//! a reconnect every few hundred milliseconds. A failure is logged at WARN once when its cause
+//! changes, and at DEBUG for every further attempt with the same cause. When the stream closes,
+//! the Collector's status is read, so the log names its reason. The ring buffer is owned by
+//! the caller, which keeps appending to it in every state.
 //!
 //! # Streaming
 //!
@@ -73,7 +77,7 @@ use crate::buffer::{Buffer, Lane, RecordKind};
 use crate::enrollment::{self, EnrollmentError};
 use crate::identity::{Identity, IdentityStore};
 
-use backoff::Backoff;
+use backoff::{Backoff, session_worked};
 pub use command::execute;
 pub use config::{ConfigError, TransportConfig};
 pub use error::TransportError;
@@ -123,6 +127,13 @@ enum SessionEnd {
     Shutdown,
     Renewed,
     Failed(TransportError),
+}
+
+/// Why sending batches stopped.
+enum Pumped {
+    /// The outbound stream is closed; the Collector's status says why.
+    Closed,
+    Failed(SessionEnd),
 }
 
 // === impl Transport ===
@@ -179,8 +190,9 @@ impl Transport {
             let url = identity.collector_url.clone();
             let failure = match connect(&identity).await {
                 Ok(channel) => {
-                    backoff.reset();
-                    match self.stream(&identity, channel, &mut shutdown).await {
+                    let started = Instant::now();
+                    let (end, acked) = self.stream(&identity, channel, &mut shutdown).await;
+                    match end {
                         SessionEnd::Shutdown => {
                             self.state.send_replace(LinkState::Disconnected);
                             tracing::info!(collector = %url, "transport stopped");
@@ -188,11 +200,15 @@ impl Transport {
                         }
                         SessionEnd::Renewed => {
                             tracing::info!(collector = %url, "reconnecting with the renewed certificate");
+                            backoff.reset();
                             last_failure = None;
                             continue;
                         }
                         SessionEnd::Failed(error) => {
-                            last_failure = None;
+                            if session_worked(acked, started.elapsed(), backoff.max_delay()) {
+                                backoff.reset();
+                                last_failure = None;
+                            }
                             error
                         }
                     }
@@ -224,13 +240,14 @@ impl Transport {
         }
     }
 
-    /// Runs one streaming session on an open channel.
+    /// Runs one streaming session on an open channel. Returns how it ended and whether the
+    /// Collector acknowledged records in it.
     async fn stream(
         &self,
         identity: &Identity,
         channel: Channel,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> SessionEnd {
+    ) -> (SessionEnd, bool) {
         let mut client = v1::telemetry_client::TelemetryClient::new(channel.clone())
             .send_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Zstd)
@@ -240,7 +257,8 @@ impl Transport {
         let response = match client.stream(ReceiverStream::new(outbound_rx)).await {
             Ok(response) => response,
             Err(status) => {
-                return SessionEnd::Failed(TransportError::from_status("Telemetry", status));
+                let error = TransportError::from_status("Telemetry", status);
+                return (SessionEnd::Failed(error), false);
             }
         };
         let mut inbound = response.into_inner();
@@ -253,11 +271,14 @@ impl Transport {
         self.state.send_replace(LinkState::Streaming);
         tracing::info!(collector = %identity.collector_url, sensor_id = %identity.sensor_id, "streaming to the Collector");
         let mut session = Session::new(self, identity);
-        let result = session.run(&outbound, &mut inbound, shutdown).await;
+        let end = session.run(&outbound, &mut inbound, shutdown).await;
         lock(&self.buffer).rewind();
-        result
+        (end, session.acked)
     }
 }
+
+/// How long a session whose outbound stream broke waits for the Collector's status.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// Opens an mTLS channel to the Collector named in `identity`.
 async fn connect(identity: &Identity) -> Result<Channel, TransportError> {
@@ -282,6 +303,8 @@ struct Session<'a> {
     /// Last sequence number and send time of each batch not yet acknowledged.
     unacked: VecDeque<(u64, Instant)>,
     sent_seq: u64,
+    /// Whether an ack in this session freed records.
+    acked: bool,
     gaps: GapLog,
 }
 
@@ -298,6 +321,7 @@ impl<'a> Session<'a> {
             pending_since: None,
             unacked: VecDeque::new(),
             sent_seq,
+            acked: false,
             gaps: GapLog::default(),
         }
     }
@@ -336,12 +360,14 @@ impl<'a> Session<'a> {
                     }
                     let message = self.heartbeat();
                     if outbound.send(message).await.is_err() {
-                        return SessionEnd::Failed(TransportError::StreamClosed { rpc: "Telemetry" });
+                        return self.closed(inbound).await;
                     }
                 }
                 _ = poll.tick() => {
-                    if let Err(end) = self.pump(outbound).await {
-                        return end;
+                    match self.pump(outbound).await {
+                        Ok(()) => {}
+                        Err(Pumped::Closed) => return self.closed(inbound).await,
+                        Err(Pumped::Failed(end)) => return end,
                     }
                 }
             }
@@ -379,9 +405,13 @@ impl<'a> Session<'a> {
                 } else {
                     ack.durable_seq
                 };
-                lock(&self.transport.buffer)
+                let mut buffer = lock(&self.transport.buffer);
+                let before = buffer.acked_seq();
+                buffer
                     .ack(acked)
                     .map_err(|error| SessionEnd::Failed(error.into()))?;
+                self.acked |= buffer.acked_seq() > before;
+                drop(buffer);
                 while self
                     .unacked
                     .front()
@@ -398,23 +428,48 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Returns why the telemetry stream closed: the Collector's status when it sends one within
+    /// [`STATUS_WAIT`], otherwise [`TransportError::StreamClosed`]. Acks that arrive first are
+    /// applied.
+    async fn closed(&mut self, inbound: &mut tonic::Streaming<v1::CollectorMessage>) -> SessionEnd {
+        let deadline = tokio::time::Instant::now() + STATUS_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, inbound.next()).await {
+                Ok(Some(Ok(message))) => {
+                    if let Err(end) = self.receive(Some(Ok(message))) {
+                        return end;
+                    }
+                }
+                Ok(Some(Err(status))) => {
+                    return SessionEnd::Failed(TransportError::from_status("Telemetry", status));
+                }
+                Ok(None) | Err(_) => {
+                    return SessionEnd::Failed(TransportError::StreamClosed { rpc: "Telemetry" });
+                }
+            }
+        }
+    }
+
     /// Moves durable records into the pending batch and sends it when it is full or old enough.
-    async fn pump(&mut self, outbound: &mpsc::Sender<v1::SensorMessage>) -> Result<(), SessionEnd> {
+    async fn pump(&mut self, outbound: &mpsc::Sender<v1::SensorMessage>) -> Result<(), Pumped> {
         let config = &self.transport.config;
         if let Some((seq, sent_at)) = self.unacked.front()
             && sent_at.elapsed() >= config.ack_timeout()
         {
-            return Err(SessionEnd::Failed(TransportError::AckTimeout {
-                seq: *seq,
-                waited_secs: config.ack_timeout_secs,
-            }));
+            return Err(Pumped::Failed(SessionEnd::Failed(
+                TransportError::AckTimeout {
+                    seq: *seq,
+                    waited_secs: config.ack_timeout_secs,
+                },
+            )));
         }
 
         loop {
             if self.unacked.len() as u64 >= config.max_unacked_batches {
                 return Ok(());
             }
-            self.fill().map_err(SessionEnd::Failed)?;
+            self.fill()
+                .map_err(|error| Pumped::Failed(SessionEnd::Failed(error)))?;
             let full = self.pending_bytes >= config.batch_max_bytes;
             let aged = self
                 .pending_since
@@ -424,9 +479,7 @@ impl<'a> Session<'a> {
             }
             let batch = self.take_batch();
             if outbound.send(batch).await.is_err() {
-                return Err(SessionEnd::Failed(TransportError::StreamClosed {
-                    rpc: "Telemetry",
-                }));
+                return Err(Pumped::Closed);
             }
             if !full {
                 return Ok(());
