@@ -5,6 +5,8 @@
 //! - `dump`: the `evtx` crate's own JSON-lines rendering, the code path of `evtx_dump -o jsonl`;
 //! - `convert`: [`edr_evtx::convert_file`] and `serde_json` serialisation of every OCSF event.
 //!
+//! On Linux both sides allocate with mimalloc, as `edr-windows convert` does there.
+//!
 //! With `EVTX_DUMP=/path/to/evtx_dump`, the real `evtx_dump -t 1 -o jsonl` is also timed, one
 //! process per file as a user would run it. `EDR_BENCH_ITERATIONS` sets the number of runs
 //! (default 5); the best and median run of each side are printed with their ratio.
@@ -14,6 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use evtx::{EvtxParser, ParserSettings};
+
+/// The allocator of `edr-windows` on Linux (ADR 0011), which runs `convert`. Both sides use it.
+#[cfg(not(windows))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

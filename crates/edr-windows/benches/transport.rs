@@ -12,6 +12,9 @@
 //! back and forth between files, so every commit inserts at scattered places in the
 //! Collector's time index.
 //!
+//! `EDR_BENCH_COLLECTOR` names an `edr-collector` binary to run in place of the one the bench
+//! builds, so that two builds of the Collector can be timed in alternation.
+//!
 //! Run with `cargo bench -p edr-windows --bench transport`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -253,8 +256,18 @@ fn load_events(evtx: &Path) -> Vec<Vec<u8>> {
     events
 }
 
-/// Builds `edr-collector` in release mode into its own target directory and returns its path.
+/// Returns `EDR_BENCH_COLLECTOR`, or builds `edr-collector` in release mode into its own target
+/// directory and returns its path.
 fn collector_binary() -> PathBuf {
+    if let Some(binary) = std::env::var_os("EDR_BENCH_COLLECTOR") {
+        let binary = PathBuf::from(binary);
+        assert!(
+            binary.is_file(),
+            "EDR_BENCH_COLLECTOR={} is not a file; give the path of an edr-collector binary",
+            binary.display()
+        );
+        return binary;
+    }
     let profile_dir = Path::new(SENSOR).parent().unwrap();
     let target_dir = profile_dir
         .parent()
