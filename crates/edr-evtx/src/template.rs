@@ -64,26 +64,23 @@ impl TemplateCache {
         if !matches!(binxml, [0x0f, _, _, _, 0x0c, ..]) {
             return None;
         }
-        let mut instances = record.template_instances().ok()?;
-        if instances.len() != 1 {
-            return None;
-        }
-        let instance = instances.pop()?;
+        // The record's instance has the layout of a nested one, and its values are decoded the
+        // same way, from their stored bytes.
+        let instance = NestedInstance::read(chunk, binxml)?;
         let plan = self
             .events
-            .entry(instance.template_def_offset)
-            .or_insert_with(|| Plan::compile(chunk, instance.template_def_offset).map(Arc::new))
+            .entry(instance.definition)
+            .or_insert_with(|| Plan::compile(chunk, instance.definition).map(Arc::new))
             .clone()?;
-        let values = instance.values.as_slice();
-        let mut record = plan.build(values, record_id, time_ms)?;
+        let mut record = plan.build(&instance, record_id, time_ms)?;
 
         // Most events keep `EventData` or `UserData` in a template of its own, passed to the
         // `Event` template as a nested BinXML value.
         if let Some(index) = plan.body {
-            match values.get(usize::from(index)) {
-                None | Some(BinXmlValue::NullType) => {}
-                Some(BinXmlValue::BinXmlType([])) => {}
-                Some(BinXmlValue::BinXmlType(fragment)) => {
+            match instance.values.get(usize::from(index)) {
+                None | Some((0x00, _)) => {}
+                Some((0x21, [])) => {}
+                Some((0x21, fragment)) => {
                     let nested = NestedInstance::read(chunk, fragment)?;
                     let body = self
                         .bodies
@@ -455,10 +452,10 @@ impl Plan {
     /// Fills a record from the values of one instance, without the fields of a nested body.
     /// Returns `None` when a value has a type or shape whose JSON rendering this plan would
     /// not reproduce.
-    fn build(&self, values: &[BinXmlValue<'_>], record_id: u64, time_ms: i64) -> Option<Record> {
+    fn build(&self, values: &impl Values, record_id: u64, time_ms: i64) -> Option<Record> {
         let system = &self.system;
         let text = |source: &Option<Source>| -> Option<Option<String>> {
-            match resolve(source.as_ref(), &values)? {
+            match resolve(source.as_ref(), values)? {
                 // The `evtx` crate leaves out an attribute whose value is empty. The element
                 // texts read here (`Channel`, `Computer`) default to "" either way.
                 FieldValue::Str(text) if text.is_empty() => Some(None),
@@ -468,17 +465,28 @@ impl Plan {
             }
         };
         let number = |source: &Option<Source>| -> Option<Option<u64>> {
-            Some(resolve(source.as_ref(), &values)?.as_u64())
+            Some(resolve(source.as_ref(), values)?.as_u64())
         };
 
         let event_id = number(&system.event_id)?.and_then(|id| u32::try_from(id).ok())?;
         let system_time = text(&system.time_created)?;
-        let time_ms = system_time
-            .as_deref()
-            .and_then(crate::map::parse_utc_time)
+        let stored_time = match system
+            .time_created
+            .as_ref()
+            .map(|source| source.pieces.as_slice())
+        {
+            Some([Piece::Slot { index, .. }]) if system_time.is_some() => {
+                values.file_time_ms(usize::from(*index))
+            }
+            _ => None,
+        };
+        // Reading the time from the stored FILETIME saves parsing the text made from it; both
+        // give the same milliseconds (`file_time_ms_matches_its_text`).
+        let time_ms = stored_time
+            .or_else(|| system_time.as_deref().and_then(crate::map::parse_utc_time))
             .unwrap_or(time_ms);
         let (fields, is_user_data) = match &self.inline {
-            Some(body) => (body.fields(&values)?, body.is_user_data),
+            Some(body) => (body.fields(values)?, body.is_user_data),
             None => (Fields::default(), false),
         };
 
@@ -625,6 +633,11 @@ trait Values {
     /// Value `index` as its JSON rendering parses, `Null` past the values; `None` for a type
     /// whose rendering this module does not reproduce.
     fn field(&self, index: usize) -> Option<FieldValue>;
+    /// Value `index` in milliseconds since 1970 when it is a FILETIME of the years 1601 to
+    /// 9999.
+    fn file_time_ms(&self, _index: usize) -> Option<i64> {
+        None
+    }
 }
 
 impl Values for &[BinXmlValue<'_>] {
@@ -651,6 +664,30 @@ impl Values for NestedInstance<'_> {
             Some((value_type, bytes)) => raw_field_value(*value_type, bytes),
         }
     }
+
+    fn file_time_ms(&self, index: usize) -> Option<i64> {
+        match self.values.get(index) {
+            Some((0x11, bytes)) => file_time_ms(u64::from_le_bytes((*bytes).try_into().ok()?)),
+            _ => None,
+        }
+    }
+}
+
+/// FILETIME of 9999-12-31T23:59:59.9999999Z, the last one a four-digit year can show.
+const LAST_FILE_TIME: u64 = 2_650_467_743_999_999_999;
+
+/// Milliseconds between 1601-01-01 and 1970-01-01.
+const FILE_TIME_EPOCH_MS: i64 = 11_644_473_600_000;
+
+/// Converts a FILETIME (100 ns units since 1601) to milliseconds since 1970, rounded down as
+/// the first three digits of its rendered fraction are.
+fn file_time_ms(file_time: u64) -> Option<i64> {
+    if file_time > LAST_FILE_TIME {
+        return None;
+    }
+    i64::try_from(file_time / 10_000)
+        .ok()
+        .map(|ms| ms - FILE_TIME_EPOCH_MS)
 }
 
 /// Returns the value of `source`, `Null` when it is absent or empty, and `None` when it cannot
@@ -701,8 +738,8 @@ fn field_value(value: &BinXmlValue<'_>) -> Option<FieldValue> {
         BinXmlValue::BoolType(flag) => FieldValue::Bool(*flag),
         BinXmlValue::BinaryType([]) => FieldValue::Null,
         BinXmlValue::GuidType(bytes) => FieldValue::Str(guid_text(bytes)),
-        BinXmlValue::HexInt32Type(n) => FieldValue::Str(format!("0x{n:x}")),
-        BinXmlValue::HexInt64Type(n) => FieldValue::Str(format!("0x{n:x}")),
+        BinXmlValue::HexInt32Type(n) => FieldValue::Str(hex_text(u64::from(*n))),
+        BinXmlValue::HexInt64Type(n) => FieldValue::Str(hex_text(*n)),
         BinXmlValue::BinaryType(_)
         | BinXmlValue::FileTimeType(_)
         | BinXmlValue::SysTimeType(_)
@@ -753,6 +790,19 @@ fn raw_field_value(value_type: u8, bytes: &[u8]) -> Option<FieldValue> {
         _ => return None,
     };
     field_value(&value)
+}
+
+/// Formats `n` as `0x` and lower-case hex digits without leading zeros, as `format!("0x{n:x}")`
+/// does.
+fn hex_text(n: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    let mut text = String::with_capacity(2 + digits as usize);
+    text.push_str("0x");
+    for digit in (0..digits).rev() {
+        text.push(char::from(HEX[((n >> (digit * 4)) & 0x0f) as usize]));
+    }
+    text
 }
 
 /// Formats a GUID as Windows does: lower-case hex in braces, the first three groups stored
@@ -814,12 +864,16 @@ fn utf16_to_string(bytes: &[u8]) -> Option<String> {
     if !bytes.len().is_multiple_of(2) {
         return None;
     }
-    // Most event text is ASCII, which needs no surrogate handling: copy the low bytes.
-    if bytes
-        .chunks_exact(2)
-        .all(|unit| unit[1] == 0 && unit[0] < 0x80)
-    {
-        let ascii: Vec<u8> = bytes.iter().step_by(2).copied().collect();
+    // Most event text is ASCII, which needs no surrogate handling: copy the low bytes, and
+    // start over as UTF-16 at the first unit that is not ASCII.
+    let mut ascii = Vec::with_capacity(bytes.len() / 2);
+    for unit in bytes.chunks_exact(2) {
+        if unit[1] != 0 || unit[0] >= 0x80 {
+            break;
+        }
+        ascii.push(unit[0]);
+    }
+    if ascii.len() * 2 == bytes.len() {
         return String::from_utf8(ascii).ok();
     }
     let units: Vec<u16> = bytes
@@ -842,6 +896,60 @@ fn utf16_until_nul(bytes: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use evtx::Utf16LeSlice;
+
+    #[test]
+    fn hex_text_matches_format() {
+        for n in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0x8020_0000_0000_0000,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            assert_eq!(hex_text(n), format!("0x{n:x}"));
+        }
+    }
+
+    #[test]
+    fn file_time_ms_matches_its_text() {
+        // 1601, before 1970, the epoch, a recorded time, 9999, and the first year too large.
+        let times = [
+            0,
+            116_444_735_999_999_999,
+            116_444_736_000_000_000,
+            132_000_000_123_456_789,
+            LAST_FILE_TIME,
+        ];
+        for file_time in times {
+            let text = BinXmlValue::FileTimeType(FileTime(file_time)).to_string();
+            assert_eq!(
+                file_time_ms(file_time),
+                crate::map::parse_utc_time(&text),
+                "{file_time} rendered as {text}"
+            );
+        }
+        assert_eq!(file_time_ms(LAST_FILE_TIME + 1), None);
+    }
+
+    #[test]
+    fn utf16_text_with_and_without_ascii() {
+        let encode =
+            |text: &str| -> Vec<u8> { text.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+        for text in [
+            "",
+            "C:\\Windows\\system32",
+            "Zürich",
+            "x\u{1F600}y",
+            "\u{7f}\u{80}",
+        ] {
+            assert_eq!(utf16_to_string(&encode(text)).as_deref(), Some(text));
+        }
+        assert_eq!(utf16_to_string(&[0x41]), None);
+        // An unpaired surrogate is not text.
+        assert_eq!(utf16_to_string(&[0x41, 0, 0x00, 0xd8]), None);
+    }
 
     /// Writes a template definition the way a chunk stores one, names inline.
     struct Definition(Vec<u8>);
@@ -958,7 +1066,9 @@ mod tests {
             BinXmlValue::NullType,
             BinXmlValue::UInt8Type(1),
         ];
-        let record = plan.build(&values, 7, 11).expect("record builds");
+        let record = plan
+            .build(&values.as_slice(), 7, 11)
+            .expect("record builds");
         assert_eq!(record.event_id, 4688);
         assert_eq!(record.channel, "C");
         assert_eq!(record.record_id, 7);
@@ -979,7 +1089,7 @@ mod tests {
             BinXmlValue::NullType,
             BinXmlValue::NullType,
         ];
-        let record = plan.build(&values, 1, 0).unwrap();
+        let record = plan.build(&values.as_slice(), 1, 0).unwrap();
         assert_eq!(record.fields.get("Extra"), None);
         assert_eq!(
             record.fields.get("Image"),
@@ -996,7 +1106,7 @@ mod tests {
         ];
         for (kind, value) in empty_values {
             let values = [BinXmlValue::UInt16Type(1), value];
-            let record = plan.build(&values, 1, 0).unwrap();
+            let record = plan.build(&values.as_slice(), 1, 0).unwrap();
             assert_eq!(
                 record.fields.get("Image"),
                 Some(&FieldValue::Str(String::new())),
@@ -1005,7 +1115,7 @@ mod tests {
         }
 
         let values = [BinXmlValue::UInt16Type(1)];
-        let record = plan.build(&values, 1, 0).unwrap();
+        let record = plan.build(&values.as_slice(), 1, 0).unwrap();
         assert_eq!(
             record.fields.get("Image"),
             Some(&FieldValue::Str(String::new())),
@@ -1041,7 +1151,7 @@ mod tests {
         let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
 
         let values = [BinXmlValue::UInt16Type(1), BinXmlValue::NullType];
-        let record = plan.build(&values, 1, 0).unwrap();
+        let record = plan.build(&values.as_slice(), 1, 0).unwrap();
         assert!(record.is_user_data);
         assert_eq!(record.fields.get("Field"), Some(&FieldValue::Null));
     }
@@ -1070,7 +1180,7 @@ mod tests {
         let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
 
         let values = [BinXmlValue::UInt16Type(1), BinXmlValue::UInt8Type(2)];
-        let record = plan.build(&values, 1, 0).unwrap();
+        let record = plan.build(&values.as_slice(), 1, 0).unwrap();
         assert_eq!(record.channel, "Security");
         assert_eq!(record.fields.get("Image"), Some(&FieldValue::Unsigned(2)));
     }
@@ -1095,7 +1205,7 @@ mod tests {
         let plan = Plan::compile(&d.finish(), 0).expect("plan compiles");
 
         let values = [BinXmlValue::UInt16Type(1)];
-        let record = plan.build(&values, 1, 0).unwrap();
+        let record = plan.build(&values.as_slice(), 1, 0).unwrap();
         assert_eq!(record.computer, "host");
     }
 
@@ -1125,7 +1235,7 @@ mod tests {
             BinXmlValue::UInt16Type(1),
             BinXmlValue::StringType(Utf16LeSlice::new(&empty, 0)),
         ];
-        let record = plan.build(&values, 1, 0).unwrap();
+        let record = plan.build(&values.as_slice(), 1, 0).unwrap();
         assert_eq!(record.user_sid, None);
     }
 
@@ -1137,10 +1247,10 @@ mod tests {
             BinXmlValue::Real64Type(0.5),
             BinXmlValue::NullType,
         ];
-        assert!(plan.build(&values, 1, 0).is_none());
+        assert!(plan.build(&values.as_slice(), 1, 0).is_none());
         let values = [BinXmlValue::Real64Type(1.0)];
         assert!(
-            plan.build(&values, 1, 0).is_none(),
+            plan.build(&values.as_slice(), 1, 0).is_none(),
             "EventID must be a number"
         );
     }

@@ -226,7 +226,11 @@ impl Event {
     fn set_activity_named(&mut self, activity_id: u8, name: String) {
         self.activity_id = activity_id;
         self.type_uid = u64::from(self.class_uid) * 100 + u64::from(activity_id);
-        self.type_name = format!("{}: {}", self.class_name, name);
+        let mut type_name = String::with_capacity(self.class_name.len() + 2 + name.len());
+        type_name.push_str(self.class_name);
+        type_name.push_str(": ");
+        type_name.push_str(&name);
+        self.type_name = type_name;
         self.activity_name = name;
     }
 

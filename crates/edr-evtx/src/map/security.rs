@@ -38,11 +38,17 @@ pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Box<
 
 /// `<prefix>UserName`, `<prefix>DomainName` and `<prefix>UserSid` (or `<prefix>Sid`) as a user.
 fn take_user(record: &mut Record, prefix: &str) -> Option<User> {
-    let name = record.take_str(&format!("{prefix}UserName"));
-    let domain = record.take_str(&format!("{prefix}DomainName"));
-    let sid = record
-        .take_str(&format!("{prefix}UserSid"))
-        .or_else(|| record.take_str(&format!("{prefix}Sid")));
+    // One key buffer for the four names: this runs for most Security records.
+    let mut key = String::with_capacity(prefix.len() + "DomainName".len());
+    let mut take = |suffix: &str| {
+        key.clear();
+        key.push_str(prefix);
+        key.push_str(suffix);
+        record.take_str(&key)
+    };
+    let name = take("UserName");
+    let domain = take("DomainName");
+    let sid = take("UserSid").or_else(|| take("Sid"));
     User::from_parts(domain.as_deref(), name.as_deref(), sid.as_deref())
 }
 
