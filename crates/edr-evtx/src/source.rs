@@ -8,15 +8,18 @@
 //!
 //! A record is built from its template values where its template allows (see the `template`
 //! module). Otherwise the `evtx` crate renders it to JSON, which is read back. Both paths give
-//! the same [`Record`].
+//! the same [`Record`]. In a chunk without damage whose records all take the first path, the
+//! records are found from their headers here, and the crate's per-record element tree is not
+//! built (ADR 0012).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use evtx::err::EvtxError;
-use evtx::{EvtxParser, ParserSettings};
+use evtx::{EvtxChunkHeader, EvtxParser, EvtxRecord, ParserSettings};
 
-use crate::record::Record;
-use crate::template::TemplateCache;
+use crate::record::{Record, RecordError};
+use crate::template::{LAST_FILE_TIME, TemplateCache, file_time_ms};
 
 /// Failure to read an EVTX file as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -68,54 +71,70 @@ pub fn read_file_with(
     build: RecordBuild,
     mut sink: impl FnMut(Record),
 ) -> Result<ReadReport, SourceError> {
-    // The default settings parse on the calling thread. Setting `num_threads` in a build without
-    // the evtx `multithreading` feature only logs a warning for every file.
+    // The default settings parse on the calling thread and carve no stale records.
     let settings = ParserSettings::new();
     let mut parser = EvtxParser::from_path(path)
         .map_err(|source| SourceError::Open {
             path: path.to_owned(),
             source,
         })?
-        .with_configuration(settings);
+        .with_configuration(settings.clone());
+    let settings = Arc::new(settings);
 
     let mut report = ReadReport::default();
-    // The parser clones this closure for each chunk, so each chunk starts with an empty cache.
-    let mut templates = TemplateCache::default();
-    let rendered = parser.serialized_records(move |record| {
-        let record = record?;
-        let time_ms = record.timestamp.as_millisecond();
-        let record_id = record.event_record_id;
+    for chunk in parser.chunks() {
+        let mut chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(EvtxError::FailedToParseChunk { chunk_id, source }) => {
+                skip_chunk(path, &mut report, chunk_id, source.to_string());
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(file = %path.display(), %error, "record skipped");
+                report.bad_records += 1;
+                continue;
+            }
+        };
+        let number = chunk.number.unwrap_or_default();
+        let mut chunk = match chunk.parse(Arc::clone(&settings)) {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                skip_chunk(path, &mut report, number, error.to_string());
+                continue;
+            }
+        };
+        // Definition offsets name definitions only within their chunk.
+        let mut templates = TemplateCache::default();
         if build == RecordBuild::Tokens
-            && let Some(built) = templates.build(&record, record_id, time_ms)
+            && let Some(records) = records_from_values(chunk.data, chunk.header, &mut templates)
         {
-            return Ok((Ok(built), false));
+            for record in records {
+                report.records += 1;
+                sink(record);
+            }
+            continue;
         }
-        let bytes = record.into_json_bytes()?;
-        Ok((Record::from_slice(&bytes.data, record_id, time_ms), true))
-    });
-    for item in rendered {
-        match item {
-            Ok((record, was_rendered)) => match record {
-                Ok(record) => {
+        for record in chunk.iter() {
+            // Carved records are off in these settings; one that fails would be noise.
+            let recovered = record.as_ref().is_ok_and(|record| record.recovered);
+            let item = read_record(record, build, &mut templates);
+            if recovered && item.is_err() {
+                continue;
+            }
+            match item {
+                Ok((Ok(record), was_rendered)) => {
                     report.records += 1;
                     report.rendered_records += u64::from(was_rendered);
                     sink(record);
+                }
+                Ok((Err(error), _)) => {
+                    tracing::debug!(file = %path.display(), %error, "record skipped");
+                    report.bad_records += 1;
                 }
                 Err(error) => {
                     tracing::debug!(file = %path.display(), %error, "record skipped");
                     report.bad_records += 1;
                 }
-            },
-            Err(EvtxError::FailedToParseChunk { chunk_id, source }) => {
-                tracing::warn!(file = %path.display(), chunk = chunk_id, error = %source, "chunk skipped");
-                report.skipped_chunks.push(SkippedChunk {
-                    chunk_number: chunk_id,
-                    reason: source.to_string(),
-                });
-            }
-            Err(error) => {
-                tracing::debug!(file = %path.display(), %error, "record skipped");
-                report.bad_records += 1;
             }
         }
     }
@@ -129,6 +148,96 @@ pub fn read_file_with(
         report.skipped_chunks.push(cut);
     }
     Ok(report)
+}
+
+fn skip_chunk(path: &Path, report: &mut ReadReport, chunk_number: u64, reason: String) {
+    tracing::warn!(file = %path.display(), chunk = chunk_number, error = %reason, "chunk skipped");
+    report.skipped_chunks.push(SkippedChunk {
+        chunk_number,
+        reason,
+    });
+}
+
+/// Builds one record that the `evtx` crate parsed; the flag tells whether it was rendered to
+/// JSON.
+fn read_record(
+    record: Result<EvtxRecord<'_>, EvtxError>,
+    build: RecordBuild,
+    templates: &mut TemplateCache,
+) -> Result<(Result<Record, RecordError>, bool), EvtxError> {
+    let record = record?;
+    let time_ms = record.timestamp.as_millisecond();
+    let record_id = record.event_record_id;
+    if build == RecordBuild::Tokens
+        && let Some(binxml) = record_binxml(&record)
+        && let Some(built) = templates.build(record.chunk.data, binxml, record_id, time_ms)
+    {
+        return Ok((Ok(built), false));
+    }
+    let bytes = record.into_json_bytes()?;
+    Ok((Record::from_slice(&bytes.data, record_id, time_ms), true))
+}
+
+/// The BinXML of `record`, a slice of its chunk.
+fn record_binxml<'a>(record: &EvtxRecord<'a>) -> Option<&'a [u8]> {
+    let start = usize::try_from(record.binxml_offset).ok()?;
+    record
+        .chunk
+        .data
+        .get(start..start.checked_add(record.binxml_size as usize)?)
+}
+
+/// Size of a chunk header; the first record follows it.
+const CHUNK_HEADER_BYTES: usize = 512;
+
+/// Size of a record header: magic, size, record id and FILETIME. The record's BinXML follows,
+/// then a copy of its size.
+const RECORD_HEADER_BYTES: usize = 24;
+
+/// FILETIME of 1970-01-01T00:00:00Z.
+const UNIX_EPOCH_FILE_TIME: u64 = 116_444_736_000_000_000;
+
+/// Builds every record of a chunk from its template values, walking the records from the
+/// chunk header as the `evtx` crate walks an undamaged chunk, without the element tree the
+/// crate builds for each record. Returns `None` as soon as a record header is not what an
+/// undamaged chunk holds, or a record has a template this module does not take. The caller
+/// then reads the whole chunk through the `evtx` crate, which resyncs past damage and renders
+/// what the plans do not take.
+fn records_from_values(
+    data: &[u8],
+    header: &EvtxChunkHeader,
+    templates: &mut TemplateCache,
+) -> Option<Vec<Record>> {
+    let live_end = usize::try_from(header.free_space_offset)
+        .ok()?
+        .min(data.len());
+    let mut records = Vec::new();
+    let mut offset = CHUNK_HEADER_BYTES;
+    while offset < live_end {
+        let head = data.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
+        let (magic, rest) = head.split_at(4);
+        if magic != b"\x2a\x2a\x00\x00" {
+            return None;
+        }
+        let size = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
+        let record_id = u64::from_le_bytes(rest[4..12].try_into().ok()?);
+        let file_time = u64::from_le_bytes(rest[12..20].try_into().ok()?);
+        // The header time is the fallback of a record without `TimeCreated`. Before 1970 the
+        // crate's milliseconds round toward zero, not down, so such records take its path.
+        if !(UNIX_EPOCH_FILE_TIME..=LAST_FILE_TIME).contains(&file_time) {
+            return None;
+        }
+        let time_ms = file_time_ms(file_time)?;
+        let binxml_start = offset + RECORD_HEADER_BYTES;
+        let binxml_size = size.checked_sub(RECORD_HEADER_BYTES + 4)?;
+        let binxml = data.get(binxml_start..binxml_start.checked_add(binxml_size)?)?;
+        records.push(templates.build(data, binxml, record_id, time_ms)?);
+        if record_id == header.last_event_record_id {
+            break;
+        }
+        offset = offset.checked_add(size)?;
+    }
+    Some(records)
 }
 
 /// Size of the EVTX file header block.

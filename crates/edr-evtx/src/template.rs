@@ -30,7 +30,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use evtx::EvtxRecord;
 use evtx::binxml::value_variant::{BinXmlValue, FileTime, SysTime};
 
 use crate::record::{FieldValue, Fields, Record};
@@ -48,18 +47,16 @@ pub(crate) struct TemplateCache {
 }
 
 impl TemplateCache {
-    /// Builds `record` from its template values, or returns `None` when it must be rendered.
-    /// `record_id` and `time_ms` from the record header are the fallbacks of
-    /// [`Record::from_slice`].
+    /// Builds a record from its template values, or returns `None` when it must be rendered.
+    /// `binxml` is the record's BinXML, a slice of `chunk`. `record_id` and `time_ms` from the
+    /// record header are the fallbacks of [`Record::from_slice`].
     pub(crate) fn build(
         &mut self,
-        record: &EvtxRecord<'_>,
+        chunk: &[u8],
+        binxml: &[u8],
         record_id: u64,
         time_ms: i64,
     ) -> Option<Record> {
-        let chunk = record.chunk.data;
-        let start = usize::try_from(record.binxml_offset).ok()?;
-        let binxml = chunk.get(start..start.checked_add(record.binxml_size as usize)?)?;
         // Only a fragment that is exactly one template instance has this shape.
         if !matches!(binxml, [0x0f, _, _, _, 0x0c, ..]) {
             return None;
@@ -674,14 +671,14 @@ impl Values for NestedInstance<'_> {
 }
 
 /// FILETIME of 9999-12-31T23:59:59.9999999Z, the last one a four-digit year can show.
-const LAST_FILE_TIME: u64 = 2_650_467_743_999_999_999;
+pub(crate) const LAST_FILE_TIME: u64 = 2_650_467_743_999_999_999;
 
 /// Milliseconds between 1601-01-01 and 1970-01-01.
 const FILE_TIME_EPOCH_MS: i64 = 11_644_473_600_000;
 
 /// Converts a FILETIME (100 ns units since 1601) to milliseconds since 1970, rounded down as
 /// the first three digits of its rendered fraction are.
-fn file_time_ms(file_time: u64) -> Option<i64> {
+pub(crate) fn file_time_ms(file_time: u64) -> Option<i64> {
     if file_time > LAST_FILE_TIME {
         return None;
     }
