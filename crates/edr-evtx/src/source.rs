@@ -19,7 +19,7 @@ use evtx::err::EvtxError;
 use evtx::{EvtxChunkHeader, EvtxParser, EvtxRecord, ParserSettings};
 
 use crate::record::{Record, RecordError};
-use crate::template::{LAST_FILE_TIME, TemplateCache, file_time_ms};
+use crate::template::{LAST_HEADER_FILE_TIME, TemplateCache, file_time_ms};
 
 /// Failure to read an EVTX file as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -223,8 +223,9 @@ fn records_from_values(
         let record_id = u64::from_le_bytes(rest[4..12].try_into().ok()?);
         let file_time = u64::from_le_bytes(rest[12..20].try_into().ok()?);
         // The header time is the fallback of a record without `TimeCreated`. Before 1970 the
-        // crate's milliseconds round toward zero, not down, so such records take its path.
-        if !(UNIX_EPOCH_FILE_TIME..=LAST_FILE_TIME).contains(&file_time) {
+        // crate's milliseconds round toward zero, not down, and near the end of year 9999 it
+        // rejects the record, so such records take its path.
+        if !(UNIX_EPOCH_FILE_TIME..=LAST_HEADER_FILE_TIME).contains(&file_time) {
             return None;
         }
         let time_ms = file_time_ms(file_time)?;

@@ -143,6 +143,9 @@ impl<'a> NestedInstance<'a> {
                 return None;
             };
             let size = usize::from(u16::from_le_bytes([low, high]));
+            if !size_fits_type(value_type, size) {
+                return None;
+            }
             values.push((value_type, reader.bytes(size)?));
         }
 
@@ -151,6 +154,32 @@ impl<'a> NestedInstance<'a> {
             None | Some(0x00) => Some(NestedInstance { definition, values }),
             Some(_) => None,
         }
+    }
+}
+
+/// Returns whether a value of BinXML type `value_type` can have `size` bytes. The `evtx` crate
+/// reads a fixed-width value by its type, not by its declared size, so on a mismatch it reads
+/// the following values from other offsets than this module would. Such a record and one of
+/// an unknown type are left to the crate.
+fn size_fits_type(value_type: u8, size: usize) -> bool {
+    let width = |base: u8| -> Option<usize> {
+        match base {
+            0x03 | 0x04 => Some(1),
+            0x05 | 0x06 => Some(2),
+            0x07 | 0x08 | 0x0b | 0x0d | 0x14 => Some(4),
+            0x09 | 0x0a | 0x0c | 0x11 | 0x15 => Some(8),
+            0x0f | 0x12 => Some(16),
+            _ => None,
+        }
+    };
+    match value_type {
+        // Windows often stores an empty value as NullType of 2 bytes; the crate skips them.
+        0x00 | 0x02 | 0x0e | 0x13 | 0x21 => true,
+        0x01 => size.is_multiple_of(2),
+        0x10 => size == 4 || size == 8,
+        0x81 => size.is_multiple_of(2),
+        array if array & 0x80 != 0 => width(array & 0x7f).is_some_and(|w| size.is_multiple_of(w)),
+        scalar => width(scalar) == Some(size),
     }
 }
 
@@ -670,8 +699,13 @@ impl Values for NestedInstance<'_> {
     }
 }
 
-/// FILETIME of 9999-12-31T23:59:59.9999999Z, the last one a four-digit year can show.
-pub(crate) const LAST_FILE_TIME: u64 = 2_650_467_743_999_999_999;
+/// FILETIME of 9999-12-31T23:59:59.9999999Z, the last one a four-digit year can show. The
+/// `evtx` crate's record header times end earlier: see [`LAST_HEADER_FILE_TIME`].
+const LAST_FILE_TIME: u64 = 2_650_467_743_999_999_999;
+
+/// FILETIME of 9999-12-30T00:00:00Z. The `evtx` crate rejects a record whose header time is
+/// after 9999-12-30T22:00:00.999999999Z, the last time its date library holds.
+pub(crate) const LAST_HEADER_FILE_TIME: u64 = 2_650_466_016_000_000_000;
 
 /// Milliseconds between 1601-01-01 and 1970-01-01.
 const FILE_TIME_EPOCH_MS: i64 = 11_644_473_600_000;

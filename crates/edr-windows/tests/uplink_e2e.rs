@@ -509,3 +509,81 @@ fn refused_batches_back_off_and_log_the_reason() {
     assert_eq!(warnings.len(), 1, "{ours:#?}");
     assert!(warnings[0].contains("collector.db-wal"), "{ours:#?}");
 }
+
+/// A sensor with nothing to send whose Collector restarts again and again retries as promptly
+/// after each restart: its acknowledged heartbeats show that each session worked, so the
+/// backoff starts over, and each outage is logged at WARN.
+#[test]
+fn idle_sensor_retries_promptly_after_each_restart() {
+    let logs = captured_logs();
+    let collector_data = CollectorData::init();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut collector = collector_data.serve(&listen, &[]);
+    let sensor = Sensor::new(Some(&collector_data.token(&[])));
+    let mut uplink = sensor.uplink_with(
+        &collector.url(),
+        TransportConfig {
+            batch_max_delay_ms: 10,
+            heartbeat_interval_secs: 1,
+            backoff_initial_ms: 50,
+            backoff_max_ms: 8_000,
+            ..TransportConfig::default()
+        },
+    );
+    uplink.start().unwrap();
+    wait_for_streaming(&uplink);
+    let link = uplink.subscribe();
+    // The delay before the first connect attempt of each outage, seen by a listener that
+    // stands in for the Collector while it is down.
+    let mut first_retries = Vec::new();
+    for _ in 0..5 {
+        // Long enough for the heartbeat sent on connecting to be acknowledged.
+        std::thread::sleep(Duration::from_millis(700));
+        collector.kill();
+        let stand_in = std::net::TcpListener::bind(&listen).unwrap();
+        stand_in.set_nonblocking(true).unwrap();
+        let started = Instant::now();
+        let mut down = None;
+        let retry = loop {
+            if down.is_none() && *link.borrow() != LinkState::Streaming {
+                down = Some(Instant::now());
+            }
+            if let (Some(_), Ok(_attempt)) = (down, stand_in.accept()) {
+                break Instant::now();
+            }
+            assert!(started.elapsed() < WAIT, "the sensor did not connect again");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        first_retries.push(retry - down.unwrap());
+        drop(stand_in);
+        collector = collector_data.serve(&listen, &[]);
+        wait_for_streaming(&uplink);
+    }
+    uplink.check().unwrap();
+    uplink.stop().unwrap();
+
+    // The count starts over after each outage, so the first delay is drawn from [0, 50 ms).
+    // When only acks of records started it over, the failures of all outages added up: the
+    // first delay of the later outages was drawn from up to 8 s.
+    assert!(
+        first_retries
+            .iter()
+            .all(|delay| *delay < Duration::from_millis(300)),
+        "first retry of each outage after {first_retries:?}"
+    );
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let warnings = text
+        .lines()
+        .filter(|line| {
+            line.contains(&listen)
+                && line.contains("WARN")
+                && line.contains("link to the Collector down")
+        })
+        .count();
+    assert!(warnings >= 5, "{warnings} WARN lines for 5 outages");
+}

@@ -39,10 +39,23 @@ impl Backoff {
     }
 }
 
+/// What a streaming session showed of the Collector before it ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SessionSigns {
+    /// An ack freed records.
+    pub(crate) acked: bool,
+    /// A heartbeat was acknowledged.
+    pub(crate) heartbeat_acked: bool,
+    /// Batches were still waiting for their ack when the session ended.
+    pub(crate) unacked_batches: bool,
+}
+
 /// Returns whether a session that ended with an error worked well enough to start the backoff
-/// over: the Collector acknowledged records in it, or it lasted as long as the longest delay.
-pub(crate) fn session_worked(acked: bool, lasted: Duration, max_delay: Duration) -> bool {
-    acked || lasted >= max_delay
+/// over: the Collector acknowledged records in it, or acknowledged a heartbeat and left no
+/// batch without an ack (a sensor with nothing to send), or the session lasted as long as the
+/// longest delay.
+pub(crate) fn session_worked(signs: SessionSigns, lasted: Duration, max_delay: Duration) -> bool {
+    signs.acked || (signs.heartbeat_acked && !signs.unacked_batches) || lasted >= max_delay
 }
 
 /// Computes the delay for the attempt after `failures` failures: `unit` (in `[0, 1)`) times
@@ -93,9 +106,20 @@ mod tests {
 
     #[test]
     fn short_sessions_without_acks_count_as_failures() {
-        assert!(!session_worked(false, Duration::from_millis(300), MAX));
-        assert!(session_worked(true, Duration::from_millis(300), MAX));
-        assert!(session_worked(false, MAX, MAX));
+        let short = Duration::from_millis(300);
+        let signs = |acked, heartbeat_acked, unacked_batches| SessionSigns {
+            acked,
+            heartbeat_acked,
+            unacked_batches,
+        };
+        // A Collector that takes the heartbeat and refuses the batch.
+        assert!(!session_worked(signs(false, true, true), short, MAX));
+        assert!(!session_worked(signs(false, false, true), short, MAX));
+        assert!(!session_worked(signs(false, false, false), short, MAX));
+        // Records acknowledged, or an idle sensor's heartbeat.
+        assert!(session_worked(signs(true, false, true), short, MAX));
+        assert!(session_worked(signs(false, true, false), short, MAX));
+        assert!(session_worked(signs(false, false, true), MAX, MAX));
     }
 
     #[test]

@@ -20,9 +20,10 @@ pub enum TransportError {
         code: tonic::Code,
         message: String,
     },
-    /// The Collector ended a stream without a status.
-    #[error("the Collector closed the {rpc} stream")]
-    StreamClosed { rpc: &'static str },
+    /// A stream ended without a status from the Collector: the Collector closed it, or the
+    /// connection broke (the Collector stopped, the network failed).
+    #[error("the {rpc} stream to the Collector ended: {reason}")]
+    StreamClosed { rpc: &'static str, reason: String },
     /// No ack arrived for a batch within the configured time; the sensor reconnects and
     /// resends.
     #[error("no ack for sequence number {seq} within {waited_secs} s; reconnecting to resend")]
@@ -74,11 +75,20 @@ impl TransportError {
         }
     }
 
+    /// Maps a status from a stream. A status with a source was made by tonic from a broken
+    /// connection; one the Collector sent has none.
     pub(crate) fn from_status(rpc: &'static str, status: tonic::Status) -> Self {
+        let message = status.message().chars().take(512).collect();
+        if std::error::Error::source(&status).is_some() {
+            return TransportError::StreamClosed {
+                rpc,
+                reason: message,
+            };
+        }
         TransportError::Rejected {
             rpc,
             code: status.code(),
-            message: status.message().chars().take(512).collect(),
+            message,
         }
     }
 }

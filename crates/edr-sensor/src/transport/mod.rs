@@ -77,7 +77,7 @@ use crate::buffer::{Buffer, Lane, RecordKind};
 use crate::enrollment::{self, EnrollmentError};
 use crate::identity::{Identity, IdentityStore};
 
-use backoff::{Backoff, session_worked};
+use backoff::{Backoff, SessionSigns, session_worked};
 pub use command::execute;
 pub use config::{ConfigError, TransportConfig};
 pub use error::TransportError;
@@ -191,7 +191,7 @@ impl Transport {
             let failure = match connect(&identity).await {
                 Ok(channel) => {
                     let started = Instant::now();
-                    let (end, acked) = self.stream(&identity, channel, &mut shutdown).await;
+                    let (end, signs) = self.stream(&identity, channel, &mut shutdown).await;
                     match end {
                         SessionEnd::Shutdown => {
                             self.state.send_replace(LinkState::Disconnected);
@@ -205,7 +205,7 @@ impl Transport {
                             continue;
                         }
                         SessionEnd::Failed(error) => {
-                            if session_worked(acked, started.elapsed(), backoff.max_delay()) {
+                            if session_worked(signs, started.elapsed(), backoff.max_delay()) {
                                 backoff.reset();
                                 last_failure = None;
                             }
@@ -240,14 +240,14 @@ impl Transport {
         }
     }
 
-    /// Runs one streaming session on an open channel. Returns how it ended and whether the
-    /// Collector acknowledged records in it.
+    /// Runs one streaming session on an open channel. Returns how it ended and what it showed
+    /// of the Collector.
     async fn stream(
         &self,
         identity: &Identity,
         channel: Channel,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> (SessionEnd, bool) {
+    ) -> (SessionEnd, SessionSigns) {
         let mut client = v1::telemetry_client::TelemetryClient::new(channel.clone())
             .send_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Zstd)
@@ -258,7 +258,7 @@ impl Transport {
             Ok(response) => response,
             Err(status) => {
                 let error = TransportError::from_status("Telemetry", status);
-                return (SessionEnd::Failed(error), false);
+                return (SessionEnd::Failed(error), SessionSigns::default());
             }
         };
         let mut inbound = response.into_inner();
@@ -273,7 +273,12 @@ impl Transport {
         let mut session = Session::new(self, identity);
         let end = session.run(&outbound, &mut inbound, shutdown).await;
         lock(&self.buffer).rewind();
-        (end, session.acked)
+        let signs = SessionSigns {
+            acked: session.acked,
+            heartbeat_acked: session.heartbeat_acked,
+            unacked_batches: !session.unacked.is_empty(),
+        };
+        (end, signs)
     }
 }
 
@@ -305,6 +310,8 @@ struct Session<'a> {
     sent_seq: u64,
     /// Whether an ack in this session freed records.
     acked: bool,
+    /// Whether the Collector acknowledged a heartbeat in this session.
+    heartbeat_acked: bool,
     gaps: GapLog,
 }
 
@@ -322,6 +329,7 @@ impl<'a> Session<'a> {
             unacked: VecDeque::new(),
             sent_seq,
             acked: false,
+            heartbeat_acked: false,
             gaps: GapLog::default(),
         }
     }
@@ -360,13 +368,13 @@ impl<'a> Session<'a> {
                     }
                     let message = self.heartbeat();
                     if outbound.send(message).await.is_err() {
-                        return self.closed(inbound).await;
+                        return self.closed(inbound, shutdown).await;
                     }
                 }
                 _ = poll.tick() => {
                     match self.pump(outbound).await {
                         Ok(()) => {}
-                        Err(Pumped::Closed) => return self.closed(inbound).await,
+                        Err(Pumped::Closed) => return self.closed(inbound, shutdown).await,
                         Err(Pumped::Failed(end)) => return end,
                     }
                 }
@@ -383,6 +391,7 @@ impl<'a> Session<'a> {
             None => {
                 return Err(SessionEnd::Failed(TransportError::StreamClosed {
                     rpc: "Telemetry",
+                    reason: "closed without a status".to_owned(),
                 }));
             }
             Some(Err(status)) => {
@@ -422,6 +431,7 @@ impl<'a> Session<'a> {
             }
             Some(collector_message::Kind::HeartbeatAck(ack)) => {
                 tracing::debug!(sensor_id = %ack.sensor_id, "heartbeat acknowledged");
+                self.heartbeat_acked = true;
             }
             None => tracing::debug!("Collector message without a kind ignored"),
         }
@@ -431,23 +441,38 @@ impl<'a> Session<'a> {
     /// Returns why the telemetry stream closed: the Collector's status when it sends one within
     /// [`STATUS_WAIT`], otherwise [`TransportError::StreamClosed`]. Acks that arrive first are
     /// applied.
-    async fn closed(&mut self, inbound: &mut tonic::Streaming<v1::CollectorMessage>) -> SessionEnd {
-        let deadline = tokio::time::Instant::now() + STATUS_WAIT;
+    async fn closed(
+        &mut self,
+        inbound: &mut tonic::Streaming<v1::CollectorMessage>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let deadline = tokio::time::sleep(STATUS_WAIT);
+        tokio::pin!(deadline);
         loop {
-            match tokio::time::timeout_at(deadline, inbound.next()).await {
-                Ok(Some(Ok(message))) => {
-                    if let Err(end) = self.receive(Some(Ok(message))) {
-                        return end;
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return SessionEnd::Shutdown;
                     }
                 }
-                Ok(Some(Err(status))) => {
-                    return SessionEnd::Failed(TransportError::from_status("Telemetry", status));
-                }
-                Ok(None) | Err(_) => {
-                    return SessionEnd::Failed(TransportError::StreamClosed { rpc: "Telemetry" });
-                }
+                message = inbound.next() => match message {
+                    Some(Ok(message)) => {
+                        if let Err(end) = self.receive(Some(Ok(message))) {
+                            return end;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        return SessionEnd::Failed(TransportError::from_status("Telemetry", status));
+                    }
+                    None => break,
+                },
+                () = &mut deadline => break,
             }
         }
+        SessionEnd::Failed(TransportError::StreamClosed {
+            rpc: "Telemetry",
+            reason: "it closed while the sensor was sending, without a status".to_owned(),
+        })
     }
 
     /// Moves durable records into the pending batch and sends it when it is full or old enough.
