@@ -361,12 +361,7 @@ fn certificate_renewed_while_streaming() {
 fn enrollment_retried_until_collector_starts() {
     let collector_data = CollectorData::init();
     let token = collector_data.token(&[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_loopback_address();
     let sensor = Sensor::new(Some(&token));
     let mut uplink = sensor.uplink(&format!("https://{listen}"));
     uplink.start().unwrap();
@@ -439,6 +434,41 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     }))
 }
 
+/// The WARN lines that report the link down, of the Collector at `address`.
+fn link_down_warnings(logs: &Mutex<Vec<u8>>, address: &str) -> Vec<String> {
+    String::from_utf8_lossy(&logs.lock().unwrap())
+        .lines()
+        .filter(|line| {
+            line.contains(address)
+                && line.contains("WARN")
+                && line.contains("link to the Collector down")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Transport settings whose reconnect delays grow from 50 ms to `backoff_max_ms`.
+fn backoff_from_50_ms(backoff_max_ms: u64) -> TransportConfig {
+    TransportConfig {
+        batch_max_delay_ms: 10,
+        heartbeat_interval_secs: 1,
+        backoff_initial_ms: 50,
+        backoff_max_ms,
+        ..TransportConfig::default()
+    }
+}
+
+/// A loopback address with a port that was free a moment ago, for a Collector that restarts on
+/// it.
+fn free_loopback_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 struct LogWriter(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogWriter {
@@ -461,16 +491,7 @@ fn refused_batches_back_off_and_log_the_reason() {
     let collector_data = CollectorData::init();
     let collector = collector_data.serve("127.0.0.1:0", &[]);
     let sensor = Sensor::new(Some(&collector_data.token(&[])));
-    let mut uplink = sensor.uplink_with(
-        &collector.url(),
-        TransportConfig {
-            batch_max_delay_ms: 10,
-            heartbeat_interval_secs: 1,
-            backoff_initial_ms: 50,
-            backoff_max_ms: 1_000,
-            ..TransportConfig::default()
-        },
-    );
+    let mut uplink = sensor.uplink_with(&collector.url(), backoff_from_50_ms(1_000));
     uplink.start().unwrap();
     wait_for_streaming(&uplink);
     let sensor_id = sensor.sensor_id();
@@ -497,17 +518,9 @@ fn refused_batches_back_off_and_log_the_reason() {
     // When every session started the delays over, they stayed below 50 ms and the sensor
     // opened 31 sessions in 4 s. Growing up to 1 s, they allowed 8 to 10.
     assert!((2..=18).contains(&sessions), "{sessions} sessions in 4 s");
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    let ours: Vec<&str> = text
-        .lines()
-        .filter(|line| line.contains(&collector.url()))
-        .collect();
-    let warnings: Vec<&&str> = ours
-        .iter()
-        .filter(|line| line.contains("WARN") && line.contains("link to the Collector down"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{ours:#?}");
-    assert!(warnings[0].contains("collector.db-wal"), "{ours:#?}");
+    let warnings = link_down_warnings(&logs, &collector.url());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("collector.db-wal"), "{warnings:#?}");
 }
 
 /// A sensor with nothing to send whose Collector restarts again and again retries as promptly
@@ -517,24 +530,10 @@ fn refused_batches_back_off_and_log_the_reason() {
 fn idle_sensor_retries_promptly_after_each_restart() {
     let logs = captured_logs();
     let collector_data = CollectorData::init();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_loopback_address();
     let mut collector = collector_data.serve(&listen, &[]);
     let sensor = Sensor::new(Some(&collector_data.token(&[])));
-    let mut uplink = sensor.uplink_with(
-        &collector.url(),
-        TransportConfig {
-            batch_max_delay_ms: 10,
-            heartbeat_interval_secs: 1,
-            backoff_initial_ms: 50,
-            backoff_max_ms: 8_000,
-            ..TransportConfig::default()
-        },
-    );
+    let mut uplink = sensor.uplink_with(&collector.url(), backoff_from_50_ms(8_000));
     uplink.start().unwrap();
     wait_for_streaming(&uplink);
     let link = uplink.subscribe();
@@ -576,14 +575,6 @@ fn idle_sensor_retries_promptly_after_each_restart() {
             .all(|delay| *delay < Duration::from_millis(300)),
         "first retry of each outage after {first_retries:?}"
     );
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    let warnings = text
-        .lines()
-        .filter(|line| {
-            line.contains(&listen)
-                && line.contains("WARN")
-                && line.contains("link to the Collector down")
-        })
-        .count();
-    assert!(warnings >= 5, "{warnings} WARN lines for 5 outages");
+    let warnings = link_down_warnings(&logs, &listen);
+    assert!(warnings.len() >= 5, "{warnings:#?} for 5 outages");
 }
