@@ -158,8 +158,8 @@ fn skip_chunk(path: &Path, report: &mut ReadReport, chunk_number: u64, reason: S
     });
 }
 
-/// Builds one record that the `evtx` crate parsed; the flag tells whether it was rendered to
-/// JSON.
+/// Builds one record that the `evtx` crate parsed, and returns it with whether it was rendered
+/// to JSON.
 fn read_record(
     record: Result<EvtxRecord<'_>, EvtxError>,
     build: RecordBuild,
@@ -178,7 +178,7 @@ fn read_record(
     Ok((Record::from_slice(&bytes.data, record_id, time_ms), true))
 }
 
-/// The BinXML of `record`, a slice of its chunk.
+/// Returns the BinXML of `record`, a slice of its chunk.
 fn record_binxml<'a>(record: &EvtxRecord<'a>) -> Option<&'a [u8]> {
     let start = usize::try_from(record.binxml_offset).ok()?;
     record

@@ -51,12 +51,12 @@ fn first_record_descriptors(file: &[u8]) -> Vec<usize> {
     (0..count).map(|i| position + 4 + i * 4).collect()
 }
 
-/// The damages: a name for the failure message and the bytes to write at a file offset.
+/// Lists the damages: a name for the failure message, a file offset and the bytes to write there.
 fn damages(file: &[u8]) -> Vec<(String, usize, Vec<u8>)> {
     let record = FILE_HEADER + CHUNK_HEADER;
     let mut out = Vec::new();
-    // Header times: 1601, one tick before 1970, after the last time the crate's date library
-    // holds (9999-12-30T22:00:01Z), the largest value.
+    // Header times: 1601, one tick before 1970, past the end of the crate's date library
+    // (9999-12-30T22:00:01Z), the largest value.
     for time in [
         0_u64,
         116_444_735_999_999_999,
@@ -69,6 +69,7 @@ fn damages(file: &[u8]) -> Vec<(String, usize, Vec<u8>)> {
             time.to_le_bytes().to_vec(),
         ));
     }
+
     // Record sizes that step into the next record, past the chunk, or below the header.
     let size = u32_at(file, record + 4);
     for wrong in [0, 8, size - 8, size + 8, 70_000, u32::MAX] {
@@ -78,6 +79,7 @@ fn damages(file: &[u8]) -> Vec<(String, usize, Vec<u8>)> {
             wrong.to_le_bytes().to_vec(),
         ));
     }
+
     // Free space that ends before, inside or past the records.
     let free = u32_at(file, FILE_HEADER + FREE_SPACE);
     for wrong in [0, 512, 600, free - 8, 70_000] {
@@ -87,6 +89,7 @@ fn damages(file: &[u8]) -> Vec<(String, usize, Vec<u8>)> {
             wrong.to_le_bytes().to_vec(),
         ));
     }
+
     // Value types that do not fit the declared size, on every value of the first record.
     for (index, descriptor) in first_record_descriptors(file).into_iter().enumerate() {
         let declared = u16::from_le_bytes([file[descriptor], file[descriptor + 1]]);

@@ -434,7 +434,7 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     }))
 }
 
-/// The WARN lines that report the link down, of the Collector at `address`.
+/// Returns the WARN lines that report the link to the Collector at `address` down.
 fn link_down_warnings(logs: &Mutex<Vec<u8>>, address: &str) -> Vec<String> {
     String::from_utf8_lossy(&logs.lock().unwrap())
         .lines()
@@ -458,8 +458,8 @@ fn backoff_from_50_ms(backoff_max_ms: u64) -> TransportConfig {
     }
 }
 
-/// A loopback address with a port that was free a moment ago, for a Collector that restarts on
-/// it.
+/// Returns a loopback address whose port was free a moment ago, for a Collector that restarts
+/// on it.
 fn free_loopback_address() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -537,8 +537,8 @@ fn idle_sensor_retries_promptly_after_each_restart() {
     uplink.start().unwrap();
     wait_for_streaming(&uplink);
     let link = uplink.subscribe();
-    // The delay before the first connect attempt of each outage, seen by a listener that
-    // stands in for the Collector while it is down.
+    // The delay before the first connect attempt of each outage. A plain listener takes the
+    // Collector's port while it is down and sees the attempt.
     let mut first_retries = Vec::new();
     for _ in 0..5 {
         // Long enough for the heartbeat sent on connecting to be acknowledged.

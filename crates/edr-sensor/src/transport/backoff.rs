@@ -39,7 +39,7 @@ impl Backoff {
     }
 }
 
-/// What a streaming session showed of the Collector before it ended.
+/// Evidence, from a streaming session that ended, of whether the Collector worked.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SessionSigns {
     /// An ack freed records.

@@ -14,13 +14,15 @@
 //! [`Transport::run`] walks these states until shutdown or an error that reconnecting cannot
 //! cure ([`TransportError::is_retryable`]). The state is published through
 //! [`Transport::subscribe`]. Reconnect delays grow exponentially from `backoff_initial_ms` to
-//! `backoff_max_ms` with full jitter. A session counts as a failed attempt too unless the
-//! Collector acknowledged records in it or it lasted `backoff_max_ms`: a Collector that
-//! accepts the stream and then refuses every batch (a full disk, say) gets growing delays, not
-//! a reconnect every few hundred milliseconds. A failure is logged at WARN once when its cause
-//! changes, and at DEBUG for every further attempt with the same cause. When the stream closes,
-//! the Collector's status is read, so the log names its reason. The ring buffer is owned by
-//! the caller, which keeps appending to it in every state.
+//! `backoff_max_ms` with full jitter. A session that ends with an error counts as a failed
+//! attempt too, unless it worked: the Collector acknowledged records, or acknowledged a
+//! heartbeat while no batch waited for its ack, or the session lasted `backoff_max_ms`. So a
+//! Collector that accepts the stream and then refuses every batch (a full disk, say) gets
+//! growing delays, not a reconnect every few hundred milliseconds. A failure is logged at WARN
+//! once when its cause changes, and at DEBUG for every further attempt with the same cause. A
+//! session that worked clears the cause. When the stream closes, the Collector's status is
+//! read, so the log names its reason. The ring buffer is owned by the caller, which keeps
+//! appending to it in every state.
 //!
 //! # Streaming
 //!
@@ -129,9 +131,9 @@ enum SessionEnd {
     Failed(TransportError),
 }
 
-/// Why sending batches stopped.
+/// The reason sending batches stopped.
 enum Pumped {
-    /// The outbound stream is closed; the Collector's status says why.
+    /// The outbound stream is closed; the Collector's status gives the reason.
     Closed,
     Failed(SessionEnd),
 }
