@@ -69,6 +69,10 @@ impl TemplateCache {
             .entry(instance.definition)
             .or_insert_with(|| Plan::compile(chunk, instance.definition).map(Arc::new))
             .clone()?;
+        // The crate parses every nested BinXML value; this module reads only the body's.
+        if !instance.binxml_only_at(plan.body) {
+            return None;
+        }
         let mut record = plan.build(&instance, record_id, time_ms)?;
 
         // Most events keep `EventData` or `UserData` in a template of its own, passed to the
@@ -79,6 +83,9 @@ impl TemplateCache {
                 Some((0x21, [])) => {}
                 Some((0x21, fragment)) => {
                     let nested = NestedInstance::read(chunk, fragment)?;
+                    if !nested.binxml_only_at(None) {
+                        return None;
+                    }
                     let body = self
                         .bodies
                         .entry(nested.definition)
@@ -104,6 +111,14 @@ struct NestedInstance<'a> {
 }
 
 impl<'a> NestedInstance<'a> {
+    /// Returns whether every value of type BinXML is the one at `index`.
+    fn binxml_only_at(&self, index: Option<u16>) -> bool {
+        self.values
+            .iter()
+            .enumerate()
+            .all(|(at, (value_type, _))| *value_type != 0x21 || Some(at) == index.map(usize::from))
+    }
+
     /// Reads `fragment`, a slice of `chunk`, as one template instance.
     fn read(chunk: &'a [u8], fragment: &'a [u8]) -> Option<NestedInstance<'a>> {
         // The fragment's offset in the chunk: definition offsets inside it are chunk offsets.
@@ -143,10 +158,11 @@ impl<'a> NestedInstance<'a> {
                 return None;
             };
             let size = usize::from(u16::from_le_bytes([low, high]));
-            if !size_fits_type(value_type, size) {
+            let bytes = reader.bytes(size)?;
+            if !value_fits(value_type, bytes) {
                 return None;
             }
-            values.push((value_type, reader.bytes(size)?));
+            values.push((value_type, bytes));
         }
 
         // Anything after the instance but the end of the fragment is a shape not taken here.
@@ -157,11 +173,12 @@ impl<'a> NestedInstance<'a> {
     }
 }
 
-/// Returns whether a value of BinXML type `value_type` can have `size` bytes. The `evtx` crate
-/// reads a fixed-width value by its type, not by its declared size, so on a mismatch it reads
-/// the following values from other offsets than this module would. Such a record and one of
-/// an unknown type are left to the crate.
-fn size_fits_type(value_type: u8, size: usize) -> bool {
+/// Returns whether the `evtx` crate reads a value of BinXML type `value_type` stored as `bytes`
+/// exactly as those bytes. It reads a fixed-width value by its type, a SID by its count of
+/// sub-authorities and a string array up to a NUL unit, not by the declared size. So on a
+/// mismatch it reads the following values from other offsets than this module would, and the
+/// record is left to the crate, as is a value of an unknown type.
+fn value_fits(value_type: u8, bytes: &[u8]) -> bool {
     let width = |base: u8| -> Option<usize> {
         match base {
             0x03 | 0x04 => Some(1),
@@ -172,12 +189,17 @@ fn size_fits_type(value_type: u8, size: usize) -> bool {
             _ => None,
         }
     };
+    let size = bytes.len();
     match value_type {
         // Windows often stores an empty value as NullType of 2 bytes; the crate skips them.
-        0x00 | 0x02 | 0x0e | 0x13 | 0x21 => true,
+        0x00 | 0x02 | 0x0e | 0x21 => true,
         0x01 => size.is_multiple_of(2),
         0x10 => size == 4 || size == 8,
-        0x81 => size.is_multiple_of(2),
+        0x13 => bytes
+            .get(1)
+            .is_some_and(|&count| size == 8 + 4 * usize::from(count)),
+        // String arrays are read up to a NUL unit, whatever their declared size.
+        0x81 => false,
         array if array & 0x80 != 0 => width(array & 0x7f).is_some_and(|w| size.is_multiple_of(w)),
         scalar => width(scalar) == Some(size),
     }

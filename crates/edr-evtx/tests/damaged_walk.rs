@@ -103,6 +103,15 @@ fn damages(file: &[u8]) -> Vec<(String, usize, Vec<u8>)> {
             descriptor + 2,
             vec![wrong_type],
         ));
+        // Types the crate reads past the declared size (a SID by its count of sub-authorities,
+        // a string array up to a NUL unit) or parses as nested BinXML.
+        for retype in [0x13_u8, 0x21, 0x81] {
+            out.push((
+                format!("value {index} of {declared} bytes typed {retype:#04x}"),
+                descriptor + 2,
+                vec![retype],
+            ));
+        }
     }
     out
 }
