@@ -578,3 +578,75 @@ fn idle_sensor_retries_promptly_after_each_restart() {
     let warnings = link_down_warnings(&logs, &listen);
     assert!(warnings.len() >= 5, "{warnings:#?} for 5 outages");
 }
+
+/// Sends `signal` (`STOP` or `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A Collector that stops reading, here stopped with SIGSTOP, fills the HTTP/2 windows and the
+/// sensor's outbound queue. The sensor still drops the link once `ack_timeout_secs` pass
+/// without an ack, and a stop during the next connect attempt, whose TLS handshake the stopped
+/// Collector never answers, is prompt.
+#[test]
+fn stalled_collector_times_out_and_stop_is_prompt() {
+    let collector_data = CollectorData::init();
+    let collector = collector_data.serve("127.0.0.1:0", &[]);
+    let sensor = Sensor::new(Some(&collector_data.token(&[])));
+    let config = TransportConfig {
+        ack_timeout_secs: 5,
+        ..backoff_from_50_ms(1_000)
+    };
+    let mut uplink = sensor.uplink_with(&collector.url(), config);
+    uplink.start().unwrap();
+    wait_for_streaming(&uplink);
+
+    signal(collector.pid(), "STOP");
+    // 40 MB that zstd cannot shrink: more than the socket buffers and HTTP/2 windows hold.
+    {
+        let mut buffer = lock(&sensor.buffer);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for i in 0..640 {
+            let noise: String = (0..64 * 1024).map(|_| rng.alphanumeric()).collect();
+            let event = serde_json::json!({"class_uid": 1007, "activity_id": 1, "time": i, "message": noise});
+            buffer
+                .append(Lane::Telemetry, &serde_json::to_vec(&event).unwrap())
+                .unwrap();
+        }
+        buffer.sync().unwrap();
+    }
+    let link = uplink.subscribe();
+    let stalled = Instant::now();
+    let dropped = (|| {
+        while stalled.elapsed() < Duration::from_secs(30) {
+            if *link.borrow() != LinkState::Streaming {
+                return Some(stalled.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    })();
+    // Connect attempts now hang in the TLS handshake until the connect timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    let stopped = uplink.stop();
+    let stop_took = stopping.elapsed();
+    signal(collector.pid(), "CONT");
+
+    // Before, the session waited on the full queue: the link stayed up for good, and the stop
+    // hit its 10 s limit.
+    assert!(
+        dropped.is_some(),
+        "the link stayed up 30 s after the Collector stalled"
+    );
+    stopped.unwrap();
+    assert!(
+        stop_took < Duration::from_secs(3),
+        "stop took {stop_took:?}"
+    );
+}

@@ -190,7 +190,14 @@ impl Transport {
             self.state.send_replace(LinkState::Connecting);
             let identity = self.store.load()?;
             let url = identity.collector_url.clone();
-            let failure = match connect(&identity).await {
+            let connected = tokio::select! {
+                connected = connect(&identity) => connected,
+                () = stopped(&mut shutdown) => {
+                    self.state.send_replace(LinkState::Disconnected);
+                    return Ok(());
+                }
+            };
+            let failure = match connected {
                 Ok(channel) => {
                     let started = Instant::now();
                     let (end, signs) = self.stream(&identity, channel, &mut shutdown).await;
@@ -256,7 +263,11 @@ impl Transport {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (outbound, outbound_rx) = mpsc::channel::<v1::SensorMessage>(OUTBOUND_QUEUE);
-        let response = match client.stream(ReceiverStream::new(outbound_rx)).await {
+        let opened = tokio::select! {
+            opened = client.stream(ReceiverStream::new(outbound_rx)) => opened,
+            () = stopped(shutdown) => return (SessionEnd::Shutdown, SessionSigns::default()),
+        };
+        let response = match opened {
             Ok(response) => response,
             Err(status) => {
                 let error = TransportError::from_status("Telemetry", status);
@@ -287,6 +298,20 @@ impl Transport {
 /// How long a session whose outbound stream broke waits for the Collector's status.
 const STATUS_WAIT: Duration = Duration::from_secs(1);
 
+/// How long one send waits for room in the outbound queue before the session loop goes on
+/// (shutdown, acks, the ack timeout) and tries again. The queue stays full while the Collector
+/// reads nothing, for example when it is stalled.
+const SEND_WAIT: Duration = Duration::from_millis(100);
+
+/// Returns when `shutdown` turns true or its sender is dropped.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Opens an mTLS channel to the Collector named in `identity`.
 async fn connect(identity: &Identity) -> Result<Channel, TransportError> {
     enrollment::connect_mtls(identity)
@@ -314,6 +339,8 @@ struct Session<'a> {
     acked: bool,
     /// Whether the Collector acknowledged a heartbeat in this session.
     heartbeat_acked: bool,
+    /// A batch taken for sending that found no room in the outbound queue yet.
+    blocked: Option<v1::SensorMessage>,
     gaps: GapLog,
 }
 
@@ -332,6 +359,7 @@ impl<'a> Session<'a> {
             sent_seq,
             acked: false,
             heartbeat_acked: false,
+            blocked: None,
             gaps: GapLog::default(),
         }
     }
@@ -368,9 +396,12 @@ impl<'a> Session<'a> {
                             Err(error) => tracing::warn!(%error, "certificate renewal failed, retrying at the next heartbeat"),
                         }
                     }
+                    // A heartbeat that finds the queue full is dropped; the next one follows.
                     let message = self.heartbeat();
-                    if outbound.send(message).await.is_err() {
-                        return self.closed(inbound, shutdown).await;
+                    match tokio::time::timeout(SEND_WAIT, outbound.send(message)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return self.closed(inbound, shutdown).await,
+                        Err(_) => tracing::debug!("heartbeat dropped, the outbound queue is full"),
                     }
                 }
                 _ = poll.tick() => {
@@ -491,6 +522,11 @@ impl<'a> Session<'a> {
             )));
         }
 
+        if let Some(batch) = self.blocked.take()
+            && !self.send(outbound, batch).await?
+        {
+            return Ok(());
+        }
         loop {
             if self.unacked.len() as u64 >= config.max_unacked_batches {
                 return Ok(());
@@ -505,11 +541,28 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
             let batch = self.take_batch();
-            if outbound.send(batch).await.is_err() {
-                return Err(Pumped::Closed);
-            }
-            if !full {
+            if !self.send(outbound, batch).await? || !full {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Sends `batch`, or keeps it in `blocked` when the outbound queue has no room within
+    /// [`SEND_WAIT`]. Returns whether it was sent.
+    async fn send(
+        &mut self,
+        outbound: &mpsc::Sender<v1::SensorMessage>,
+        batch: v1::SensorMessage,
+    ) -> Result<bool, Pumped> {
+        match tokio::time::timeout(SEND_WAIT, outbound.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(batch);
+                Ok(true)
+            }
+            Ok(Err(_)) => Err(Pumped::Closed),
+            Err(_) => {
+                self.blocked = Some(batch);
+                Ok(false)
             }
         }
     }
