@@ -115,7 +115,8 @@ pub fn read_file_with(
             continue;
         }
         for record in chunk.iter() {
-            // Carved records are off in these settings; one that fails would be noise.
+            // These settings carve no stale records. A carved record that failed would be
+            // noise, so it would be dropped, as the crate's own record pipeline does.
             let recovered = record.as_ref().is_ok_and(|record| record.recovered);
             let item = read_record(record, build, &mut templates);
             if recovered && item.is_err() {

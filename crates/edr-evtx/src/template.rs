@@ -688,6 +688,8 @@ trait Values {
     }
 }
 
+/// Values as the `evtx` crate decodes them, for tests that fill a plan by hand.
+#[cfg(test)]
 impl Values for &[BinXmlValue<'_>] {
     fn is_null_type(&self, index: usize) -> bool {
         matches!(self.get(index), Some(BinXmlValue::NullType))

@@ -538,7 +538,7 @@ fn idle_sensor_retries_promptly_after_each_restart() {
     wait_for_streaming(&uplink);
     let link = uplink.subscribe();
     // The delay before the first connect attempt of each outage. A plain listener takes the
-    // Collector's port while it is down and sees the attempt.
+    // Collector's port while it is down and accepts the attempt.
     let mut first_retries = Vec::new();
     for _ in 0..5 {
         // Long enough for the heartbeat sent on connecting to be acknowledged.
@@ -622,15 +622,15 @@ fn stalled_collector_times_out_and_stop_is_prompt() {
     }
     let link = uplink.subscribe();
     let stalled = Instant::now();
-    let dropped = (|| {
-        while stalled.elapsed() < Duration::from_secs(30) {
-            if *link.borrow() != LinkState::Streaming {
-                return Some(stalled.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+    let mut dropped = None;
+    while stalled.elapsed() < Duration::from_secs(30) {
+        if *link.borrow() != LinkState::Streaming {
+            dropped = Some(stalled.elapsed());
+            break;
         }
-        None
-    })();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
     // Connect attempts now hang in the TLS handshake until the connect timeout.
     std::thread::sleep(Duration::from_millis(500));
     let stopping = Instant::now();

@@ -483,11 +483,7 @@ impl<'a> Session<'a> {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return SessionEnd::Shutdown;
-                    }
-                }
+                () = stopped(shutdown) => return SessionEnd::Shutdown,
                 message = inbound.next() => match message {
                     Some(Ok(message)) => {
                         if let Err(end) = self.receive(Some(Ok(message))) {
