@@ -2,8 +2,9 @@
 //!
 //! Age: events whose OCSF `time` is older than the maximum age are deleted, and so are gap
 //! records received before that time. Size: while the pages in use (page count minus free
-//! pages, times the page size) exceed the maximum, the oldest stored events (lowest row id,
-//! that is first received) are deleted in chunks of [`DELETE_CHUNK`]. Freed pages are reused
+//! pages, times the page size) exceed the maximum, the oldest events by OCSF `time` are
+//! deleted in chunks of [`DELETE_CHUNK`], read through the time index. (Row ids group events
+//! by sensor since schema version 7, so the lowest ones are no longer the first received.) Freed pages are reused
 //! by later inserts; the file does not shrink. High-water marks are kept, so deleted events
 //! are never stored again when a sensor resends them.
 
@@ -57,11 +58,16 @@ impl Store {
 
     /// Deletes one chunk of the oldest events; returns how many were deleted.
     pub(crate) fn delete_oldest_chunk(&self) -> Result<u64, StoreError> {
+        self.delete_oldest(DELETE_CHUNK)
+    }
+
+    /// Deletes the `count` events with the lowest OCSF `time`.
+    pub(crate) fn delete_oldest(&self, count: i64) -> Result<u64, StoreError> {
         let deleted = self
             .conn
             .execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
-                params![DELETE_CHUNK],
+                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY time LIMIT ?1)",
+                params![count],
             )
             .map_err(self.sqlite())?;
         Ok(deleted as u64)
