@@ -230,6 +230,53 @@ pub fn find_tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustl
     None
 }
 
+/// Start of the message tonic gives a status it made from an HTTP response without a
+/// `grpc-status` header, followed by the HTTP status code.
+const HTTP_STATUS_MESSAGE: &str = "grpc-status header missing, mapped from HTTP status code ";
+
+/// Returns the HTTP status code of a response that ended an RPC without a gRPC status. The
+/// Collector always sends one, so such a response comes from something in front of it, such
+/// as a proxy or load balancer, and its code is not the Collector's decision.
+/// tonic maps 401, 403 and 404 to UNAUTHENTICATED, PERMISSION_DENIED and UNIMPLEMENTED,
+/// which would otherwise read as a final rejection by the Collector.
+pub fn http_status_without_grpc(status: &tonic::Status) -> Option<u16> {
+    status
+        .message()
+        .strip_prefix(HTTP_STATUS_MESSAGE)
+        .and_then(|code| code.parse().ok())
+}
+
+/// Decodes no message, so that a response body ends the stream at once.
+#[cfg(test)]
+struct NoMessages;
+
+#[cfg(test)]
+impl tonic::codec::Decoder for NoMessages {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, _: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        Ok(None)
+    }
+}
+
+/// Returns the status tonic gives an RPC whose response has HTTP status `code`, an empty
+/// body and no `grpc-status`, as a proxy in front of the Collector may send.
+#[cfg(test)]
+pub(crate) async fn status_of_http_response(code: u16) -> tonic::Status {
+    let mut stream = tonic::codec::Streaming::new_response(
+        NoMessages,
+        tonic::body::Body::empty(),
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK),
+        None,
+        None,
+    );
+    match stream.message().await {
+        Err(status) => status,
+        Ok(message) => panic!("HTTP {code} gave {message:?}, not a status"),
+    }
+}
+
 /// Describes a connection failure in one line, naming TLS causes where there is one.
 pub fn describe_error(err: &(dyn StdError + 'static)) -> String {
     if let Some(tls) = find_tls_error(err) {

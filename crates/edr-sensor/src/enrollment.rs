@@ -63,6 +63,16 @@ pub enum EnrollmentError {
         code: tonic::Code,
         message: String,
     },
+    /// Something in front of the Collector, such as a proxy or load balancer, ended the RPC
+    /// with an HTTP status and no gRPC status. Retrying later may succeed.
+    #[error(
+        "the {rpc} request to {url} got HTTP status {http_status} without a gRPC status, so a proxy or load balancer in front of the Collector answered, not the Collector: check its routing to the Collector"
+    )]
+    HttpStatus {
+        url: String,
+        rpc: &'static str,
+        http_status: u16,
+    },
     /// The Collector's reply is inconsistent with the request or the pinned CA.
     #[error(
         "the Collector at {url} sent an invalid {rpc} reply ({reason}): report this to the Collector operator"
@@ -89,7 +99,7 @@ impl EnrollmentError {
     /// Returns whether retrying the same call later may succeed (network or server trouble).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Connect(ConnectError::Connect { .. }) => true,
+            Self::Connect(ConnectError::Connect { .. }) | Self::HttpStatus { .. } => true,
             Self::Rejected { code, .. } => matches!(
                 code,
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Internal
@@ -264,6 +274,13 @@ fn check_issued_chain(
 }
 
 fn rejected(url: &CollectorUrl, rpc: &'static str, status: tonic::Status) -> EnrollmentError {
+    if let Some(http_status) = connect::http_status_without_grpc(&status) {
+        return EnrollmentError::HttpStatus {
+            url: url.to_string(),
+            rpc,
+            http_status,
+        };
+    }
     // A TLS failure after the handshake (for example a certificate alert under TLS 1.3)
     // arrives as a status whose source chain contains the rustls error.
     let message = match std::error::Error::source(&status) {
@@ -287,8 +304,27 @@ mod tests {
     use edr_pki::{CaFingerprint, EnrollmentToken};
     use edr_proto::v1::{CapabilityManifest, HostFacts};
 
-    use super::{EnrollmentError, enroll};
+    use super::{EnrollmentError, enroll, rejected};
+    use crate::connect::{CollectorUrl, status_of_http_response};
     use crate::identity::{FilePermissions, IdentityError, IdentityStore};
+
+    /// A proxy's HTTP status is retried; the Collector's own UNAUTHENTICATED is not.
+    #[tokio::test]
+    async fn proxy_http_status_is_retried() {
+        let url = CollectorUrl::parse("https://collector.example:7443").unwrap();
+        for code in [401, 403, 404] {
+            let err = rejected(&url, "Renew", status_of_http_response(code).await);
+            assert!(
+                matches!(err, EnrollmentError::HttpStatus { http_status, .. } if http_status == code),
+                "{code}: {err:?}"
+            );
+            assert!(err.is_retryable(), "{code}");
+        }
+
+        let own = rejected(&url, "Renew", tonic::Status::unauthenticated("revoked"));
+        assert!(matches!(own, EnrollmentError::Rejected { .. }), "{own:?}");
+        assert!(!own.is_retryable());
+    }
 
     #[test]
     fn state_dir_under_file_fails_before_connecting() {

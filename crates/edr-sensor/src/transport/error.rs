@@ -20,6 +20,12 @@ pub enum TransportError {
         code: tonic::Code,
         message: String,
     },
+    /// Something in front of the Collector, such as a proxy or load balancer, ended the
+    /// stream with an HTTP status and no gRPC status. The sensor reconnects with backoff.
+    #[error(
+        "the {rpc} stream got HTTP status {http_status} without a gRPC status, so a proxy or load balancer in front of the Collector answered, not the Collector: check its routing to the Collector; the sensor reconnects"
+    )]
+    HttpStatus { rpc: &'static str, http_status: u16 },
     /// A stream ended without a status from the Collector: the Collector closed it, or the
     /// connection broke (the Collector stopped, the network failed).
     #[error("the {rpc} stream to the Collector ended: {reason}")]
@@ -47,6 +53,7 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TransportError::Connect { .. }
+            | TransportError::HttpStatus { .. }
             | TransportError::StreamClosed { .. }
             | TransportError::AckTimeout { .. } => true,
             TransportError::Rejected { code, .. } => !matches!(
@@ -66,6 +73,7 @@ impl TransportError {
         match self {
             TransportError::Connect { .. } => "connect",
             TransportError::Rejected { .. } => "rejected",
+            TransportError::HttpStatus { .. } => "http_status",
             TransportError::StreamClosed { .. } => "stream_closed",
             TransportError::AckTimeout { .. } => "ack_timeout",
             TransportError::Buffer(_) => "buffer",
@@ -76,8 +84,12 @@ impl TransportError {
     }
 
     /// Maps a status from a stream. A status with a source was made by tonic from a broken
-    /// connection; one the Collector sent has none.
+    /// connection, and one without a gRPC status from an HTTP response of a proxy; the
+    /// Collector sent any other.
     pub(crate) fn from_status(rpc: &'static str, status: tonic::Status) -> Self {
+        if let Some(http_status) = crate::connect::http_status_without_grpc(&status) {
+            return TransportError::HttpStatus { rpc, http_status };
+        }
         let message = status.message().chars().take(512).collect();
         if std::error::Error::source(&status).is_some() {
             return TransportError::StreamClosed {
@@ -90,5 +102,42 @@ impl TransportError {
             code: status.code(),
             message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::status_of_http_response;
+
+    #[tokio::test]
+    async fn proxy_http_status_is_retried() {
+        for code in [401, 403, 404, 502] {
+            let status = status_of_http_response(code).await;
+            let error = TransportError::from_status("Telemetry", status);
+            assert!(
+                matches!(error, TransportError::HttpStatus { http_status, .. } if http_status == code),
+                "{code}: {error:?}"
+            );
+            assert!(error.is_retryable(), "{code}");
+            assert!(error.to_string().contains("proxy"), "{error}");
+        }
+    }
+
+    #[test]
+    fn collector_rejection_is_final() {
+        let status = tonic::Status::unauthenticated("sensor certificate revoked");
+        let error = TransportError::from_status("Telemetry", status);
+        assert!(
+            matches!(
+                error,
+                TransportError::Rejected {
+                    code: tonic::Code::Unauthenticated,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!error.is_retryable());
     }
 }
