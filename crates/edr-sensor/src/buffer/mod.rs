@@ -230,7 +230,7 @@ pub struct Record {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordKind {
     /// Opaque payload bytes as appended.
-    Event(Vec<u8>),
+    Event(prost::bytes::Bytes),
     /// A report of records lost by the buffer.
     Gap(Gap),
 }

@@ -9,6 +9,7 @@ use super::format::{
     self, FRAME_HEADER_LEN, FrameFault, FrameKind, SEGMENT_HEADER_LEN, decode_frame,
 };
 use super::{BufferError, Lane, platform};
+use prost::bytes::Bytes;
 
 const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -312,7 +313,8 @@ pub(crate) struct ReadRecord {
     pub(crate) seq: u64,
     pub(crate) appended_at_ms: u64,
     pub(crate) kind: FrameKind,
-    pub(crate) payload: Vec<u8>,
+    /// The payload, a slice of the chunk it was read with, so that reading copies nothing.
+    pub(crate) payload: Bytes,
     /// Key of the segment holding it.
     pub(crate) segment: u64,
     /// Frame length on disk.
@@ -325,7 +327,9 @@ pub(crate) struct LaneReader {
     segment: u64,
     offset: u64,
     file: Option<(u64, File)>,
-    chunk: Vec<u8>,
+    /// The bytes last read from the segment. A new read gets a new buffer, because records
+    /// handed out may still refer to the old one.
+    chunk: Bytes,
     chunk_start: u64,
     peeked: Option<ReadRecord>,
 }
@@ -336,7 +340,7 @@ impl LaneReader {
             segment,
             offset,
             file: None,
-            chunk: Vec::new(),
+            chunk: Bytes::new(),
             chunk_start: 0,
             peeked: None,
         }
@@ -435,13 +439,18 @@ impl LaneReader {
                 Err(FrameFault::Corrupt)
             };
 
+            let decoded = decoded.map(|f| (f.seq, f.appended_at_ms, f.kind, f.payload.len()));
             match decoded {
-                Ok(frame) => {
+                Ok((seq, appended_at_ms, kind, len)) => {
+                    // `load` returned the frame from the reader's offset in the chunk.
+                    let start = usize::try_from(self.offset - self.chunk_start).unwrap_or(0)
+                        + FRAME_HEADER_LEN;
+                    let end = start + len;
                     let record = ReadRecord {
-                        seq: frame.seq,
-                        appended_at_ms: frame.appended_at_ms,
-                        kind: frame.kind,
-                        payload: frame.payload.to_vec(),
+                        seq,
+                        appended_at_ms,
+                        kind,
+                        payload: self.chunk.slice(start..end),
                         segment: self.segment,
                         frame_len,
                     };
@@ -489,10 +498,11 @@ impl LaneReader {
             };
             // Bounded by the segment size, which the options keep far below `usize::MAX`.
             let size = usize::try_from(size).unwrap_or(READ_CHUNK);
-            self.chunk.resize(size, 0);
+            let mut chunk = vec![0; size];
             file.seek(SeekFrom::Start(self.offset))
-                .and_then(|_| file.read_exact(&mut self.chunk))
+                .and_then(|_| file.read_exact(&mut chunk))
                 .map_err(|error| BufferError::from_io("read segment", meta.path.clone(), error))?;
+            self.chunk = Bytes::from(chunk);
             self.chunk_start = self.offset;
         }
 

@@ -42,7 +42,7 @@ pub(crate) fn to_wire(record: Record) -> v1::BufferedRecord {
                     })
                 }
             },
-            _ => buffered_record::Kind::OcsfEventJson(payload.into()),
+            _ => buffered_record::Kind::OcsfEventJson(payload),
         },
         RecordKind::Gap(gap) => buffered_record::Kind::Gap(gap_to_wire(&gap)),
     };
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn json_payload_becomes_event() {
-        let wire = to_wire(record(7, RecordKind::Event(br#"{"a":1}"#.to_vec())));
+        let wire = to_wire(record(7, RecordKind::Event(br#"{"a":1}"#.to_vec().into())));
         assert_eq!(wire.seq, 7);
         assert_eq!(
             wire.kind,
@@ -132,7 +132,10 @@ mod tests {
             detail: String::new(),
             output: Some(v1::command_result::Output::Pong(v1::Pong {})),
         };
-        let wire = to_wire(record(3, RecordKind::Event(encode_command_result(&result))));
+        let wire = to_wire(record(
+            3,
+            RecordKind::Event(encode_command_result(&result).into()),
+        ));
         assert_eq!(
             wire.kind,
             Some(buffered_record::Kind::CommandResult(result))
@@ -143,7 +146,7 @@ mod tests {
     fn undecodable_tagged_payload_becomes_gap() {
         let wire = to_wire(record(
             9,
-            RecordKind::Event(vec![COMMAND_RESULT_TAG, 0xff, 0xff]),
+            RecordKind::Event(vec![COMMAND_RESULT_TAG, 0xff, 0xff].into()),
         ));
         let Some(buffered_record::Kind::Gap(gap)) = wire.kind else {
             panic!("expected a gap, got {:?}", wire.kind);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use edr_sensor::buffer::{Buffer, BufferError, GapReason, Lane};
+use edr_sensor::buffer::{Buffer, BufferError, GapReason, Lane, RecordKind};
 
 use super::{drain_all, events, gaps, payload_for, segment_files, small_options};
 
@@ -28,6 +28,45 @@ fn appended_records_drain_in_order_after_sync() {
     let drained = drain_all(&mut buffer);
     assert_eq!(events(&drained), expected);
 }
+
+/// Drained payloads are slices of the bytes read from the segment, not copies: neighbours in a
+/// segment lie one frame header apart in memory, and the bytes stay valid after later drains.
+#[test]
+fn drained_payloads_share_the_read_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    for index in 0..3u64 {
+        buffer
+            .append(Lane::Telemetry, &payload_for(index, 100))
+            .unwrap();
+    }
+    buffer.sync().unwrap();
+    let drained = buffer.drain(3).unwrap();
+    let payloads: Vec<_> = drained
+        .iter()
+        .map(|record| match &record.kind {
+            RecordKind::Event(payload) => payload.clone(),
+            RecordKind::Gap(gap) => panic!("unexpected gap {gap:?}"),
+        })
+        .collect();
+    assert_eq!(payloads.len(), 3);
+    for pair in payloads.windows(2) {
+        let gap = pair[1].as_ptr() as usize - pair[0].as_ptr() as usize;
+        assert_eq!(gap, pair[0].len() + FRAME_HEADER_BYTES);
+    }
+
+    buffer
+        .append(Lane::Telemetry, &payload_for(3, 100))
+        .unwrap();
+    buffer.sync().unwrap();
+    drain_all(&mut buffer);
+    for (index, payload) in payloads.iter().enumerate() {
+        assert_eq!(payload.as_ref(), payload_for(index as u64, 100).as_slice());
+    }
+}
+
+/// Bytes of the header before each record's payload in a segment.
+const FRAME_HEADER_BYTES: usize = 32;
 
 #[test]
 fn sequence_numbers_survive_restart() {

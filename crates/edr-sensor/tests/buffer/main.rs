@@ -49,7 +49,7 @@ pub(crate) fn events(records: &[Record]) -> Vec<(u64, Lane, Vec<u8>)> {
     records
         .iter()
         .filter_map(|record| match &record.kind {
-            RecordKind::Event(payload) => Some((record.seq, record.lane, payload.clone())),
+            RecordKind::Event(payload) => Some((record.seq, record.lane, payload.to_vec())),
             RecordKind::Gap(_) => None,
         })
         .collect()
