@@ -195,9 +195,10 @@ CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id) WHERE severit
 /// Schema version 7 makes an event's row id its sensor's key in `sensor_keys` times 2^44
 /// plus its sequence number ([`SEQ_BITS`]). The row id is then unique exactly when
 /// `(sensor_id, seq)` is, so the unique index on that pair goes: one B-tree less for every
-/// insert. Keys start at 1. Existing rows get their new id here. A row whose sensor id is not
-/// text or whose seq is not between 1 and [`MAX_SEQ`] (only another program stores such rows)
-/// keeps its old id. That id is below 2^44, where no sensor's rows are.
+/// insert. Keys start at 1. Existing rows get their new id here. Some rows keep their old id,
+/// which is below 2^44, where no sensor's rows are. These are the rows of sensors whose key is
+/// above [`MAX_SENSOR_KEY`], and rows only another program stores: a sensor id that is not
+/// text, a seq that is not between 1 and [`MAX_SEQ`], a second copy of a `(sensor_id, seq)`.
 const SCHEMA_V7: &str = "
 CREATE TABLE IF NOT EXISTS sensor_keys (
     key       INTEGER PRIMARY KEY,
@@ -205,10 +206,11 @@ CREATE TABLE IF NOT EXISTS sensor_keys (
 );
 INSERT OR IGNORE INTO sensor_keys (sensor_id)
     SELECT DISTINCT sensor_id FROM events WHERE typeof(sensor_id) = 'text' ORDER BY sensor_id;
-UPDATE events
+UPDATE OR IGNORE events
     SET id = ((SELECT key FROM sensor_keys k WHERE k.sensor_id = events.sensor_id) << 44) | seq
     WHERE typeof(sensor_id) = 'text' AND typeof(seq) = 'integer'
-        AND seq BETWEEN 1 AND 17592186044415;
+        AND seq BETWEEN 1 AND 17592186044415
+        AND (SELECT key FROM sensor_keys k WHERE k.sensor_id = events.sensor_id) <= 524287;
 DROP INDEX IF EXISTS events_sensor_seq;
 ";
 
@@ -454,6 +456,10 @@ impl Store {
                     conn.execute_batch(step).map_err(sqlite)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sqlite)?;
+                // An upgrade that rewrote `events` left a WAL as large as the table. Copying it
+                // back now keeps `serve` from taking it for checkpoints that fail.
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                     .map_err(sqlite)?;
             }
             _ if version == SCHEMA_VERSION => {}
@@ -981,23 +987,34 @@ mod tests {
         assert!(sql.ends_with("WHERE severity_id <> 1"), "{sql}");
     }
 
-    /// Upgrading a version 6 database gives its events row ids made of sensor key and seq,
-    /// and drops the unique index they replace. Rows another program damaged keep their ids.
-    #[test]
-    fn version_6_database_gets_sensor_key_row_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    /// Returns a connection to a new version 6 database in `dir`.
+    fn version_6_database(dir: &Path) -> Connection {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         for step in [
             SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
         ] {
             conn.execute_batch(step).unwrap();
         }
         conn.pragma_update(None, "user_version", 6).unwrap();
+        conn
+    }
+
+    /// Upgrading a version 6 database gives its events row ids made of sensor key and seq,
+    /// and drops the unique index they replace. Rows another program damaged keep their ids,
+    /// and a sensor filter still reports them.
+    #[test]
+    fn version_6_database_gets_sensor_key_row_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = version_6_database(dir.path());
+        // A second copy of ('b', 2) exists only because another program dropped the index.
         conn.execute_batch(
-            "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, json) VALUES
+            "DROP INDEX events_sensor_seq;
+             INSERT INTO events (sensor_id, seq, time, received_at, class_uid, json) VALUES
                  ('b', 1, 1, 0, 1007, '{}'), ('a', 7, 2, 0, 1007, '{}'),
                  ('b', 2, 3, 0, 1007, '{}'), ('a', 'forty', 4, 0, 1007, '{}'),
-                 (x'00', 5, 5, 0, 1007, '{}'), ('c', 0, 6, 0, 1007, '{}');
+                 (x'00', 5, 5, 0, 1007, '{}'), ('c', 0, 6, 0, 1007, '{}'),
+                 ('b', 2, 7, 0, 1007, '{}');
              INSERT INTO sensor_state (sensor_id, hwm) VALUES ('a', 7), ('b', 2);",
         )
         .unwrap();
@@ -1015,8 +1032,20 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            [(b | 1, 1), (a | 7, 2), (b | 2, 3), (4, 4), (5, 5), (6, 6)]
+            [
+                (b | 1, 1),
+                (a | 7, 2),
+                (b | 2, 3),
+                (4, 4),
+                (5, 5),
+                (6, 6),
+                (7, 7)
+            ]
         );
+        let wal_bytes = std::fs::metadata(dir.path().join("collector.db-wal"))
+            .unwrap()
+            .len();
+        assert_eq!(wal_bytes, 0);
         let unique_index: i64 = store
             .conn
             .query_row(
@@ -1053,6 +1082,7 @@ mod tests {
             ..query::EventFilter::default()
         };
         let mut seqs = Vec::new();
+        let mut damaged = Vec::new();
         store
             .for_each_event(
                 &filter,
@@ -1060,10 +1090,54 @@ mod tests {
                     seqs.push(row.seq);
                     Ok(())
                 },
-                |damaged| panic!("{damaged:?}"),
+                |row| damaged.push(row.seq),
             )
             .unwrap();
         assert_eq!(seqs, [7, 8]);
+        assert_eq!(damaged, ["forty"]);
+    }
+
+    /// A sensor whose key does not fit in a row id keeps its rows' old ids in the upgrade,
+    /// and its new batches fail.
+    #[test]
+    fn upgrade_leaves_keys_above_the_limit_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = version_6_database(dir.path());
+        conn.execute_batch(&format!(
+            "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, json) VALUES
+                 ('z', 1, 1, 0, 1007, '{{}}');
+             CREATE TABLE sensor_keys (key INTEGER PRIMARY KEY, sensor_id TEXT NOT NULL UNIQUE);
+             INSERT INTO sensor_keys VALUES ({}, 'z');",
+            MAX_SENSOR_KEY + 1
+        ))
+        .unwrap();
+        drop(conn);
+
+        let mut store = Store::open(dir.path()).unwrap();
+        let id: i64 = store
+            .conn
+            .query_row("SELECT id FROM events", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(store.sensor_status("z").unwrap().events, 1);
+        let batch = crate::ingest::validate(
+            edr_proto::v1::EventBatch {
+                first_seq: 2,
+                last_seq: 2,
+                records: vec![edr_proto::v1::BufferedRecord {
+                    seq: 2,
+                    kind: Some(edr_proto::v1::buffered_record::Kind::OcsfEventJson(
+                        br#"{"class_uid":1007}"#.to_vec().into(),
+                    )),
+                }],
+            },
+            usize::MAX,
+        )
+        .unwrap();
+        let err = store
+            .ingest_group(&[("z".into(), batch)], OffsetDateTime::now_utc())
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TooManySensors { .. }), "{err}");
     }
 
     /// `.cargo/config.toml` builds SQLite without memory management and memory statistics,

@@ -172,7 +172,9 @@ fn sensor_key(tx: &Transaction<'_>, sensor_id: &str) -> Result<Option<i64>, rusq
         .query_row(params![sensor_id], |row| row.get::<_, i64>(0))
         .optional()?;
     if let Some(key) = known {
-        return Ok(Some(key));
+        // A key above the limit comes from an upgrade of a database with more sensors, or
+        // from an edit by hand; its row ids would not fit.
+        return Ok((1..=super::MAX_SENSOR_KEY).contains(&key).then_some(key));
     }
     tx.prepare_cached("INSERT INTO sensor_keys (sensor_id) VALUES (?1)")?
         .execute(params![sensor_id])?;
@@ -517,20 +519,68 @@ mod tests {
         assert!(rows(&store).iter().all(|(id, _, seq)| *id == last | seq));
     }
 
-    /// Size retention deletes the events with the oldest times, whatever their sensor.
+    /// Returns a batch of events `seqs` whose OCSF time is `time_ms`.
+    fn batch_at(seqs: std::ops::RangeInclusive<u64>, time_ms: i64) -> ValidBatch {
+        let records: Vec<_> = seqs
+            .clone()
+            .map(|seq| BufferedRecord {
+                seq,
+                kind: Some(buffered_record::Kind::OcsfEventJson(
+                    format!(r#"{{"class_uid":1007,"time":{time_ms}}}"#)
+                        .into_bytes()
+                        .into(),
+                )),
+            })
+            .collect();
+        let batch = EventBatch {
+            first_seq: *seqs.start(),
+            last_seq: *seqs.end(),
+            records,
+        };
+        crate::ingest::validate(batch, usize::MAX).unwrap()
+    }
+
+    /// Size retention deletes the first received events, whatever their OCSF time: a sensor
+    /// whose clock runs years ahead does not keep its events while the others' go.
     #[test]
-    fn oldest_events_by_time_go_first() {
+    fn first_received_events_go_first() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::create(dir.path()).unwrap();
-        let now = OffsetDateTime::now_utc();
+        let start = OffsetDateTime::now_utc();
+        let seconds = |n| start + time::Duration::seconds(n);
+        let far_future = 253_402_300_000_000;
         store
             .ingest_group(
-                &[("b".into(), batch(10..=12)), ("a".into(), batch(1..=3))],
-                now,
+                &[("future".into(), batch_at(1..=3, far_future))],
+                seconds(0),
             )
             .unwrap();
+        store
+            .ingest_group(
+                &[("live".into(), batch_at(1..=3, 1_700_000_000_000))],
+                seconds(10),
+            )
+            .unwrap();
+        store
+            .ingest_group(
+                &[("future".into(), batch_at(4..=5, far_future))],
+                seconds(20),
+            )
+            .unwrap();
+        store
+            .ingest_group(&[("past".into(), batch_at(1..=2, 1_000))], seconds(30))
+            .unwrap();
+
         assert_eq!(store.delete_oldest(4).unwrap(), 4);
-        assert!(seqs_of(&store, "a").is_empty());
-        assert_eq!(seqs_of(&store, "b"), [11, 12]);
+        assert_eq!(seqs_of(&store, "future"), [4, 5]);
+        assert_eq!(seqs_of(&store, "live"), [2, 3]);
+        assert_eq!(seqs_of(&store, "past"), [1, 2]);
+
+        assert_eq!(store.delete_oldest(3).unwrap(), 3);
+        assert!(seqs_of(&store, "live").is_empty());
+        assert_eq!(seqs_of(&store, "future"), [5]);
+
+        assert_eq!(store.delete_oldest(100).unwrap(), 3);
+        assert!(rows(&store).is_empty());
     }
 }

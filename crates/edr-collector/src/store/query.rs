@@ -440,13 +440,14 @@ fn page_sql(
     (sql, values)
 }
 
-/// Returns the SQL condition that limits `events` to the row id range of the sensor whose id
-/// `?index` binds (schema version 7, [`super::SEQ_BITS`]). A sensor without a key has no
-/// range and no rows.
+/// Returns the SQL condition that limits `events` to the rows that can belong to the sensor
+/// whose id `?index` binds. These are its row id range (schema version 7, see
+/// [`super::SEQ_BITS`]) and the ids below 2^44, where the rows are that kept their id in the
+/// upgrade to version 7. A sensor without a key has no range.
 fn sensor_rows(index: usize) -> String {
     let key = format!("(SELECT key FROM sensor_keys WHERE sensor_id = ?{index})");
     format!(
-        "id BETWEEN {key} << {bits} AND ({key} << {bits}) | {max}",
+        "(id BETWEEN {key} << {bits} AND ({key} << {bits}) | {max} OR id <= {max})",
         bits = super::SEQ_BITS,
         max = super::MAX_SEQ
     )

@@ -642,7 +642,8 @@ async fn run_commands(channel: Channel, buffer: SharedBuffer) {
     let mut envelopes = match client.stream(ReceiverStream::new(results)).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            tracing::warn!(code = ?status.code(), message = %status.message(), "the Collector rejected the Command stream, commands are not received on this connection");
+            let error = TransportError::from_status("Command", status);
+            tracing::warn!(%error, "commands are not received until the sensor reconnects");
             return;
         }
     };
