@@ -8,9 +8,9 @@
 //! the sensors' row id ranges: again and again, from the range whose first event was
 //! received earliest, up to the receive time of the next range's first event. The OCSF
 //! `time` is not used, so a sensor with a wrong clock cannot keep its events at the expense
-//! of the others'. Freed pages are reused
-//! by later inserts; the file does not shrink. High-water marks are kept, so deleted events
-//! are never stored again when a sensor resends them.
+//! of the others'. Freed pages are reused by later inserts; the file does not shrink.
+//! High-water marks are kept, so deleted events are never stored again when a sensor resends
+//! them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

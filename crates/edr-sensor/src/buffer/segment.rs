@@ -440,12 +440,21 @@ impl LaneReader {
             };
 
             let decoded = decoded.map(|f| (f.seq, f.appended_at_ms, f.kind, f.payload.len()));
+            // `load` returned the frame from the reader's offset in the chunk, so the payload
+            // follows the header there.
+            let start = usize::try_from(self.offset.saturating_sub(self.chunk_start)).unwrap_or(0)
+                + FRAME_HEADER_LEN;
+            let decoded = decoded
+                .map(|(seq, appended_at_ms, kind, len)| (seq, appended_at_ms, kind, start + len))
+                .and_then(|(seq, appended_at_ms, kind, end)| {
+                    if end <= self.chunk.len() {
+                        Ok((seq, appended_at_ms, kind, end))
+                    } else {
+                        Err(FrameFault::Corrupt)
+                    }
+                });
             match decoded {
-                Ok((seq, appended_at_ms, kind, len)) => {
-                    // `load` returned the frame from the reader's offset in the chunk.
-                    let start = usize::try_from(self.offset - self.chunk_start).unwrap_or(0)
-                        + FRAME_HEADER_LEN;
-                    let end = start + len;
+                Ok((seq, appended_at_ms, kind, end)) => {
                     let record = ReadRecord {
                         seq,
                         appended_at_ms,
