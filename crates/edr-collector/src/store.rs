@@ -1140,6 +1140,14 @@ mod tests {
         assert!(matches!(err, StoreError::TooManySensors { .. }), "{err}");
     }
 
+    /// The upgrade's SQL spells out the row id layout; it must agree with the constants.
+    #[test]
+    fn schema_v7_matches_the_row_id_constants() {
+        assert!(SCHEMA_V7.contains(&format!("<< {SEQ_BITS}")));
+        assert!(SCHEMA_V7.contains(&format!("BETWEEN 1 AND {MAX_SEQ}")));
+        assert!(SCHEMA_V7.contains(&format!("<= {MAX_SENSOR_KEY}")));
+    }
+
     /// `.cargo/config.toml` builds SQLite without memory management and memory statistics,
     /// whose global mutexes the ingest writer took for every page and allocation.
     #[test]
