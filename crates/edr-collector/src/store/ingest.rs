@@ -2,8 +2,8 @@
 //!
 //! Tables: `events` contains one row per OCSF event (the JSON, as text or compressed as
 //! [`super::codec`] describes, plus indexed columns), `sensor_keys` a number for each sensor
-//! that sent events, `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
-//! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
+//! that sent events, `gaps` one row per gap record, `sensor_state` one row per sensor that
+//! ever streamed, with its high-water mark (HWM) of sequence numbers and its latest heartbeat.
 //!
 //! Idempotency: a batch is stored in a `BEGIN IMMEDIATE` transaction that reads the
 //! sensor's HWM, inserts only the records with `seq > HWM`, and writes the new HWM (the
@@ -12,8 +12,9 @@
 //! resent after a lost ack, a Collector crash or a sensor restart finds its records at or
 //! below the HWM and inserts nothing. An event's row id is made of its sensor's number in
 //! `sensor_keys` and its seq ([`super::SEQ_BITS`]), so the table itself rejects a duplicate
-//! that would slip past the HWM, failing the transaction rather than storing it twice. The ack carries the HWM only after the commit returns; the durability of that commit
-//! is set by [`super::SyncMode`].
+//! that would slip past the HWM, failing the transaction rather than storing it twice. The
+//! ack carries the HWM only after the commit returns; the durability of that commit is set by
+//! [`super::SyncMode`].
 
 use edr_proto::v1::{CommandResult, SensorHealth};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -353,12 +354,17 @@ mod tests {
 
     /// Returns a valid batch of events `seqs`, each with its seq as its `time`.
     fn batch(seqs: std::ops::RangeInclusive<u64>) -> ValidBatch {
+        batch_with(seqs, |seq| i64::try_from(seq).unwrap())
+    }
+
+    /// Returns a valid batch of events `seqs` whose OCSF times `time_of` gives.
+    fn batch_with(seqs: std::ops::RangeInclusive<u64>, time_of: impl Fn(u64) -> i64) -> ValidBatch {
         let records: Vec<_> = seqs
             .clone()
             .map(|seq| BufferedRecord {
                 seq,
                 kind: Some(buffered_record::Kind::OcsfEventJson(
-                    format!(r#"{{"class_uid":1007,"time":{seq}}}"#)
+                    format!(r#"{{"class_uid":1007,"time":{}}}"#, time_of(seq))
                         .into_bytes()
                         .into(),
                 )),
@@ -519,27 +525,6 @@ mod tests {
         assert!(rows(&store).iter().all(|(id, _, seq)| *id == last | seq));
     }
 
-    /// Returns a batch of events `seqs` whose OCSF time is `time_ms`.
-    fn batch_at(seqs: std::ops::RangeInclusive<u64>, time_ms: i64) -> ValidBatch {
-        let records: Vec<_> = seqs
-            .clone()
-            .map(|seq| BufferedRecord {
-                seq,
-                kind: Some(buffered_record::Kind::OcsfEventJson(
-                    format!(r#"{{"class_uid":1007,"time":{time_ms}}}"#)
-                        .into_bytes()
-                        .into(),
-                )),
-            })
-            .collect();
-        let batch = EventBatch {
-            first_seq: *seqs.start(),
-            last_seq: *seqs.end(),
-            records,
-        };
-        crate::ingest::validate(batch, usize::MAX).unwrap()
-    }
-
     /// Size retention deletes the first received events, whatever their OCSF time: a sensor
     /// whose clock runs years ahead does not keep its events while the others' go.
     #[test]
@@ -551,24 +536,27 @@ mod tests {
         let far_future = 253_402_300_000_000;
         store
             .ingest_group(
-                &[("future".into(), batch_at(1..=3, far_future))],
+                &[("future".into(), batch_with(1..=3, |_| far_future))],
                 seconds(0),
             )
             .unwrap();
         store
             .ingest_group(
-                &[("live".into(), batch_at(1..=3, 1_700_000_000_000))],
+                &[("live".into(), batch_with(1..=3, |_| 1_700_000_000_000))],
                 seconds(10),
             )
             .unwrap();
         store
             .ingest_group(
-                &[("future".into(), batch_at(4..=5, far_future))],
+                &[("future".into(), batch_with(4..=5, |_| far_future))],
                 seconds(20),
             )
             .unwrap();
         store
-            .ingest_group(&[("past".into(), batch_at(1..=2, 1_000))], seconds(30))
+            .ingest_group(
+                &[("past".into(), batch_with(1..=2, |_| 1_000))],
+                seconds(30),
+            )
             .unwrap();
 
         assert_eq!(store.delete_oldest(4).unwrap(), 4);
