@@ -36,9 +36,6 @@ pub(crate) enum BatchError {
     /// A record's number is not greater than the previous record's.
     #[error("record seq {seq} follows seq {previous}: sequence numbers must strictly increase")]
     NotIncreasing { seq: u64, previous: u64 },
-    /// A record's number does not fit in an event row id ([`crate::store::MAX_SEQ`]).
-    #[error("record seq {seq} exceeds {max}, the largest sequence number the Collector stores")]
-    SeqTooLarge { seq: u64, max: u64 },
     /// A record has no payload.
     #[error("record seq {seq} has no kind: set ocsf_event_json, command_result or gap")]
     MissingKind { seq: u64 },
@@ -135,13 +132,6 @@ pub(crate) fn validate(batch: EventBatch, max_records: usize) -> Result<ValidBat
         return Err(BatchError::LastSeqMismatch {
             last_seq: batch.last_seq,
             record_seq: last.seq,
-        });
-    }
-    // Sequence numbers strictly increase (checked below), so the last one is the largest.
-    if last.seq > crate::store::MAX_SEQ {
-        return Err(BatchError::SeqTooLarge {
-            seq: last.seq,
-            max: crate::store::MAX_SEQ,
         });
     }
 
@@ -340,21 +330,11 @@ mod tests {
                 batch(vec![BufferedRecord { seq: 4, kind: None }]),
                 "seq 4 has no kind",
             ),
-            (
-                batch(vec![event(1, OK), event(crate::store::MAX_SEQ + 1, OK)]),
-                "seq 17592186044416 exceeds 17592186044415",
-            ),
         ];
         for (input, expected) in cases {
             let err = validate(input, 10).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} lacks {expected:?}");
         }
-    }
-
-    #[test]
-    fn largest_seq_is_accepted() {
-        let input = batch(vec![event(crate::store::MAX_SEQ, OK)]);
-        assert_eq!(validate(input, 10).unwrap().last_seq, crate::store::MAX_SEQ);
     }
 
     #[test]

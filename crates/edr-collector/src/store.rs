@@ -30,19 +30,7 @@ pub(crate) mod lock;
 pub(crate) mod query;
 pub(crate) mod retention;
 
-const SCHEMA_VERSION: i64 = 7;
-
-/// Bits of an event's row id that hold its sequence number; the bits above hold the key of
-/// its sensor in `sensor_keys` (schema version 7).
-pub(crate) const SEQ_BITS: u32 = 44;
-
-/// Largest sequence number an event row id holds: 17,592,186,044,415, 55 years of a sensor
-/// sending 10,000 events a second.
-pub(crate) const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
-
-/// Largest sensor key, so that a row id stays a positive 64-bit integer: 524,287 sensors
-/// that ever sent telemetry to one database.
-pub(crate) const MAX_SENSOR_KEY: i64 = (1 << (63 - SEQ_BITS)) - 1;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Page cache of the ingest connection, in KiB.
 const INGEST_CACHE_KIB: i64 = 64 * 1024;
@@ -192,28 +180,6 @@ DROP INDEX IF EXISTS events_severity;
 CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id) WHERE severity_id <> 1;
 ";
 
-/// Schema version 7 makes an event's row id its sensor's key in `sensor_keys` times 2^44
-/// plus its sequence number ([`SEQ_BITS`]). The row id is then unique exactly when
-/// `(sensor_id, seq)` is, so the unique index on that pair goes: one B-tree less for every
-/// insert. Keys start at 1. Existing rows get their new id here. Some rows keep their old id,
-/// which is below 2^44, where no sensor's rows are. These are the rows of sensors whose key is
-/// above [`MAX_SENSOR_KEY`], and rows only another program stores: a sensor id that is not
-/// text, a seq that is not between 1 and [`MAX_SEQ`], a second copy of a `(sensor_id, seq)`.
-const SCHEMA_V7: &str = "
-CREATE TABLE IF NOT EXISTS sensor_keys (
-    key       INTEGER PRIMARY KEY,
-    sensor_id TEXT NOT NULL UNIQUE
-);
-INSERT OR IGNORE INTO sensor_keys (sensor_id)
-    SELECT DISTINCT sensor_id FROM events WHERE typeof(sensor_id) = 'text' ORDER BY sensor_id;
-UPDATE OR IGNORE events
-    SET id = ((SELECT key FROM sensor_keys k WHERE k.sensor_id = events.sensor_id) << 44) | seq
-    WHERE typeof(sensor_id) = 'text' AND typeof(seq) = 'integer'
-        AND seq BETWEEN 1 AND 17592186044415
-        AND (SELECT key FROM sensor_keys k WHERE k.sensor_id = events.sensor_id) <= 524287;
-DROP INDEX IF EXISTS events_sensor_seq;
-";
-
 /// Rejects a data directory path that exists but is not a directory, which would otherwise
 /// be reported as a database missing from it.
 pub(crate) fn check_data_dir(data_dir: &Path) -> Result<(), StoreError> {
@@ -314,9 +280,6 @@ pub(crate) enum StoreError {
     /// No sensor with this id exists.
     #[error("no sensor with id \"{id}\": list sensors with `edr-collector sensors list`")]
     UnknownSensor { id: String },
-    /// Every sensor key an event row id can hold is taken ([`MAX_SENSOR_KEY`]).
-    #[error("the database \"{}\" has stored telemetry of {MAX_SENSOR_KEY} sensors, as many as its event row ids can tell apart, so events of sensor {sensor_id} cannot be stored: export the events and serve a new data directory", path.display())]
-    TooManySensors { path: PathBuf, sensor_id: String },
 }
 
 /// Names the process that holds the serve lock, for [`StoreError::Locked`].
@@ -447,8 +410,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite)?;
         // Each step brings the schema from one version to the next; a new database runs all.
-        let steps: [&str; 7] = [
-            SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+        let steps: [&str; 6] = [
+            SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
         ];
         match usize::try_from(version) {
             Ok(done) if done < steps.len() => {
@@ -456,10 +419,6 @@ impl Store {
                     conn.execute_batch(step).map_err(sqlite)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                    .map_err(sqlite)?;
-                // An upgrade that rewrote `events` left a WAL as large as the table. Copying it
-                // back now keeps `serve` from taking it for checkpoints that fail.
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                     .map_err(sqlite)?;
             }
             _ if version == SCHEMA_VERSION => {}
@@ -987,167 +946,6 @@ mod tests {
         assert!(sql.ends_with("WHERE severity_id <> 1"), "{sql}");
     }
 
-    /// Returns a connection to a new version 6 database in `dir`.
-    fn version_6_database(dir: &Path) -> Connection {
-        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        for step in [
-            SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
-        ] {
-            conn.execute_batch(step).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 6).unwrap();
-        conn
-    }
-
-    /// Upgrading a version 6 database gives its events row ids made of sensor key and seq,
-    /// and drops the unique index they replace. Rows another program damaged keep their ids,
-    /// and a sensor filter still reports them.
-    #[test]
-    fn version_6_database_gets_sensor_key_row_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = version_6_database(dir.path());
-        // A second copy of ('b', 2) exists only because another program dropped the index.
-        conn.execute_batch(
-            "DROP INDEX events_sensor_seq;
-             INSERT INTO events (sensor_id, seq, time, received_at, class_uid, json) VALUES
-                 ('b', 1, 1, 0, 1007, '{}'), ('a', 7, 2, 0, 1007, '{}'),
-                 ('b', 2, 3, 0, 1007, '{}'), ('a', 'forty', 4, 0, 1007, '{}'),
-                 (x'00', 5, 5, 0, 1007, '{}'), ('c', 0, 6, 0, 1007, '{}'),
-                 ('b', 2, 7, 0, 1007, '{}');
-             INSERT INTO sensor_state (sensor_id, hwm) VALUES ('a', 7), ('b', 2);",
-        )
-        .unwrap();
-        drop(conn);
-
-        let mut store = Store::open(dir.path()).unwrap();
-        let (a, b) = (1_i64 << SEQ_BITS, 2_i64 << SEQ_BITS);
-        let ids: Vec<(i64, i64)> = store
-            .conn
-            .prepare("SELECT id, time FROM events ORDER BY time")
-            .unwrap()
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                (b | 1, 1),
-                (a | 7, 2),
-                (b | 2, 3),
-                (4, 4),
-                (5, 5),
-                (6, 6),
-                (7, 7)
-            ]
-        );
-        let wal_bytes = std::fs::metadata(dir.path().join("collector.db-wal"))
-            .unwrap()
-            .len();
-        assert_eq!(wal_bytes, 0);
-        let unique_index: i64 = store
-            .conn
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events_sensor_seq'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(unique_index, 0);
-
-        // The sensor keeps its key: new events follow its upgraded ones.
-        let batch = crate::ingest::validate(
-            edr_proto::v1::EventBatch {
-                first_seq: 7,
-                last_seq: 8,
-                records: (7..=8)
-                    .map(|seq| edr_proto::v1::BufferedRecord {
-                        seq,
-                        kind: Some(edr_proto::v1::buffered_record::Kind::OcsfEventJson(
-                            br#"{"class_uid":1007,"time":9}"#.to_vec().into(),
-                        )),
-                    })
-                    .collect(),
-            },
-            usize::MAX,
-        )
-        .unwrap();
-        let outcome = store
-            .ingest_group(&[("a".into(), batch)], OffsetDateTime::now_utc())
-            .unwrap();
-        assert_eq!((outcome[0].events, outcome[0].duplicates), (1, 1));
-        let filter = query::EventFilter {
-            sensor_id: Some("a".into()),
-            ..query::EventFilter::default()
-        };
-        let mut seqs = Vec::new();
-        let mut damaged = Vec::new();
-        store
-            .for_each_event(
-                &filter,
-                |row| {
-                    seqs.push(row.seq);
-                    Ok(())
-                },
-                |row| damaged.push(row.seq),
-            )
-            .unwrap();
-        assert_eq!(seqs, [7, 8]);
-        assert_eq!(damaged, ["forty"]);
-    }
-
-    /// A sensor whose key does not fit in a row id keeps its rows' old ids in the upgrade,
-    /// and its new batches fail.
-    #[test]
-    fn upgrade_leaves_keys_above_the_limit_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = version_6_database(dir.path());
-        conn.execute_batch(&format!(
-            "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, json) VALUES
-                 ('z', 1, 1, 0, 1007, '{{}}');
-             CREATE TABLE sensor_keys (key INTEGER PRIMARY KEY, sensor_id TEXT NOT NULL UNIQUE);
-             INSERT INTO sensor_keys VALUES ({}, 'z');",
-            MAX_SENSOR_KEY + 1
-        ))
-        .unwrap();
-        drop(conn);
-
-        let mut store = Store::open(dir.path()).unwrap();
-        let id: i64 = store
-            .conn
-            .query_row("SELECT id FROM events", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(id, 1);
-        assert_eq!(store.sensor_status("z").unwrap().events, 1);
-        let batch = crate::ingest::validate(
-            edr_proto::v1::EventBatch {
-                first_seq: 2,
-                last_seq: 2,
-                records: vec![edr_proto::v1::BufferedRecord {
-                    seq: 2,
-                    kind: Some(edr_proto::v1::buffered_record::Kind::OcsfEventJson(
-                        br#"{"class_uid":1007}"#.to_vec().into(),
-                    )),
-                }],
-            },
-            usize::MAX,
-        )
-        .unwrap();
-        let err = store
-            .ingest_group(&[("z".into(), batch)], OffsetDateTime::now_utc())
-            .unwrap_err();
-        assert!(matches!(err, StoreError::TooManySensors { .. }), "{err}");
-    }
-
-    /// The upgrade's SQL spells out the row id layout; it must agree with the constants.
-    #[test]
-    fn schema_v7_matches_the_row_id_constants() {
-        assert!(SCHEMA_V7.contains(&format!("<< {SEQ_BITS}")));
-        assert!(SCHEMA_V7.contains(&format!("BETWEEN 1 AND {MAX_SEQ}")));
-        assert!(SCHEMA_V7.contains(&format!("<= {MAX_SENSOR_KEY}")));
-    }
-
     /// `.cargo/config.toml` builds SQLite without memory management and memory statistics,
     /// whose global mutexes the ingest writer took for every page and allocation.
     #[test]
@@ -1306,6 +1104,7 @@ mod tests {
             [
                 "events_class",
                 "events_process",
+                "events_sensor_seq",
                 "events_severity",
                 "events_time",
                 "events_user"

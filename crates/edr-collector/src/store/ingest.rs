@@ -1,20 +1,19 @@
 //! Idempotent event ingest.
 //!
 //! Tables: `events` contains one row per OCSF event (the JSON, as text or compressed as
-//! [`super::codec`] describes, plus indexed columns), `sensor_keys` a number for each sensor
-//! that sent events, `gaps` one row per gap record, `sensor_state` one row per sensor that
-//! ever streamed, with its high-water mark (HWM) of sequence numbers and its latest heartbeat.
+//! [`super::codec`] describes, plus indexed columns),
+//! `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
+//! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
 //!
 //! Idempotency: a batch is stored in a `BEGIN IMMEDIATE` transaction that reads the
 //! sensor's HWM, inserts only the records with `seq > HWM`, and writes the new HWM (the
 //! batch's `last_seq` if greater). Several batches share one transaction (group commit), so
 //! one fsync covers many streams. Because the HWM and the records commit together, a batch
 //! resent after a lost ack, a Collector crash or a sensor restart finds its records at or
-//! below the HWM and inserts nothing. An event's row id is made of its sensor's number in
-//! `sensor_keys` and its seq ([`super::SEQ_BITS`]), so the table itself rejects a duplicate
-//! that would slip past the HWM, failing the transaction rather than storing it twice. The
-//! ack carries the HWM only after the commit returns; the durability of that commit is set by
-//! [`super::SyncMode`].
+//! below the HWM and inserts nothing. The unique index on `events (sensor_id, seq)` rejects
+//! a duplicate that would slip past the HWM, failing the transaction rather than storing it
+//! twice. The ack carries the HWM only after the commit returns; the durability of that commit
+//! is set by [`super::SyncMode`].
 
 use edr_proto::v1::{CommandResult, SensorHealth};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -58,13 +57,7 @@ impl Store {
             .map_err(&sqlite)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for (sensor_id, batch) in group {
-            let Some(key) = sensor_key(&tx, sensor_id).map_err(&sqlite)? else {
-                return Err(StoreError::TooManySensors {
-                    path: self.path.clone(),
-                    sensor_id: sensor_id.clone(),
-                });
-            };
-            outcomes.push(ingest_one(&tx, sensor_id, key, batch, now).map_err(&sqlite)?);
+            outcomes.push(ingest_one(&tx, sensor_id, batch, now).map_err(&sqlite)?);
         }
         tx.commit().map_err(&sqlite)?;
         Ok(outcomes)
@@ -165,36 +158,10 @@ pub(crate) enum WalState {
     Unknown,
 }
 
-/// Returns the key of `sensor_id` in `sensor_keys`, adding it if the sensor has none yet, or
-/// `None` when every key up to [`super::MAX_SENSOR_KEY`] is taken.
-fn sensor_key(tx: &Transaction<'_>, sensor_id: &str) -> Result<Option<i64>, rusqlite::Error> {
-    let known = tx
-        .prepare_cached("SELECT key FROM sensor_keys WHERE sensor_id = ?1")?
-        .query_row(params![sensor_id], |row| row.get::<_, i64>(0))
-        .optional()?;
-    if let Some(key) = known {
-        // A key above the limit comes from an upgrade of a database with more sensors, or
-        // from an edit by hand; its row ids would not fit.
-        return Ok((1..=super::MAX_SENSOR_KEY).contains(&key).then_some(key));
-    }
-    tx.prepare_cached("INSERT INTO sensor_keys (sensor_id) VALUES (?1)")?
-        .execute(params![sensor_id])?;
-    let key = tx.last_insert_rowid();
-    // The transaction that took the key rolls back with the error, so the key stays free.
-    Ok((1..=super::MAX_SENSOR_KEY).contains(&key).then_some(key))
-}
-
-/// Returns the row id of event `seq` of the sensor with key `key` (see [`super::SEQ_BITS`]).
-/// Validation keeps `seq` at or below [`super::MAX_SEQ`].
-fn event_row_id(key: i64, seq: u64) -> i64 {
-    (key << super::SEQ_BITS) | to_sql_int(seq & super::MAX_SEQ)
-}
-
-/// Stores one batch inside the open transaction `tx`; `key` is the sensor's key.
+/// Stores one batch inside the open transaction `tx`.
 fn ingest_one(
     tx: &Transaction<'_>,
     sensor_id: &str,
-    key: i64,
     batch: &ValidBatch,
     now: OffsetDateTime,
 ) -> Result<IngestOutcome, rusqlite::Error> {
@@ -213,9 +180,9 @@ fn ingest_one(
         duplicates: 0,
     };
     let mut insert_event = tx.prepare_cached(
-        "INSERT INTO events (id, sensor_id, seq, time, received_at, class_uid, activity_id,
+        "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, activity_id,
                              severity_id, process_uid, user_name, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let mut insert_gap = tx.prepare_cached(
         "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes, reason,
@@ -236,7 +203,6 @@ fn ingest_one(
                     EventBody::Zstd(frame) => ToSqlOutput::Borrowed(ValueRef::Blob(frame)),
                 };
                 insert_event.execute(params![
-                    event_row_id(key, *seq),
                     sensor_id,
                     to_sql_int(*seq),
                     fields.time.unwrap_or(received_ms),
@@ -341,234 +307,5 @@ pub(crate) fn status_name(result: &CommandResult) -> &'static str {
         CommandStatus::Failed => "failed",
         CommandStatus::Expired => "expired",
         CommandStatus::Unsupported => "unsupported",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use edr_proto::v1::{BufferedRecord, EventBatch, buffered_record};
-
-    use super::*;
-    use crate::store::query::EventFilter;
-    use crate::store::{MAX_SENSOR_KEY, SEQ_BITS};
-
-    /// Returns a valid batch of events `seqs`, each with its seq as its `time`.
-    fn batch(seqs: std::ops::RangeInclusive<u64>) -> ValidBatch {
-        batch_with(seqs, |seq| i64::try_from(seq).unwrap())
-    }
-
-    /// Returns a valid batch of events `seqs` whose OCSF times `time_of` gives.
-    fn batch_with(seqs: std::ops::RangeInclusive<u64>, time_of: impl Fn(u64) -> i64) -> ValidBatch {
-        let records: Vec<_> = seqs
-            .clone()
-            .map(|seq| BufferedRecord {
-                seq,
-                kind: Some(buffered_record::Kind::OcsfEventJson(
-                    format!(r#"{{"class_uid":1007,"time":{}}}"#, time_of(seq))
-                        .into_bytes()
-                        .into(),
-                )),
-            })
-            .collect();
-        let batch = EventBatch {
-            first_seq: *seqs.start(),
-            last_seq: *seqs.end(),
-            records,
-        };
-        crate::ingest::validate(batch, usize::MAX).unwrap()
-    }
-
-    fn rows(store: &Store) -> Vec<(i64, String, i64)> {
-        store
-            .conn
-            .prepare("SELECT id, sensor_id, seq FROM events ORDER BY id")
-            .unwrap()
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    }
-
-    fn seqs_of(store: &Store, sensor_id: &str) -> Vec<i64> {
-        let filter = EventFilter {
-            sensor_id: Some(sensor_id.into()),
-            ..EventFilter::default()
-        };
-        let mut seqs = Vec::new();
-        store
-            .for_each_event(
-                &filter,
-                |row| {
-                    assert_eq!(row.sensor_id, sensor_id);
-                    seqs.push(row.seq);
-                    Ok(())
-                },
-                |damaged| panic!("damaged row {damaged:?}"),
-            )
-            .unwrap();
-        seqs
-    }
-
-    /// Row ids are the sensor's key times 2^44 plus the seq. A sensor filter finds its events
-    /// by them, and they reject a duplicate that gets past the high-water mark.
-    #[test]
-    fn event_row_ids_are_sensor_key_and_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::create(dir.path()).unwrap();
-        let now = OffsetDateTime::now_utc();
-        store
-            .ingest_group(
-                &[("b".into(), batch(1..=3)), ("a".into(), batch(1..=2))],
-                now,
-            )
-            .unwrap();
-        store
-            .ingest_group(&[("b".into(), batch(4..=4))], now)
-            .unwrap();
-        let b = 1_i64 << SEQ_BITS;
-        let a = 2_i64 << SEQ_BITS;
-        assert_eq!(
-            rows(&store),
-            [
-                (b | 1, "b".into(), 1),
-                (b | 2, "b".into(), 2),
-                (b | 3, "b".into(), 3),
-                (b | 4, "b".into(), 4),
-                (a | 1, "a".into(), 1),
-                (a | 2, "a".into(), 2),
-            ]
-        );
-        assert_eq!(seqs_of(&store, "a"), [1, 2]);
-        assert_eq!(seqs_of(&store, "b"), [1, 2, 3, 4]);
-        assert!(seqs_of(&store, "c").is_empty());
-        assert_eq!(store.sensor_status("b").unwrap().events, 4);
-
-        // Without the high-water mark, only the row id stops the second copy.
-        store
-            .conn
-            .execute("UPDATE sensor_state SET hwm = 0 WHERE sensor_id = 'a'", [])
-            .unwrap();
-        let err = store
-            .ingest_group(&[("a".into(), batch(2..=3))], now)
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("UNIQUE constraint failed: events.id"),
-            "{err}"
-        );
-        assert_eq!(rows(&store).len(), 6);
-    }
-
-    /// A sensor filter reads the sensor's row id range, not the whole table.
-    #[test]
-    fn sensor_filter_reads_its_row_id_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(dir.path()).unwrap();
-        let filter = EventFilter {
-            sensor_id: Some("a".into()),
-            ..EventFilter::default()
-        };
-        let (conditions, values) = super::super::query::filter_sql(&filter);
-        let plan: Vec<String> = store
-            .conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN SELECT id FROM events WHERE 1 = 1{conditions}"
-            ))
-            .unwrap()
-            .query_map(rusqlite::params_from_iter(values), |row| row.get(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert!(
-            plan.iter()
-                .any(|step| step.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)")),
-            "{plan:?}"
-        );
-    }
-
-    /// When every key is taken, a new sensor's batch fails as a whole and takes no key.
-    #[test]
-    fn new_sensor_fails_when_keys_run_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::create(dir.path()).unwrap();
-        let now = OffsetDateTime::now_utc();
-        store
-            .conn
-            .execute(
-                "INSERT INTO sensor_keys (key, sensor_id) VALUES (?1, 'last')",
-                params![MAX_SENSOR_KEY],
-            )
-            .unwrap();
-        store
-            .ingest_group(&[("last".into(), batch(1..=2))], now)
-            .unwrap();
-
-        let err = store
-            .ingest_group(
-                &[("last".into(), batch(3..=3)), ("new".into(), batch(1..=1))],
-                now,
-            )
-            .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::TooManySensors { sensor_id, .. } if sensor_id == "new"),
-            "{err}"
-        );
-        assert!(err.to_string().contains("524287 sensors"), "{err}");
-
-        let keys: i64 = store
-            .conn
-            .query_row("SELECT COUNT(*) FROM sensor_keys", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(keys, 1);
-        assert_eq!(seqs_of(&store, "last"), [1, 2]);
-        let last = MAX_SENSOR_KEY << SEQ_BITS;
-        assert!(rows(&store).iter().all(|(id, _, seq)| *id == last | seq));
-    }
-
-    /// Size retention deletes the first received events, whatever their OCSF time: a sensor
-    /// whose clock runs years ahead does not keep its events while the others' go.
-    #[test]
-    fn first_received_events_go_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::create(dir.path()).unwrap();
-        let start = OffsetDateTime::now_utc();
-        let seconds = |n| start + time::Duration::seconds(n);
-        let far_future = 253_402_300_000_000;
-        store
-            .ingest_group(
-                &[("future".into(), batch_with(1..=3, |_| far_future))],
-                seconds(0),
-            )
-            .unwrap();
-        store
-            .ingest_group(
-                &[("live".into(), batch_with(1..=3, |_| 1_700_000_000_000))],
-                seconds(10),
-            )
-            .unwrap();
-        store
-            .ingest_group(
-                &[("future".into(), batch_with(4..=5, |_| far_future))],
-                seconds(20),
-            )
-            .unwrap();
-        store
-            .ingest_group(
-                &[("past".into(), batch_with(1..=2, |_| 1_000))],
-                seconds(30),
-            )
-            .unwrap();
-
-        assert_eq!(store.delete_oldest(4).unwrap(), 4);
-        assert_eq!(seqs_of(&store, "future"), [4, 5]);
-        assert_eq!(seqs_of(&store, "live"), [2, 3]);
-        assert_eq!(seqs_of(&store, "past"), [1, 2]);
-
-        assert_eq!(store.delete_oldest(3).unwrap(), 3);
-        assert!(seqs_of(&store, "live").is_empty());
-        assert_eq!(seqs_of(&store, "future"), [5]);
-
-        assert_eq!(store.delete_oldest(100).unwrap(), 3);
-        assert!(rows(&store).is_empty());
     }
 }

@@ -204,12 +204,9 @@ impl Store {
         let (events, gaps, gap_records): (i64, i64, i64) = self
             .conn
             .query_row(
-                &format!(
-                    "SELECT (SELECT COUNT(*) FROM events WHERE {} AND sensor_id = ?1),
+                "SELECT (SELECT COUNT(*) FROM events WHERE sensor_id = ?1),
                         COUNT(*), COALESCE(SUM(records), 0)
-                     FROM gaps WHERE sensor_id = ?1",
-                    sensor_rows(1)
-                ),
+                 FROM gaps WHERE sensor_id = ?1",
                 params![sensor_id],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
@@ -440,35 +437,18 @@ fn page_sql(
     (sql, values)
 }
 
-/// Returns the SQL condition that limits `events` to the rows that can belong to the sensor
-/// whose id `?index` binds. These are its row id range (schema version 7, see
-/// [`super::SEQ_BITS`]) and the ids below 2^44, where the rows are that kept their id in the
-/// upgrade to version 7. A sensor without a key has no range.
-fn sensor_rows(index: usize) -> String {
-    let key = format!("(SELECT key FROM sensor_keys WHERE sensor_id = ?{index})");
-    format!(
-        "(id BETWEEN {key} << {bits} AND ({key} << {bits}) | {max} OR id <= {max})",
-        bits = super::SEQ_BITS,
-        max = super::MAX_SEQ
-    )
-}
-
 /// The condition of the partial index `events_severity`, written exactly as in the schema:
 /// SQLite uses a partial index only for a query that contains its condition.
 pub(crate) const SEVERITY_INDEXED: &str = "severity_id <> 1";
 
 /// Builds the SQL conditions of `filter`, each starting with ` AND `, and the values they bind
 /// as `?1`, `?2`, ... in order.
-pub(super) fn filter_sql(filter: &EventFilter) -> (String, Vec<Value>) {
+fn filter_sql(filter: &EventFilter) -> (String, Vec<Value>) {
     let mut sql = String::new();
     let mut values: Vec<Value> = Vec::new();
     if let Some(sensor_id) = &filter.sensor_id {
         values.push(Value::Text(sensor_id.clone()));
-        let index = values.len();
-        sql.push_str(&format!(
-            " AND {} AND sensor_id = ?{index}",
-            sensor_rows(index)
-        ));
+        sql.push_str(&format!(" AND sensor_id = ?{}", values.len()));
     }
     if let Some(class_uid) = filter.class_uid {
         values.push(Value::Integer(class_uid));
