@@ -234,16 +234,24 @@ pub fn find_tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustl
 /// `grpc-status` header, followed by the HTTP status code.
 const HTTP_STATUS_MESSAGE: &str = "grpc-status header missing, mapped from HTTP status code ";
 
-/// Returns the HTTP status code of a response that ended an RPC without a gRPC status. The
-/// Collector always sends one, so such a response comes from something in front of it, such
-/// as a proxy or load balancer, and its code is not the Collector's decision.
-/// tonic maps 401, 403 and 404 to UNAUTHENTICATED, PERMISSION_DENIED and UNIMPLEMENTED,
-/// which would otherwise read as a final rejection by the Collector.
+/// End of the message tonic gives a status it made from a response body that is not gRPC,
+/// followed by the HTTP status, such as `401 Unauthorized`.
+const RESPONSE_STATUS_MESSAGE: &str = "while receiving response with status: ";
+
+/// Returns the HTTP status code of a response that ended an RPC without a gRPC status, or
+/// with a body that is not gRPC and a status other than 200. The Collector never sends
+/// either, so such a response comes from something in front of it, such as a proxy or load
+/// balancer, and its code is not the Collector's decision. tonic maps 401, 403 and 404 to
+/// UNAUTHENTICATED, PERMISSION_DENIED and UNIMPLEMENTED, and an error page to INTERNAL,
+/// which would otherwise read as a rejection by the Collector.
 pub fn http_status_without_grpc(status: &tonic::Status) -> Option<u16> {
-    status
-        .message()
-        .strip_prefix(HTTP_STATUS_MESSAGE)
-        .and_then(|code| code.parse().ok())
+    let message = status.message();
+    if let Some(code) = message.strip_prefix(HTTP_STATUS_MESSAGE) {
+        return code.parse().ok();
+    }
+    let (_, rest) = message.rsplit_once(RESPONSE_STATUS_MESSAGE)?;
+    let code: u16 = rest.split_whitespace().next()?.parse().ok()?;
+    (code != 200).then_some(code)
 }
 
 /// Decodes no message, so that a response body ends the stream at once.
@@ -260,13 +268,13 @@ impl tonic::codec::Decoder for NoMessages {
     }
 }
 
-/// Returns the status tonic gives an RPC whose response has HTTP status `code`, an empty
-/// body and no `grpc-status`, as a proxy in front of the Collector may send.
+/// Returns the status tonic gives an RPC whose response has HTTP status `code`, the body
+/// `body` and no `grpc-status`, as a proxy in front of the Collector may send.
 #[cfg(test)]
-pub(crate) async fn status_of_http_response(code: u16) -> tonic::Status {
+pub(crate) async fn status_of_http_response(code: u16, body: &str) -> tonic::Status {
     let mut stream = tonic::codec::Streaming::new_response(
         NoMessages,
-        tonic::body::Body::empty(),
+        tonic::body::Body::new(body.to_string()),
         http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK),
         None,
         None,

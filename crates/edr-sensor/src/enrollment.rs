@@ -313,7 +313,7 @@ mod tests {
     async fn proxy_http_status_is_retried() {
         let url = CollectorUrl::parse("https://collector.example:7443").unwrap();
         for code in [401, 403, 404] {
-            let err = rejected(&url, "Renew", status_of_http_response(code).await);
+            let err = rejected(&url, "Renew", status_of_http_response(code, "").await);
             assert!(
                 matches!(err, EnrollmentError::HttpStatus { http_status, .. } if http_status == code),
                 "{code}: {err:?}"

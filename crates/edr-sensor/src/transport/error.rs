@@ -112,16 +112,36 @@ mod tests {
 
     #[tokio::test]
     async fn proxy_http_status_is_retried() {
-        for code in [401, 403, 404, 502] {
-            let status = status_of_http_response(code).await;
+        let cases = [
+            (401, ""),
+            (403, ""),
+            (404, ""),
+            (502, ""),
+            (401, "<html>Unauthorized</html>"),
+            (404, "<html>Not Found</html>"),
+        ];
+        for (code, body) in cases {
+            let status = status_of_http_response(code, body).await;
             let error = TransportError::from_status("Telemetry", status);
             assert!(
                 matches!(error, TransportError::HttpStatus { http_status, .. } if http_status == code),
-                "{code}: {error:?}"
+                "{code} {body:?}: {error:?}"
             );
             assert!(error.is_retryable(), "{code}");
             assert!(error.to_string().contains("proxy"), "{error}");
         }
+    }
+
+    /// A body that is not gRPC with status 200 came from a server that answered the RPC
+    /// itself, so it stays a rejection.
+    #[tokio::test]
+    async fn non_grpc_body_with_status_200_is_not_a_proxy_status() {
+        let status = status_of_http_response(200, "<html>hello</html>").await;
+        let error = TransportError::from_status("Telemetry", status);
+        assert!(
+            matches!(error, TransportError::Rejected { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
