@@ -132,10 +132,10 @@ mod tests {
         }
     }
 
-    /// A body that is not gRPC with status 200 came from a server that answered the RPC
+    /// A body that is not gRPC with status 200 came from the server that handled the RPC
     /// itself, so it stays a rejection.
     #[tokio::test]
-    async fn non_grpc_body_with_status_200_is_not_a_proxy_status() {
+    async fn status_200_error_page_is_rejection() {
         let status = status_of_http_response(200, "<html>hello</html>").await;
         let error = TransportError::from_status("Telemetry", status);
         assert!(
