@@ -239,9 +239,9 @@ const HTTP_STATUS_MESSAGE: &str = "grpc-status header missing, mapped from HTTP 
 const RESPONSE_STATUS_MESSAGE: &str = "while receiving response with status: ";
 
 /// Returns the HTTP status code of a response that ended an RPC without a gRPC status, or
-/// with a body that is not gRPC and a status other than 200. The Collector never sends
-/// either, so such a response comes from something in front of it, such as a proxy or load
-/// balancer, and its code is not the Collector's decision. tonic maps 401, 403 and 404 to
+/// with a body that is not gRPC and a status other than 200. The Collector, a tonic server,
+/// sends neither, so such a response comes from something in front of it, such as a proxy or
+/// load balancer, and its code is not the Collector's decision. tonic maps 401, 403 and 404 to
 /// UNAUTHENTICATED, PERMISSION_DENIED and UNIMPLEMENTED, and an error page to INTERNAL,
 /// which would otherwise read as a rejection by the Collector.
 pub fn http_status_without_grpc(status: &tonic::Status) -> Option<u16> {

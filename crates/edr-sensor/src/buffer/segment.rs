@@ -439,34 +439,25 @@ impl LaneReader {
                 Err(FrameFault::Corrupt)
             };
 
+            // The frame starts at the reader's offset in the chunk that `load` read it from, so
+            // its payload follows the header there.
             let decoded = decoded.map(|f| (f.seq, f.appended_at_ms, f.kind, f.payload.len()));
-            // `load` returned the frame from the reader's offset in the chunk, so the payload
-            // follows the header there.
             let start = usize::try_from(self.offset.saturating_sub(self.chunk_start)).unwrap_or(0)
                 + FRAME_HEADER_LEN;
-            let decoded = decoded
-                .map(|(seq, appended_at_ms, kind, len)| (seq, appended_at_ms, kind, start + len))
-                .and_then(|(seq, appended_at_ms, kind, end)| {
-                    if end <= self.chunk.len() {
-                        Ok((seq, appended_at_ms, kind, end))
-                    } else {
-                        Err(FrameFault::Corrupt)
-                    }
-                });
             match decoded {
-                Ok((seq, appended_at_ms, kind, end)) => {
+                Ok((seq, appended_at_ms, kind, len)) if start + len <= self.chunk.len() => {
                     let record = ReadRecord {
                         seq,
                         appended_at_ms,
                         kind,
-                        payload: self.chunk.slice(start..end),
+                        payload: self.chunk.slice(start..start + len),
                         segment: self.segment,
                         frame_len,
                     };
                     self.offset += frame_len;
                     return Ok(Some(record));
                 }
-                Err(_) => {
+                _ => {
                     tracing::error!(
                         path = %meta.path.display(), offset = self.offset,
                         "record damaged after open, skipping the rest of the segment"

@@ -83,9 +83,9 @@ impl TransportError {
         }
     }
 
-    /// Maps a status from a stream. A status with a source was made by tonic from a broken
-    /// connection, and one without a gRPC status from an HTTP response of a proxy; the
-    /// Collector sent any other.
+    /// Maps a status from a stream. tonic makes a status with a source from a broken
+    /// connection, and one that [`crate::connect::http_status_without_grpc`] recognises from a
+    /// proxy's HTTP response. The Collector sent any other.
     pub(crate) fn from_status(rpc: &'static str, status: tonic::Status) -> Self {
         if let Some(http_status) = crate::connect::http_status_without_grpc(&status) {
             return TransportError::HttpStatus { rpc, http_status };
