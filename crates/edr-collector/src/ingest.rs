@@ -84,9 +84,9 @@ pub(crate) enum EventBody {
     /// The JSON text as the sensor sent it, checked to be UTF-8; a slice of the decoded
     /// message, not a copy.
     Json(Bytes),
-    /// A zstd frame of the JSON, made with a stored dictionary (see [`crate::store::codec`]).
-    /// The frames of a batch are slices of one buffer.
-    Zstd(Bytes),
+    /// Event `index` of frame `frame` of [`ValidBatch::frames`]: a zstd frame, made with a
+    /// stored dictionary, of several events of the batch (see [`crate::store::codec`]).
+    Framed { frame: usize, index: u32 },
 }
 
 impl Record {
@@ -106,6 +106,8 @@ pub(crate) struct ValidBatch {
     pub(crate) records: Vec<Record>,
     /// Total payload bytes of OCSF records, for metrics.
     pub(crate) event_bytes: usize,
+    /// Compressed frames that [`EventBody::Framed`] events point into; slices of one buffer.
+    pub(crate) frames: Vec<Bytes>,
 }
 
 /// Checks `batch` against the rules in the module documentation.
@@ -155,6 +157,7 @@ pub(crate) fn validate(batch: EventBatch, max_records: usize) -> Result<ValidBat
         last_seq: batch.last_seq,
         records,
         event_bytes,
+        frames: Vec::new(),
     })
 }
 

@@ -30,7 +30,7 @@ pub(crate) mod lock;
 pub(crate) mod query;
 pub(crate) mod retention;
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Page cache of the ingest connection, in KiB.
 const INGEST_CACHE_KIB: i64 = 64 * 1024;
@@ -178,6 +178,26 @@ CREATE TABLE IF NOT EXISTS dictionaries (
 const SCHEMA_V6: &str = "
 DROP INDEX IF EXISTS events_severity;
 CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id) WHERE severity_id <> 1;
+";
+
+/// Schema version 7 stores events compressed in frames of several events (see [`codec`]):
+/// the `frames` table, and the frame and position of each event that is in one. Rows written
+/// earlier keep their JSON in `json`, which readers still accept.
+const SCHEMA_V7: &str = "
+CREATE TABLE IF NOT EXISTS frames (
+    id   INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+ALTER TABLE events ADD COLUMN frame_id INTEGER;
+ALTER TABLE events ADD COLUMN frame_index INTEGER;
+";
+
+/// Turns a new database back into one of schema version 6, for tests of upgrades.
+#[cfg(test)]
+pub(crate) const UNDO_SCHEMA_V7: &str = "
+DROP TABLE frames;
+ALTER TABLE events DROP COLUMN frame_id;
+ALTER TABLE events DROP COLUMN frame_index;
 ";
 
 /// Rejects a data directory path that exists but is not a directory, which would otherwise
@@ -410,16 +430,24 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sqlite)?;
         // Each step brings the schema from one version to the next; a new database runs all.
-        let steps: [&str; 6] = [
-            SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+        // They run in one transaction with the new version number, so an upgrade that stops
+        // half way leaves the old version, whose steps run again at the next start.
+        let steps: [&str; 7] = [
+            SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
         ];
         match usize::try_from(version) {
             Ok(done) if done < steps.len() => {
-                for step in &steps[done..] {
-                    conn.execute_batch(step).map_err(sqlite)?;
-                }
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                let mut conn = conn;
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(sqlite)?;
+                for step in &steps[done..] {
+                    tx.execute_batch(step).map_err(sqlite)?;
+                }
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sqlite)?;
+                tx.commit().map_err(sqlite)?;
+                return Ok(Self { conn, path });
             }
             _ if version == SCHEMA_VERSION => {}
             _ => {
@@ -927,6 +955,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::create(dir.path()).unwrap());
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(UNDO_SCHEMA_V7).unwrap();
         conn.execute_batch(
             "DROP INDEX events_severity; CREATE INDEX events_severity ON events (severity_id);",
         )
@@ -1080,6 +1109,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::create(dir.path()).unwrap());
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(UNDO_SCHEMA_V7).unwrap();
         conn.execute_batch(SCHEMA_V3).unwrap();
         conn.pragma_update(None, "user_version", 3).unwrap();
         drop(conn);

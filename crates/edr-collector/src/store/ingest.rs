@@ -1,7 +1,7 @@
 //! Idempotent event ingest.
 //!
-//! Tables: `events` contains one row per OCSF event (the JSON, as text or compressed as
-//! [`super::codec`] describes, plus indexed columns),
+//! Tables: `events` contains one row per OCSF event (its indexed columns, and its JSON as
+//! text or where [`super::codec`] describes), `frames` the compressed frames of events,
 //! `gaps` one row per gap record, `sensor_state` one row per sensor that ever streamed, with
 //! its high-water mark (HWM) of sequence numbers and its latest heartbeat.
 //!
@@ -181,9 +181,13 @@ fn ingest_one(
     };
     let mut insert_event = tx.prepare_cached(
         "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, activity_id,
-                             severity_id, process_uid, user_name, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             severity_id, process_uid, user_name, json, frame_id, frame_index)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
+    let mut insert_frame = tx.prepare_cached("INSERT INTO frames (data) VALUES (?1)")?;
+    // Row ids of the batch's frames, inserted when the first of their events is: a frame
+    // whose events are all duplicates is not stored.
+    let mut frame_ids: Vec<Option<i64>> = vec![None; batch.frames.len()];
     let mut insert_gap = tx.prepare_cached(
         "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes, reason,
                            detected_at, received_at)
@@ -196,11 +200,27 @@ fn ingest_one(
         }
         match record {
             Record::Event { seq, fields, body } => {
-                // Text was checked to be UTF-8 by validation. Both forms are bound as borrowed
-                // slices, which SQLite copies once.
-                let json = match body {
-                    EventBody::Json(bytes) => ToSqlOutput::Borrowed(ValueRef::Text(bytes)),
-                    EventBody::Zstd(frame) => ToSqlOutput::Borrowed(ValueRef::Blob(frame)),
+                // Text was checked to be UTF-8 by validation. It is bound as a borrowed slice,
+                // which SQLite copies once, and so is a frame.
+                let (json, frame_id, frame_index) = match body {
+                    EventBody::Json(bytes) => {
+                        (ToSqlOutput::Borrowed(ValueRef::Text(bytes)), None, None)
+                    }
+                    EventBody::Framed { frame, index } => {
+                        let id = match frame_ids[*frame] {
+                            Some(id) => id,
+                            None => {
+                                let data =
+                                    ToSqlOutput::Borrowed(ValueRef::Blob(&batch.frames[*frame]));
+                                insert_frame.execute(params![data])?;
+                                let id = tx.last_insert_rowid();
+                                frame_ids[*frame] = Some(id);
+                                id
+                            }
+                        };
+                        let empty = ToSqlOutput::Borrowed(ValueRef::Blob(&[]));
+                        (empty, Some(id), Some(*index))
+                    }
                 };
                 insert_event.execute(params![
                     sensor_id,
@@ -212,7 +232,9 @@ fn ingest_one(
                     fields.severity_id,
                     fields.process_uid,
                     fields.user_name,
-                    json
+                    json,
+                    frame_id,
+                    frame_index
                 ])?;
                 outcome.events += 1;
             }

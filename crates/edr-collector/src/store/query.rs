@@ -4,7 +4,7 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 
-use super::codec::{CodecError, Dictionaries};
+use super::codec::{CodecError, Dictionaries, JSON_FUNCTION, STORED_COLUMNS};
 use super::{Store, StoreError, from_unix};
 
 /// Filters of `edr-collector events` and `export`. Times are Unix milliseconds.
@@ -162,7 +162,7 @@ impl Store {
                 severity_id: column(row, 5)?,
                 process_uid: column(row, 6)?,
                 user_name: column(row, 7)?,
-                json: dictionaries.json(row.get_ref(8)?)?,
+                json: dictionaries.stored(row.get_ref(8)?, row.get_ref(9)?, row.get_ref(10)?)?,
             })
         })();
         match event {
@@ -414,7 +414,7 @@ fn page_sql(
 ) -> (String, Vec<Value>) {
     let mut sql = format!(
         "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
-                user_name, json
+                user_name, {STORED_COLUMNS}
          FROM events WHERE 1 = 1{conditions}"
     );
     let mut values = values.to_vec();
@@ -487,19 +487,20 @@ fn filter_sql(filter: &EventFilter) -> (String, Vec<Value>) {
         let path_index = values.len();
         values.push(Value::Text(value.clone()));
         let text_index = values.len();
+        let json = format!("{JSON_FUNCTION}({STORED_COLUMNS})");
         let matches = match value.parse::<i64>() {
             Ok(number) => {
                 values.push(Value::Integer(number));
                 format!(
-                    "json_extract(event_json(json), ?{path_index}) IN (?{text_index}, ?{})",
+                    "json_extract({json}, ?{path_index}) IN (?{text_index}, ?{})",
                     values.len()
                 )
             }
-            Err(_) => format!("json_extract(event_json(json), ?{path_index}) = ?{text_index}"),
+            Err(_) => format!("json_extract({json}, ?{path_index}) = ?{text_index}"),
         };
-        // `event_json` returns NULL for a row it cannot read, invalid JSON included. Such a
+        // The function returns NULL for a row it cannot read, invalid JSON included. Such a
         // row passes, so that the caller reports it as damaged instead of dropping it unseen.
-        sql.push_str(&format!(" AND (event_json(json) IS NULL OR {matches})"));
+        sql.push_str(&format!(" AND ({json} IS NULL OR {matches})"));
     }
     (sql, values)
 }

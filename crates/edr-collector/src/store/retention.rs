@@ -6,6 +6,11 @@
 //! that is first received) are deleted in chunks of [`DELETE_CHUNK`]. Freed pages are reused
 //! by later inserts; the file does not shrink. High-water marks are kept, so deleted events
 //! are never stored again when a sensor resends them.
+//!
+//! Frames (see [`super::codec`]) are deleted once no event is left in them. Frames and events
+//! are inserted in the same order, so every frame older than the frame of the oldest stored
+//! event is empty. A frame whose events age retention deleted while an older frame still has
+//! events (events received out of time order) stays until that older frame goes.
 
 use rusqlite::params;
 use time::OffsetDateTime;
@@ -41,6 +46,24 @@ impl Store {
                 params![cutoff.unix_timestamp()],
             )
             .map_err(self.sqlite())?;
+        if deleted > 0 {
+            self.delete_empty_frames()?;
+        }
+        Ok(deleted as u64)
+    }
+
+    /// Deletes the frames older than the frame of the oldest event stored in one, or every
+    /// frame when no event is in one.
+    fn delete_empty_frames(&self) -> Result<u64, StoreError> {
+        let deleted = self
+            .conn
+            .execute(
+                "DELETE FROM frames WHERE id < COALESCE(
+                     (SELECT frame_id FROM events WHERE frame_id IS NOT NULL ORDER BY id LIMIT 1),
+                     (SELECT MAX(id) + 1 FROM frames))",
+                [],
+            )
+            .map_err(self.sqlite())?;
         Ok(deleted as u64)
     }
 
@@ -55,8 +78,20 @@ impl Store {
         Ok(u64::try_from(used_pages * pragma("page_size")?).unwrap_or(0))
     }
 
-    /// Deletes one chunk of the oldest events; returns how many were deleted.
+    /// Deletes one chunk of the oldest events, and the frames it empties; returns how many
+    /// events were deleted.
     pub(crate) fn delete_oldest_chunk(&self) -> Result<u64, StoreError> {
+        // Rows without a frame come first after an upgrade from schema version 6. Looking
+        // for the oldest frame left is skipped while the chunks hold only such rows, so that
+        // it does not scan them once per chunk.
+        let framed: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(frame_id) FROM (SELECT frame_id FROM events ORDER BY id LIMIT ?1)",
+                params![DELETE_CHUNK],
+                |row| row.get(0),
+            )
+            .map_err(self.sqlite())?;
         let deleted = self
             .conn
             .execute(
@@ -64,6 +99,9 @@ impl Store {
                 params![DELETE_CHUNK],
             )
             .map_err(self.sqlite())?;
+        if framed > 0 {
+            self.delete_empty_frames()?;
+        }
         Ok(deleted as u64)
     }
 }
