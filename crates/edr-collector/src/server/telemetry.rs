@@ -249,10 +249,10 @@ async fn queue_batch(
     let sensor = sensor_id.to_string();
     let validated = tokio::task::spawn_blocking(move || {
         let mut valid = validate(batch, max_records)?;
-        // If compression fails, the events not compressed yet are stored as text, which
-        // readers accept as well.
+        // If compression fails, the batch's events are stored as text, which readers accept
+        // as well.
         if let Err(err) = codec.compress(&mut valid) {
-            tracing::warn!(sensor_id = %sensor, first_seq, last_seq, error = %err, "storing part of a batch uncompressed");
+            tracing::warn!(sensor_id = %sensor, first_seq, last_seq, error = %err, "storing a batch uncompressed");
         }
         Ok::<_, crate::ingest::BatchError>(valid)
     })

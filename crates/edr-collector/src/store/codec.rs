@@ -72,9 +72,9 @@ const MAX_FRAME_BYTES: usize = MAX_EVENT_BYTES + 8;
 /// `event_json(json, frame_index, frame data)`.
 pub(crate) const JSON_FUNCTION: &str = "event_json";
 
-/// The values of an `events` row that hold its JSON, in the order [`Dictionaries::stored`]
-/// and [`JSON_FUNCTION`] take them. A row with a `frame_index` is in the frame `frame_id`;
-/// any other row has its JSON, as text or as a zstd frame of its own, in `json`.
+/// The values of an `events` row that contain its JSON, in the order [`Dictionaries::stored`]
+/// and [`JSON_FUNCTION`] take them. A row with a `frame_index` is in the frame `frame_id`.
+/// Any other row has its JSON in `json`, as text or as a zstd frame of its own.
 pub(crate) const STORED_COLUMNS: &str =
     "json, frame_index, (SELECT data FROM frames WHERE frames.id = events.frame_id)";
 
@@ -238,7 +238,7 @@ impl EventCodec {
     }
 }
 
-/// Most events in one stored frame. Reading one event decompresses its whole frame, so this
+/// Maximum number of events in one stored frame. Reading one event decompresses its whole frame, so this
 /// bounds what a lookup of a single event costs. In a trial on the recorded sample events,
 /// frames of 64 events compressed with the dictionary took less than half the CPU time per
 /// event that one frame per event took, at three to four times the ratio.
@@ -772,7 +772,7 @@ mod tests {
     /// Consecutive events share a frame, up to `FRAME_EVENTS` of them. Records that are not
     /// events, and an event too large to compress, sit between them and are left out.
     #[test]
-    fn events_of_a_batch_fill_frames_in_order() {
+    fn events_fill_frames_in_order() {
         let (bytes, _) = trained();
         let codec = EventCodec::default();
         codec.publish(Dictionary::new(&bytes).unwrap());
@@ -844,6 +844,7 @@ mod tests {
         let codec = EventCodec::default();
         codec.publish(Dictionary::new(&bytes).unwrap());
         let sizes = [30_000, 30_000, 30_000, 100_000, 10, 10];
+
         let records = sizes
             .iter()
             .zip(1u64..)
@@ -866,6 +867,7 @@ mod tests {
         )
         .unwrap();
         codec.compress(&mut valid).unwrap();
+
         let placed: Vec<(usize, u32)> = valid
             .records
             .iter()
@@ -1207,10 +1209,10 @@ mod tests {
         (read, damaged, counts)
     }
 
-    /// A database of schema version 6 holds each event's JSON in its own row, as text or as a
+    /// A database of schema version 6 contains each event's JSON in its own row, as text or as a
     /// zstd frame of its own. After the upgrade those rows read as before, next to framed ones.
     #[test]
-    fn rows_of_schema_version_6_read_after_the_upgrade() {
+    fn version_6_rows_read_after_upgrade() {
         let dir = tempfile::tempdir().unwrap();
         let (bytes, samples) = trained();
         let now = OffsetDateTime::now_utc();
@@ -1266,7 +1268,7 @@ mod tests {
     /// A flipped byte in a frame, as a bad disk sector would leave, damages every event of
     /// that frame and no other.
     #[test]
-    fn damaged_frame_is_reported_for_each_of_its_events() {
+    fn damaged_frame_reports_each_event() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_damaged_rows(dir.path(), &[]);
         let (id, mut data): (i64, Vec<u8>) = store
