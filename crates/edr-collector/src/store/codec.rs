@@ -17,8 +17,9 @@
 //!
 //! Every zstd frame names its dictionary, from the `dictionaries` table, by id and carries a
 //! checksum of its content, so a damaged frame is reported rather than read wrongly. Reading
-//! one event decompresses its whole frame; readers keep the last frame, so a scan in storage
-//! order decompresses each frame once.
+//! one event decompresses its whole frame. Readers keep up to 64 MiB of recently read frames,
+//! so a scan in time order decompresses each frame once even while it alternates between the
+//! frames of many sensors.
 //!
 //! A new database has no dictionary. The ingest writer copies the first [`SAMPLE_EVENTS`]
 //! stored events into a [`Trainer`], which trains a dictionary of [`DICTIONARY_BYTES`] on a
@@ -305,6 +306,70 @@ impl FrameBuilder {
     }
 }
 
+/// Decompressed bytes that [`FrameCache`] keeps at most, unless one frame alone is larger.
+const FRAME_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Decompressed frames, looked up by their compressed bytes. The least recently used go first
+/// once they exceed [`FRAME_CACHE_BYTES`].
+#[derive(Debug, Default)]
+struct FrameCache {
+    /// Keyed by the compressed length and last eight bytes, which end with zstd's checksum of
+    /// the content. A hit is confirmed by comparing all of the compressed bytes.
+    entries: HashMap<(usize, [u8; 8]), CachedFrame>,
+    bytes: usize,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct CachedFrame {
+    compressed: Vec<u8>,
+    content: Arc<FrameContent>,
+    used: u64,
+}
+
+impl FrameCache {
+    fn key(frame: &[u8]) -> (usize, [u8; 8]) {
+        let mut tail = [0; 8];
+        let start = frame.len().saturating_sub(8);
+        tail[..frame.len() - start].copy_from_slice(&frame[start..]);
+        (frame.len(), tail)
+    }
+
+    fn get(&mut self, frame: &[u8]) -> Option<Arc<FrameContent>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(&Self::key(frame))?;
+        if entry.compressed != frame {
+            return None;
+        }
+        entry.used = self.clock;
+        Some(Arc::clone(&entry.content))
+    }
+
+    fn insert(&mut self, frame: &[u8], content: Arc<FrameContent>) {
+        self.clock += 1;
+        let size = frame.len() + content.bytes.len();
+        let entry = CachedFrame {
+            compressed: frame.to_vec(),
+            content,
+            used: self.clock,
+        };
+        if let Some(old) = self.entries.insert(Self::key(frame), entry) {
+            self.bytes -= old.compressed.len() + old.content.bytes.len();
+        }
+        self.bytes += size;
+        while self.bytes > FRAME_CACHE_BYTES && self.entries.len() > 1 {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.used)
+                .map(|(key, _)| *key);
+            if let Some(old) = oldest.and_then(|key| self.entries.remove(&key)) {
+                self.bytes -= old.compressed.len() + old.content.bytes.len();
+            }
+        }
+    }
+}
+
 /// A decompressed frame, checked: the JSON of its events and where each ends.
 #[derive(Debug)]
 pub(crate) struct FrameContent {
@@ -488,9 +553,9 @@ pub(crate) struct Dictionaries {
     /// Rows that cannot be used, with the reason; only events compressed with them fail.
     damaged: HashMap<u32, String>,
     context: Mutex<Option<DCtx<'static>>>,
-    /// The compressed bytes and the content of the frame read last. The events of a frame are
-    /// stored next to each other, so a scan reads each frame once.
-    last_frame: Mutex<Option<(Vec<u8>, Arc<FrameContent>)>>,
+    /// Frames read recently. A scan in time order over many sensors visits the frames of all of
+    /// them in turn, so one cached frame would be decompressed again for nearly every row.
+    frames: Mutex<FrameCache>,
 }
 
 impl std::fmt::Debug for Dictionaries {
@@ -532,7 +597,7 @@ impl Dictionaries {
             by_id,
             damaged,
             context: Mutex::new(None),
-            last_frame: Mutex::new(None),
+            frames: Mutex::new(FrameCache::default()),
         })
     }
 
@@ -579,19 +644,19 @@ impl Dictionaries {
         well_formed(json.to_owned())
     }
 
-    /// Decompresses and checks a frame, or returns the one read last if it is the same.
+    /// Decompresses and checks a frame, or returns it from the cache of recent frames.
     fn frame(&self, frame: &[u8]) -> Result<Arc<FrameContent>, CodecError> {
         let poisoned = || CodecError::Damaged("the frame cache is poisoned".into());
-        if let Some((bytes, content)) = self.last_frame.lock().map_err(|_| poisoned())?.as_ref()
-            && bytes.as_slice() == frame
-        {
-            return Ok(Arc::clone(content));
+        if let Some(content) = self.frames.lock().map_err(|_| poisoned())?.get(frame) {
+            return Ok(content);
         }
         let content = Arc::new(FrameContent::parse(
             self.decompress(frame, MAX_FRAME_BYTES)?,
         )?);
-        *self.last_frame.lock().map_err(|_| poisoned())? =
-            Some((frame.to_vec(), Arc::clone(&content)));
+        self.frames
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(frame, Arc::clone(&content));
         Ok(content)
     }
 
@@ -1263,6 +1328,70 @@ mod tests {
             };
             assert_eq!(scan(&store, &filter).0, [seq]);
         }
+    }
+
+    /// A scan in time order alternates between the frames of two sensors and reads every event.
+    #[test]
+    fn interleaved_sensors_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store_with_damaged_rows(dir.path(), &[]);
+        let codec = EventCodec::default();
+        codec.publish(store.newest_dictionary().unwrap().unwrap());
+        let mut valid = validate(batch(1, 200), usize::MAX).unwrap();
+        codec.compress(&mut valid).unwrap();
+        store
+            .ingest_group(
+                &[("sensor-b".to_string(), valid)],
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+
+        let mut read = Vec::new();
+        store
+            .for_each_event(
+                &EventFilter::default(),
+                |row| {
+                    assert_eq!(row.json, event_json(u64::try_from(row.seq).unwrap()));
+                    read.push((row.seq, row.sensor_id));
+                    Ok(())
+                },
+                |damaged| panic!("{damaged}"),
+            )
+            .unwrap();
+        let expected: Vec<(i64, String)> = (1..=200)
+            .flat_map(|seq| [(seq, "sensor-a".to_string()), (seq, "sensor-b".to_string())])
+            .collect();
+        assert_eq!(read, expected);
+    }
+
+    /// The frame cache drops the least recently used frames past its size.
+    #[test]
+    fn frame_cache_evicts_least_recently_used() {
+        let mut cache = FrameCache::default();
+        let quarter = FRAME_CACHE_BYTES / 4;
+        let frame = |n: u8| vec![n; 16];
+        let content = || {
+            Arc::new(FrameContent {
+                bytes: vec![0; quarter],
+                ends: vec![quarter],
+            })
+        };
+        for n in 0..3 {
+            cache.insert(&frame(n), content());
+        }
+        assert!(cache.get(&frame(0)).is_some());
+        // Frames 0 to 4 do not fit together: 1 and 2, the least recently used, go.
+        cache.insert(&frame(3), content());
+        cache.insert(&frame(4), content());
+        assert!(cache.get(&frame(1)).is_none());
+        assert!(cache.get(&frame(2)).is_none());
+        assert!(cache.get(&frame(0)).is_some());
+        assert!(cache.get(&frame(4)).is_some());
+        assert!(cache.bytes <= FRAME_CACHE_BYTES, "{} bytes", cache.bytes);
+        // Equal length and tail, other bytes: not a hit.
+        let mut other = frame(4);
+        other[0] = 9;
+        assert!(cache.get(&other).is_none());
     }
 
     /// A flipped byte in a frame, as a bad disk sector would leave, damages every event of
