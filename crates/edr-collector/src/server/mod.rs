@@ -462,7 +462,7 @@ fn retention_pass(retention: &Retention, shared: &Shared) -> Result<RetentionOut
     }
     if let Some(max_bytes) = retention.max_bytes {
         loop {
-            let store = lock()?;
+            let mut store = lock()?;
             if store.used_bytes().map_err(|err| err.to_string())? <= max_bytes {
                 break;
             }

@@ -76,6 +76,10 @@ pub(crate) const JSON_FUNCTION: &str = "event_json";
 /// The values of an `events` row that contain its JSON, in the order [`Dictionaries::stored`]
 /// and [`JSON_FUNCTION`] take them. A row with a `frame_index` is in the frame `frame_id`.
 /// Any other row has its JSON in `json`, as text or as a zstd frame of its own.
+/// The values of an `events` row that [`Dictionaries::scanned`] takes. A scan selects the
+/// frame's id rather than its data, so that a sort does not carry each row's whole frame.
+pub(crate) const SCAN_COLUMNS: &str = "json, frame_index, frame_id";
+
 pub(crate) const STORED_COLUMNS: &str =
     "json, frame_index, (SELECT data FROM frames WHERE frames.id = events.frame_id)";
 
@@ -306,18 +310,38 @@ impl FrameBuilder {
     }
 }
 
+/// Returns event `index` of a frame as JSON text on one line.
+fn framed_event(content: &FrameContent, index: i64) -> Result<String, CodecError> {
+    let json = std::str::from_utf8(content.event(index)?)
+        .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into()))?;
+    if !json.trim_ascii_start().starts_with('{') {
+        return Err(CodecError::Damaged(
+            "the stored JSON text is not an object".into(),
+        ));
+    }
+    well_formed(json.to_owned())
+}
+
 /// Decompressed bytes that [`FrameCache`] keeps at most, unless one frame alone is larger.
 const FRAME_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Decompressed frames, looked up by their compressed bytes. The least recently used go first
-/// once they exceed [`FRAME_CACHE_BYTES`].
-#[derive(Debug, Default)]
-struct FrameCache {
-    /// Keyed by the compressed length and last eight bytes, which end with zstd's checksum of
-    /// the content. A hit is confirmed by comparing all of the compressed bytes.
-    entries: HashMap<(usize, [u8; 8]), CachedFrame>,
+/// Decompressed frames by key, each with bytes that confirm a hit. The least recently used go
+/// first once they exceed [`FRAME_CACHE_BYTES`].
+#[derive(Debug)]
+struct FrameCache<K> {
+    entries: HashMap<K, CachedFrame>,
     bytes: usize,
     clock: u64,
+}
+
+impl<K> Default for FrameCache<K> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -327,33 +351,36 @@ struct CachedFrame {
     used: u64,
 }
 
-impl FrameCache {
-    fn key(frame: &[u8]) -> (usize, [u8; 8]) {
-        let mut tail = [0; 8];
-        let start = frame.len().saturating_sub(8);
-        tail[..frame.len() - start].copy_from_slice(&frame[start..]);
-        (frame.len(), tail)
-    }
+/// Returns the key of a frame in a cache looked up by compressed bytes: the length and the
+/// last eight bytes, which end with zstd's checksum of the content.
+fn frame_key(frame: &[u8]) -> (usize, [u8; 8]) {
+    let mut tail = [0; 8];
+    let start = frame.len().saturating_sub(8);
+    tail[..frame.len() - start].copy_from_slice(&frame[start..]);
+    (frame.len(), tail)
+}
 
-    fn get(&mut self, frame: &[u8]) -> Option<Arc<FrameContent>> {
+impl<K: std::hash::Hash + Eq + Clone> FrameCache<K> {
+    /// Returns the frame of `key` if its confirming bytes are `compressed`.
+    fn get(&mut self, key: &K, compressed: &[u8]) -> Option<Arc<FrameContent>> {
         self.clock += 1;
-        let entry = self.entries.get_mut(&Self::key(frame))?;
-        if entry.compressed != frame {
+        let entry = self.entries.get_mut(key)?;
+        if entry.compressed != compressed {
             return None;
         }
         entry.used = self.clock;
         Some(Arc::clone(&entry.content))
     }
 
-    fn insert(&mut self, frame: &[u8], content: Arc<FrameContent>) {
+    fn insert(&mut self, key: K, compressed: &[u8], content: Arc<FrameContent>) {
         self.clock += 1;
-        let size = frame.len() + content.bytes.len();
+        let size = compressed.len() + content.bytes.len();
         let entry = CachedFrame {
-            compressed: frame.to_vec(),
+            compressed: compressed.to_vec(),
             content,
             used: self.clock,
         };
-        if let Some(old) = self.entries.insert(Self::key(frame), entry) {
+        if let Some(old) = self.entries.insert(key, entry) {
             self.bytes -= old.compressed.len() + old.content.bytes.len();
         }
         self.bytes += size;
@@ -362,7 +389,7 @@ impl FrameCache {
                 .entries
                 .iter()
                 .min_by_key(|(_, entry)| entry.used)
-                .map(|(key, _)| *key);
+                .map(|(key, _)| key.clone());
             if let Some(old) = oldest.and_then(|key| self.entries.remove(&key)) {
                 self.bytes -= old.compressed.len() + old.content.bytes.len();
             }
@@ -553,9 +580,12 @@ pub(crate) struct Dictionaries {
     /// Rows that cannot be used, with the reason; only events compressed with them fail.
     damaged: HashMap<u32, String>,
     context: Mutex<Option<DCtx<'static>>>,
-    /// Frames read recently. A scan in time order over many sensors visits the frames of all of
-    /// them in turn, so one cached frame would be decompressed again for nearly every row.
-    frames: Mutex<FrameCache>,
+    /// Frames read recently by [`Self::stored`], by compressed bytes. A scan in time order over
+    /// many sensors visits the frames of all of them in turn, so one cached frame would be
+    /// decompressed again for nearly every row.
+    frames: Mutex<FrameCache<(usize, [u8; 8])>>,
+    /// Frames read recently by [`Self::scanned`], by frame id.
+    scanned_frames: Mutex<FrameCache<i64>>,
 }
 
 impl std::fmt::Debug for Dictionaries {
@@ -598,6 +628,7 @@ impl Dictionaries {
             damaged,
             context: Mutex::new(None),
             frames: Mutex::new(FrameCache::default()),
+            scanned_frames: Mutex::new(FrameCache::default()),
         })
     }
 
@@ -634,20 +665,62 @@ impl Dictionaries {
             }
         };
         let content = self.frame(frame)?;
-        let json = std::str::from_utf8(content.event(index)?)
-            .map_err(|_| CodecError::Damaged("the JSON text is not UTF-8".into()))?;
-        if !json.trim_ascii_start().starts_with('{') {
-            return Err(CodecError::Damaged(
-                "the stored JSON text is not an object".into(),
-            ));
+        framed_event(&content, index)
+    }
+
+    /// Returns the JSON text of a stored event from its row's `json`, `frame_index` and
+    /// `frame_id`, as [`SCAN_COLUMNS`] selects them. `fetch` reads a frame's data by id; it is
+    /// called only for frames that are not among those read last.
+    pub(crate) fn scanned(
+        &self,
+        json: ValueRef<'_>,
+        frame_index: ValueRef<'_>,
+        frame_id: ValueRef<'_>,
+        fetch: impl FnOnce(i64) -> rusqlite::Result<Option<rusqlite::types::Value>>,
+    ) -> Result<Result<String, CodecError>, rusqlite::Error> {
+        let (ValueRef::Integer(index), ValueRef::Integer(id)) = (frame_index, frame_id) else {
+            if frame_index != ValueRef::Null && !matches!(frame_id, ValueRef::Integer(_)) {
+                return Ok(Err(CodecError::Damaged(format!(
+                    "invalid frame_id column: it contains a {} value, expected an integer",
+                    frame_id.data_type()
+                ))));
+            }
+            return Ok(self.stored(json, frame_index, ValueRef::Null));
+        };
+        let cached = self
+            .scanned_frames
+            .lock()
+            .ok()
+            .and_then(|mut cache| cache.get(&id, &[]));
+        if let Some(content) = cached {
+            return Ok(framed_event(&content, index));
         }
-        well_formed(json.to_owned())
+        let data = fetch(id)?;
+        let frame = match &data {
+            Some(rusqlite::types::Value::Blob(frame)) => frame,
+            _ => {
+                let value = data.as_ref().map_or(ValueRef::Null, ValueRef::from);
+                return Ok(self.stored(json, frame_index, value));
+            }
+        };
+        let content = match self
+            .decompress(frame, MAX_FRAME_BYTES)
+            .and_then(FrameContent::parse)
+        {
+            Ok(content) => Arc::new(content),
+            Err(err) => return Ok(Err(err)),
+        };
+        if let Ok(mut cache) = self.scanned_frames.lock() {
+            cache.insert(id, &[], Arc::clone(&content));
+        }
+        Ok(framed_event(&content, index))
     }
 
     /// Decompresses and checks a frame, or returns it from the cache of recent frames.
     fn frame(&self, frame: &[u8]) -> Result<Arc<FrameContent>, CodecError> {
         let poisoned = || CodecError::Damaged("the frame cache is poisoned".into());
-        if let Some(content) = self.frames.lock().map_err(|_| poisoned())?.get(frame) {
+        let key = frame_key(frame);
+        if let Some(content) = self.frames.lock().map_err(|_| poisoned())?.get(&key, frame) {
             return Ok(content);
         }
         let content = Arc::new(FrameContent::parse(
@@ -656,7 +729,7 @@ impl Dictionaries {
         self.frames
             .lock()
             .map_err(|_| poisoned())?
-            .insert(frame, Arc::clone(&content));
+            .insert(key, frame, Arc::clone(&content));
         Ok(content)
     }
 
@@ -1377,21 +1450,21 @@ mod tests {
             })
         };
         for n in 0..3 {
-            cache.insert(&frame(n), content());
+            cache.insert(n, &frame(n), content());
         }
-        assert!(cache.get(&frame(0)).is_some());
+        assert!(cache.get(&0, &frame(0)).is_some());
         // Frames 0 to 4 do not fit together: 1 and 2, the least recently used, go.
-        cache.insert(&frame(3), content());
-        cache.insert(&frame(4), content());
-        assert!(cache.get(&frame(1)).is_none());
-        assert!(cache.get(&frame(2)).is_none());
-        assert!(cache.get(&frame(0)).is_some());
-        assert!(cache.get(&frame(4)).is_some());
+        cache.insert(3, &frame(3), content());
+        cache.insert(4, &frame(4), content());
+        assert!(cache.get(&1, &frame(1)).is_none());
+        assert!(cache.get(&2, &frame(2)).is_none());
+        assert!(cache.get(&0, &frame(0)).is_some());
+        assert!(cache.get(&4, &frame(4)).is_some());
         assert!(cache.bytes <= FRAME_CACHE_BYTES, "{} bytes", cache.bytes);
-        // Equal length and tail, other bytes: not a hit.
+        // The same key with other confirming bytes is not a hit.
         let mut other = frame(4);
         other[0] = 9;
-        assert!(cache.get(&other).is_none());
+        assert!(cache.get(&4, &other).is_none());
     }
 
     /// A flipped byte in a frame, as a bad disk sector would leave, damages every event of
@@ -1431,46 +1504,64 @@ mod tests {
         assert_eq!(damaged, (65..=128).collect::<Vec<_>>());
     }
 
-    /// Retention deletes a frame with the last of its events, whichever way they go.
+    /// Retention deletes a frame with the last of its events, whichever way they go, also when
+    /// a later frame holds older events.
     #[test]
     fn retention_deletes_emptied_frames() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = store_with_damaged_rows(dir.path(), &[]);
         let now = OffsetDateTime::now_utc();
+        let codec = EventCodec::default();
+        codec.publish(store.newest_dictionary().unwrap().unwrap());
         let frames = |store: &Store| -> i64 {
             store
                 .conn
                 .query_row("SELECT COUNT(*) FROM frames", [], |row| row.get(0))
                 .unwrap()
         };
-        // Events 1..=200 are in frames of 64, 64, 64 and 8.
-        assert_eq!(frames(&store), 4);
-        // By age: events 1..=100 are older than the cutoff, which empties the first frame.
+        // Events 1..=200 of sensor-a are in frames of 64, 64, 64 and 8. Sensor-b then sends
+        // events with the times of sensor-a's first ten, and 150..=249 of sensor-a come again:
+        // its frames of 64 and 36 contain 51 duplicates, which are not counted.
+        let mut late = validate(batch(1, 10), usize::MAX).unwrap();
+        codec.compress(&mut late).unwrap();
+        let mut again = validate(batch(150, 100), usize::MAX).unwrap();
+        codec.compress(&mut again).unwrap();
+        store
+            .ingest_group(
+                &[
+                    ("sensor-b".to_string(), late),
+                    ("sensor-a".to_string(), again),
+                ],
+                now,
+            )
+            .unwrap();
+        assert_eq!(frames(&store), 7);
+
+        // By age: events 1..=100 of sensor-a and all of sensor-b are older than the cutoff,
+        // which empties sensor-a's first frame and sensor-b's only one.
         let cutoff =
             OffsetDateTime::from_unix_timestamp_nanos((1_700_000_000_000 + 101 * 17) * 1_000_000)
                 .unwrap();
         let max_age = now - cutoff;
-        assert_eq!(store.delete_older_than(max_age, now).unwrap(), 100);
-        assert_eq!(frames(&store), 3);
+        assert_eq!(store.delete_older_than(max_age, now).unwrap(), 110);
+        assert_eq!(frames(&store), 5);
         let (read, damaged, _) = scan(&store, &EventFilter::default());
-        assert_eq!(read, (101..=200).collect::<Vec<_>>());
+        assert_eq!(read, (101..=249).collect::<Vec<_>>());
         assert!(damaged.is_empty());
 
         // By size: one chunk deletes every event left, and with them every frame.
-        assert_eq!(store.delete_oldest_chunk().unwrap(), 100);
+        assert_eq!(store.delete_oldest_chunk().unwrap(), 149);
         assert_eq!(frames(&store), 0);
 
         // Frame ids may start again; new events read back.
-        let codec = EventCodec::default();
-        codec.publish(store.newest_dictionary().unwrap().unwrap());
-        let mut valid = validate(batch(201, 10), usize::MAX).unwrap();
+        let mut valid = validate(batch(250, 10), usize::MAX).unwrap();
         codec.compress(&mut valid).unwrap();
         store
             .ingest_group(&[("sensor-a".to_string(), valid)], now)
             .unwrap();
         assert_eq!(
             scan(&store, &EventFilter::default()).0,
-            (201..=210).collect::<Vec<_>>()
+            (250..=259).collect::<Vec<_>>()
         );
     }
 

@@ -184,10 +184,25 @@ fn ingest_one(
                              severity_id, process_uid, user_name, json, frame_id, frame_index)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
-    let mut insert_frame = tx.prepare_cached("INSERT INTO frames (data) VALUES (?1)")?;
+    let mut insert_frame =
+        tx.prepare_cached("INSERT INTO frames (events, data) VALUES (?1, ?2)")?;
     // Row ids of the batch's frames, inserted when the first of their events is: a frame
     // whose events are all duplicates is not stored.
     let mut frame_ids: Vec<Option<i64>> = vec![None; batch.frames.len()];
+    // Events of each frame that are stored, not dropped as duplicates; retention counts
+    // them down and deletes the frame at zero.
+    let mut stored = vec![0_i64; batch.frames.len()];
+    for record in &batch.records {
+        if let Record::Event {
+            seq,
+            body: EventBody::Framed { frame, .. },
+            ..
+        } = record
+            && *seq > hwm
+        {
+            stored[*frame] += 1;
+        }
+    }
     let mut insert_gap = tx.prepare_cached(
         "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes, reason,
                            detected_at, received_at)
@@ -212,7 +227,7 @@ fn ingest_one(
                             None => {
                                 let data =
                                     ToSqlOutput::Borrowed(ValueRef::Blob(&batch.frames[*frame]));
-                                insert_frame.execute(params![data])?;
+                                insert_frame.execute(params![stored[*frame], data])?;
                                 let id = tx.last_insert_rowid();
                                 frame_ids[*frame] = Some(id);
                                 id

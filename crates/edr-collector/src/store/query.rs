@@ -4,7 +4,7 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 
-use super::codec::{CodecError, Dictionaries, JSON_FUNCTION, STORED_COLUMNS};
+use super::codec::{CodecError, Dictionaries, JSON_FUNCTION, SCAN_COLUMNS, STORED_COLUMNS};
 use super::{Store, StoreError, from_unix};
 
 /// Filters of `edr-collector events` and `export`. Times are Unix milliseconds.
@@ -162,7 +162,17 @@ impl Store {
                 severity_id: column(row, 5)?,
                 process_uid: column(row, 6)?,
                 user_name: column(row, 7)?,
-                json: dictionaries.stored(row.get_ref(8)?, row.get_ref(9)?, row.get_ref(10)?)?,
+                json: dictionaries.scanned(
+                    row.get_ref(8)?,
+                    row.get_ref(9)?,
+                    row.get_ref(10)?,
+                    |id| {
+                        self.conn
+                            .prepare_cached("SELECT data FROM frames WHERE id = ?1")?
+                            .query_row([id], |row| row.get(0))
+                            .optional()
+                    },
+                )??,
             })
         })();
         match event {
@@ -414,7 +424,7 @@ fn page_sql(
 ) -> (String, Vec<Value>) {
     let mut sql = format!(
         "SELECT sensor_id, seq, time, class_uid, activity_id, severity_id, process_uid,
-                user_name, {STORED_COLUMNS}
+                user_name, {SCAN_COLUMNS}
          FROM events WHERE 1 = 1{conditions}"
     );
     let mut values = values.to_vec();

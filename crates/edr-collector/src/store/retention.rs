@@ -7,12 +7,13 @@
 //! by later inserts; the file does not shrink. High-water marks are kept, so deleted events
 //! are never stored again when a sensor resends them.
 //!
-//! Frames (see [`super::codec`]) are deleted once no event is left in them. Frames and events
-//! are inserted in the same order, so every frame older than the frame of the oldest stored
-//! event is empty. A frame whose events age retention deleted while an older frame still has
-//! events (events received out of time order) stays until that older frame goes.
+//! Each frame (see [`super::codec`]) counts its stored events. A deletion counts down the
+//! frames of the events it deletes and deletes each frame that reaches zero, in the same
+//! transaction.
 
-use rusqlite::params;
+use std::collections::HashMap;
+
+use rusqlite::{Transaction, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
@@ -30,41 +31,29 @@ pub(crate) struct RetentionOutcome {
 impl Store {
     /// Deletes events older than `max_age` before `now`.
     pub(crate) fn delete_older_than(
-        &self,
+        &mut self,
         max_age: time::Duration,
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let cutoff = now - max_age;
         let cutoff_ms = i64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let deleted = self
+        let path = self.path.clone();
+        let sqlite = move |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
             .conn
-            .execute("DELETE FROM events WHERE time < ?1", params![cutoff_ms])
-            .map_err(self.sqlite())?;
-        self.conn
-            .execute(
-                "DELETE FROM gaps WHERE received_at < ?1",
-                params![cutoff.unix_timestamp()],
-            )
-            .map_err(self.sqlite())?;
-        if deleted > 0 {
-            self.delete_empty_frames()?;
-        }
-        Ok(deleted as u64)
-    }
-
-    /// Deletes the frames older than the frame of the oldest event stored in one, or every
-    /// frame when no event is in one.
-    fn delete_empty_frames(&self) -> Result<u64, StoreError> {
-        let deleted = self
-            .conn
-            .execute(
-                "DELETE FROM frames WHERE id < COALESCE(
-                     (SELECT frame_id FROM events WHERE frame_id IS NOT NULL ORDER BY id LIMIT 1),
-                     (SELECT MAX(id) + 1 FROM frames))",
-                [],
-            )
-            .map_err(self.sqlite())?;
-        Ok(deleted as u64)
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&sqlite)?;
+        let deleted = delete_events(&tx, "time < ?1", cutoff_ms).map_err(&sqlite)?;
+        tx.execute(
+            "DELETE FROM gaps WHERE received_at < ?1",
+            params![cutoff.unix_timestamp()],
+        )
+        .map_err(&sqlite)?;
+        tx.commit().map_err(&sqlite)?;
+        Ok(deleted)
     }
 
     /// Returns the bytes of database pages in use.
@@ -80,28 +69,50 @@ impl Store {
 
     /// Deletes one chunk of the oldest events, and the frames it empties; returns how many
     /// events were deleted.
-    pub(crate) fn delete_oldest_chunk(&self) -> Result<u64, StoreError> {
-        // Rows without a frame come first after an upgrade from schema version 6. Looking
-        // for the oldest frame left is skipped while the chunks hold only such rows, so that
-        // it does not scan them once per chunk.
-        let framed: i64 = self
+    pub(crate) fn delete_oldest_chunk(&mut self) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let sqlite = move |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
             .conn
-            .query_row(
-                "SELECT COUNT(frame_id) FROM (SELECT frame_id FROM events ORDER BY id LIMIT ?1)",
-                params![DELETE_CHUNK],
-                |row| row.get(0),
-            )
-            .map_err(self.sqlite())?;
-        let deleted = self
-            .conn
-            .execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
-                params![DELETE_CHUNK],
-            )
-            .map_err(self.sqlite())?;
-        if framed > 0 {
-            self.delete_empty_frames()?;
-        }
-        Ok(deleted as u64)
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&sqlite)?;
+        let deleted = delete_events(
+            &tx,
+            "id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+            DELETE_CHUNK,
+        )
+        .map_err(&sqlite)?;
+        tx.commit().map_err(&sqlite)?;
+        Ok(deleted)
     }
+}
+
+/// Deletes the events that match `condition` (binding `value` as `?1`), counts down the
+/// frames they were in, and deletes the frames left without events. Returns how many events
+/// were deleted.
+fn delete_events(tx: &Transaction<'_>, condition: &str, value: i64) -> rusqlite::Result<u64> {
+    let mut emptied: HashMap<i64, i64> = HashMap::new();
+    let mut deleted = 0;
+    {
+        let mut stmt = tx.prepare(&format!(
+            "DELETE FROM events WHERE {condition} RETURNING frame_id"
+        ))?;
+        let mut rows = stmt.query(params![value])?;
+        while let Some(row) = rows.next()? {
+            deleted += 1;
+            if let Some(frame) = row.get::<_, Option<i64>>(0)? {
+                *emptied.entry(frame).or_default() += 1;
+            }
+        }
+    }
+    let mut count_down = tx.prepare("UPDATE frames SET events = events - ?2 WHERE id = ?1")?;
+    let mut delete_frame = tx.prepare("DELETE FROM frames WHERE id = ?1 AND events <= 0")?;
+    for (frame, events) in emptied {
+        count_down.execute(params![frame, events])?;
+        delete_frame.execute(params![frame])?;
+    }
+    Ok(deleted)
 }
