@@ -182,8 +182,8 @@ CREATE INDEX IF NOT EXISTS events_severity ON events (severity_id) WHERE severit
 
 /// Schema version 7 stores events compressed in frames of several events (see [`codec`]):
 /// the `frames` table, with the number of stored events in each frame, and the frame and
-/// position of each event that is in one. Rows written
-/// earlier keep their JSON in `json`, which readers still accept.
+/// position of each event that is in one. Rows written earlier keep their JSON in `json`,
+/// which readers still accept.
 const SCHEMA_V7: &str = "
 CREATE TABLE IF NOT EXISTS frames (
     id     INTEGER PRIMARY KEY,

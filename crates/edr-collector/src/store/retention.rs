@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Transaction, TransactionBehavior, params};
 use time::OffsetDateTime;
 
@@ -103,7 +104,8 @@ fn delete_events(tx: &Transaction<'_>, condition: &str, value: i64) -> rusqlite:
         let mut rows = stmt.query(params![value])?;
         while let Some(row) = rows.next()? {
             deleted += 1;
-            if let Some(frame) = row.get::<_, Option<i64>>(0)? {
+            // A value of another type, written by another program, names no frame.
+            if let ValueRef::Integer(frame) = row.get_ref(0)? {
                 *emptied.entry(frame).or_default() += 1;
             }
         }
