@@ -621,6 +621,26 @@ impl Store {
             .map_err(self.sqlite())
     }
 
+    /// Runs `work` in a `BEGIN IMMEDIATE` transaction and commits it; any error rolls it back.
+    fn immediate<T>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let sqlite = |error| StoreError::Sqlite {
+            path: self.path.clone(),
+            error,
+        };
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                let value = work(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            });
+        result.map_err(sqlite)
+    }
+
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         |error| StoreError::Sqlite {
             path: self.path.clone(),

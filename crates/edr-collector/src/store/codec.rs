@@ -1505,7 +1505,7 @@ mod tests {
     }
 
     /// Retention deletes a frame with the last of its events, whichever way they go, also when
-    /// a later frame holds older events.
+    /// a later frame contains older events.
     #[test]
     fn retention_deletes_emptied_frames() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@
 
 use edr_proto::v1::{CommandResult, SensorHealth};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
@@ -46,21 +46,12 @@ impl Store {
         group: &[(String, ValidBatch)],
         now: OffsetDateTime,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let path = self.path.clone();
-        let sqlite = move |error| StoreError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sqlite)?;
-        let mut outcomes = Vec::with_capacity(group.len());
-        for (sensor_id, batch) in group {
-            outcomes.push(ingest_one(&tx, sensor_id, batch, now).map_err(&sqlite)?);
-        }
-        tx.commit().map_err(&sqlite)?;
-        Ok(outcomes)
+        self.immediate(|tx| {
+            group
+                .iter()
+                .map(|(sensor_id, batch)| ingest_one(tx, sensor_id, batch, now))
+                .collect()
+        })
     }
 
     /// Returns the state of the WAL file, `collector.db-wal`, as the file system shows it.

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Transaction, TransactionBehavior, params};
+use rusqlite::{Transaction, params};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
@@ -38,23 +38,14 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let cutoff = now - max_age;
         let cutoff_ms = i64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let path = self.path.clone();
-        let sqlite = move |error| StoreError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sqlite)?;
-        let deleted = delete_events(&tx, "time < ?1", cutoff_ms).map_err(&sqlite)?;
-        tx.execute(
-            "DELETE FROM gaps WHERE received_at < ?1",
-            params![cutoff.unix_timestamp()],
-        )
-        .map_err(&sqlite)?;
-        tx.commit().map_err(&sqlite)?;
-        Ok(deleted)
+        self.immediate(|tx| {
+            let deleted = delete_events(tx, "time < ?1", cutoff_ms)?;
+            tx.execute(
+                "DELETE FROM gaps WHERE received_at < ?1",
+                params![cutoff.unix_timestamp()],
+            )?;
+            Ok(deleted)
+        })
     }
 
     /// Returns the bytes of database pages in use.
@@ -71,23 +62,13 @@ impl Store {
     /// Deletes one chunk of the oldest events, and the frames it empties; returns how many
     /// events were deleted.
     pub(crate) fn delete_oldest_chunk(&mut self) -> Result<u64, StoreError> {
-        let path = self.path.clone();
-        let sqlite = move |error| StoreError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&sqlite)?;
-        let deleted = delete_events(
-            &tx,
-            "id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
-            DELETE_CHUNK,
-        )
-        .map_err(&sqlite)?;
-        tx.commit().map_err(&sqlite)?;
-        Ok(deleted)
+        self.immediate(|tx| {
+            delete_events(
+                tx,
+                "id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+                DELETE_CHUNK,
+            )
+        })
     }
 }
 
