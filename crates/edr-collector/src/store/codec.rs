@@ -197,7 +197,11 @@ impl EventCodec {
             content.clear();
             Ok(())
         };
-        for record in &batch.records {
+        // Where each compressed event goes: its record, frame and position in the frame. The
+        // records change only once every frame is built, so a failure leaves them as text.
+        let mut placed = Vec::with_capacity(batch.records.len());
+        let mut frame = 0;
+        for (position, record) in batch.records.iter().enumerate() {
             if let Record::Event {
                 body: EventBody::Json(json),
                 ..
@@ -206,7 +210,9 @@ impl EventCodec {
             {
                 if !content.has_room_for(json.len()) {
                     seal(&mut content)?;
+                    frame += 1;
                 }
+                placed.push((position, frame, content.count()));
                 content.push(json);
             }
         }
@@ -222,20 +228,8 @@ impl EventCodec {
                 frame
             })
             .collect();
-        // The same walk as above, numbering the events of each frame.
-        let mut content = FrameBuilder::default();
-        let mut frame = 0;
-        for record in &mut batch.records {
-            if let Record::Event { body, .. } = record
-                && let EventBody::Json(json) = body
-                && json.len() <= MAX_EVENT_BYTES
-            {
-                if !content.has_room_for(json.len()) {
-                    frame += 1;
-                    content.clear();
-                }
-                let index = content.count();
-                content.skip(json.len());
+        for (position, frame, index) in placed {
+            if let Record::Event { body, .. } = &mut batch.records[position] {
                 *body = EventBody::Framed { frame, index };
             }
         }
@@ -260,8 +254,6 @@ pub(crate) const FRAME_BYTES: usize = 64 * 1024;
 struct FrameBuilder {
     bytes: Vec<u8>,
     ends: Vec<u32>,
-    /// JSON bytes of events counted with [`Self::skip`] instead of pushed.
-    skipped: usize,
 }
 
 impl FrameBuilder {
@@ -273,25 +265,15 @@ impl FrameBuilder {
         self.ends.len() as u32
     }
 
-    fn json_len(&self) -> usize {
-        self.bytes.len() + self.skipped
-    }
-
     fn has_room_for(&self, json_len: usize) -> bool {
         self.is_empty()
-            || (self.count() < FRAME_EVENTS && self.json_len() + json_len <= FRAME_BYTES)
+            || (self.count() < FRAME_EVENTS && self.bytes.len() + json_len <= FRAME_BYTES)
     }
 
     fn push(&mut self, json: &[u8]) {
         self.bytes.extend_from_slice(json);
         // An event is at most `MAX_EVENT_BYTES` and a frame of several at most `FRAME_BYTES`.
         self.ends.push(self.bytes.len() as u32);
-    }
-
-    /// Counts an event without copying it, to number events as [`Self::push`] would.
-    fn skip(&mut self, json_len: usize) {
-        self.skipped += json_len;
-        self.ends.push(self.json_len() as u32);
     }
 
     /// Appends the trailer and returns the content.
@@ -306,7 +288,6 @@ impl FrameBuilder {
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
-        self.skipped = 0;
     }
 }
 
