@@ -452,7 +452,7 @@ mod tests {
 
     /// An event whose indexed fields all differ with `seq`, or are absent for some.
     fn event(seq: u64) -> String {
-        let user = if seq % 3 == 0 {
+        let user = if seq.is_multiple_of(3) {
             String::new()
         } else {
             format!(r#","actor":{{"user":{{"name":"user-{seq}"}}}}"#)
