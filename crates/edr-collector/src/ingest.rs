@@ -10,9 +10,10 @@
 //! Validation does not know the high-water mark: records that turn out to be duplicates are
 //! validated as well, so a resent batch is rejected for the same reason as the first time.
 
+mod head;
+
 use edr_proto::v1::{BufferedRecord, CommandResult, EventBatch, Gap, buffered_record};
 use prost::bytes::Bytes;
-use serde::Deserialize;
 
 /// Validation failure of a batch. Every variant is a fault of the sending sensor; resending the
 /// same batch fails the same way.
@@ -182,68 +183,27 @@ fn validate_record(record: BufferedRecord, event_bytes: &mut usize) -> Result<Re
     }
 }
 
-/// The subset of an OCSF event that is indexed. Unknown fields are skipped but still parsed,
-/// so the whole document must be valid JSON.
-#[derive(Deserialize)]
-struct EventHead {
-    class_uid: i64,
-    time: Option<i64>,
-    activity_id: Option<i64>,
-    severity_id: Option<i64>,
-    process: Option<ProcessHead>,
-    actor: Option<ActorHead>,
-    user: Option<UserHead>,
-}
-
-#[derive(Deserialize)]
-struct ProcessHead {
-    uid: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ActorHead {
-    process: Option<ProcessHead>,
-    user: Option<UserHead>,
-}
-
-#[derive(Deserialize)]
-struct UserHead {
-    name: Option<String>,
-}
-
 /// Parses one OCSF event and returns its indexed fields; the bytes are then known to be UTF-8.
 pub(crate) fn parse_event(bytes: &[u8]) -> Result<IndexedFields, String> {
     let json = std::str::from_utf8(bytes)
         .map_err(|err| format!("not UTF-8 at byte {}", err.valid_up_to()))?;
-    // serde would also read a struct from a JSON array; OCSF events are objects.
-    if !json.trim_start().starts_with('{') {
-        return Err("not a JSON object".to_string());
-    }
-    let head: EventHead = serde_json::from_str(json).map_err(|err| err.to_string())?;
-    let EventHead {
+    let head::Head {
         class_uid,
         time,
         activity_id,
         severity_id,
-        process,
-        actor,
-        user,
-    } = head;
-    let (actor_process, actor_user) = match actor {
-        Some(ActorHead { process, user }) => (process, user),
-        None => (None, None),
-    };
+        process_uid,
+        actor_process_uid,
+        actor_user_name,
+        user_name,
+    } = head::read_head(json)?;
     let fields = IndexedFields {
         time: time.filter(|&ms| is_datable(ms)),
         class_uid,
         activity_id,
         severity_id,
-        process_uid: process
-            .and_then(|p| p.uid)
-            .or_else(|| actor_process.and_then(|p| p.uid)),
-        user_name: actor_user
-            .and_then(|u| u.name)
-            .or_else(|| user.and_then(|u| u.name)),
+        process_uid: process_uid.or(actor_process_uid),
+        user_name: actor_user_name.or(user_name),
     };
     Ok(fields)
 }
@@ -353,7 +313,14 @@ mod tests {
             ("[1,2]", "not a JSON object"),
             ("{\"class_uid\":1007", "EOF"),
             ("{\"activity_id\":1}", "missing field `class_uid`"),
-            ("{\"class_uid\":\"x\"}", "invalid type"),
+            (
+                "{\"class_uid\":\"x\"}",
+                "`class_uid` must be an integer at byte 13",
+            ),
+            (
+                "{\"class_uid\":1,\"actor\":{\"user\":{\"name\":7}}}",
+                "`actor.user.name` must be a string or null at byte 39",
+            ),
             ("{\"class_uid\":1} trailing", "trailing"),
         ];
         for (json, expected) in cases {
