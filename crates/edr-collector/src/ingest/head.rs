@@ -72,7 +72,7 @@ enum Place {
     User,
 }
 
-/// What a key holds, in the place where it appears.
+/// The meaning of a key in the place where it appears.
 #[derive(Debug, Clone, Copy)]
 enum Field {
     Integer(IntegerField),
@@ -98,7 +98,7 @@ enum TextField {
 }
 
 impl Field {
-    /// The field that `key` names in `place`.
+    /// Returns the field that `key` names in `place`.
     fn of(place: Place, key: &str) -> Self {
         match (place, key) {
             (Place::Top, "class_uid") => Self::Integer(IntegerField::ClassUid),
@@ -118,7 +118,7 @@ impl Field {
         }
     }
 
-    /// The field's path in the event, for messages.
+    /// Returns the field's path in the event, for messages.
     fn path(self) -> &'static str {
         match self {
             Self::Integer(IntegerField::ClassUid) => "class_uid",
@@ -138,7 +138,7 @@ impl Field {
         }
     }
 
-    /// A bit of its own among the fields of one object, to find a field given twice.
+    /// Returns a bit of its own among the fields of one object, to find a field given twice.
     fn bit(self) -> u8 {
         match self {
             Self::Integer(IntegerField::ClassUid) => 1,
@@ -163,7 +163,7 @@ struct Reader<'a> {
     class_uid: Option<i64>,
 }
 
-/// Where a string's content lies in the input, between its quotes.
+/// The position of a string's content in the input, between its quotes.
 struct Span {
     start: usize,
     end: usize,
@@ -539,8 +539,8 @@ fn special_offset(bytes: &[u8]) -> usize {
         let mut word = [0; 8];
         word.copy_from_slice(chunk);
         let word = u64::from_le_bytes(word);
-        // A byte below 0x20 borrows when 0x20 is subtracted; a byte of 0x80 or more has its
-        // high bit set and is masked out by `!word`.
+        // A byte below 0x20 borrows when 0x20 is subtracted. A byte of 0x80 or more has its
+        // high bit set, so `!word` masks it out.
         let special = has_zero_byte(word ^ (u64::from(b'"') * ONES))
             | has_zero_byte(word ^ (u64::from(b'\\') * ONES))
             | (word.wrapping_sub(0x20 * ONES) & !word & HIGH);
@@ -603,7 +603,7 @@ mod tests {
         user: Option<Shape>,
     }
 
-    /// Whether `actor` is an array, or holds one as `process` or `user`.
+    /// Whether `actor` is an array, or contains one as `process` or `user`.
     struct ActorShape {
         array: bool,
     }
@@ -681,9 +681,9 @@ mod tests {
         }
     }
 
-    /// What `read_head` must return for `json`, by serde: the same fields, or an error. serde
-    /// also reads a struct from an array (`"process": ["p1"]`), which no OCSF event has and
-    /// `read_head` rejects.
+    /// Returns what `read_head` must return for `json`, by serde: the same fields, or `None`
+    /// for an error. serde also reads a struct from an array (`"process": ["p1"]`), which no
+    /// OCSF event has and `read_head` rejects.
     fn expected(json: &str) -> Option<Head> {
         if !json.trim_start().starts_with('{') {
             return None;

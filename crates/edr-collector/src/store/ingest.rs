@@ -275,8 +275,8 @@ fn ingest_one(
 
 /// Events inserted by one statement. With one statement per event, the writer thread spent
 /// about 21,000 instructions per event, 30 % of them stepping, resetting and clearing the
-/// statement (callgrind of the `store` bench's `commit_sync_full`); with 32 it spends about
-/// 14,700.
+/// statement (callgrind of the `store` bench's `commit_sync_full`). With 32 per statement it
+/// spends about 14,700.
 const EVENTS_PER_INSERT: usize = 32;
 
 /// The columns of `events` that ingest sets, in the order [`EventRows`] binds them.
@@ -450,7 +450,7 @@ mod tests {
     use super::*;
     use crate::ingest::validate;
 
-    /// An event whose indexed fields all differ with `seq`, or are absent for some.
+    /// Returns an event whose indexed fields all differ with `seq`, or are absent for some.
     fn event(seq: u64) -> String {
         let user = if seq.is_multiple_of(3) {
             String::new()
