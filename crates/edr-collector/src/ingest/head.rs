@@ -16,8 +16,8 @@
 //! fields it does not read.
 
 /// Objects and arrays nested deeper than this, the event's own object included, are
-/// rejected. No OCSF event comes close, and `serde_json`, which the query commands read
-/// stored events with, reads no deeper.
+/// rejected. No OCSF event comes close, and the limit lets [`Reader::skip_value`] keep the
+/// kinds of the containers it is inside in one 128-bit word.
 const MAX_DEPTH: usize = 127;
 
 /// The fields read from one event, as they appear in it.
@@ -233,7 +233,13 @@ impl Reader<'_> {
             let key = self.string()?;
             let field = if key.escaped {
                 let key: String = serde_json::from_str(&self.json[key.start - 1..=key.end])
-                    .map_err(|err| format!("invalid key before byte {}: {err}", self.pos))?;
+                    .map_err(|err| {
+                        format!(
+                            "invalid key before byte {}: {}",
+                            self.pos,
+                            without_position(&err)
+                        )
+                    })?;
                 Field::of(place, &key)
             } else {
                 Field::of(place, &self.json[key.start..key.end])
@@ -506,7 +512,12 @@ impl Reader<'_> {
                 if span.escaped {
                     let text: String = serde_json::from_str(&self.json[span.start - 1..=span.end])
                         .map_err(|err| {
-                            format!("invalid `{}` before byte {}: {err}", field.path(), self.pos)
+                            format!(
+                                "invalid `{}` before byte {}: {}",
+                                field.path(),
+                                self.pos,
+                                without_position(&err)
+                            )
                         })?;
                     Some(text)
                 } else {
@@ -525,6 +536,16 @@ impl Reader<'_> {
         }
         Ok(())
     }
+}
+
+/// Returns `serde_json`'s message for `err` without its line and column, which count within
+/// the one string it read rather than within the event.
+fn without_position(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    message
+        .strip_suffix(&position)
+        .map_or_else(|| message.clone(), str::to_owned)
 }
 
 /// Returns the offset of the first `"`, `\` or control character in `bytes`, or its length
@@ -1006,7 +1027,7 @@ mod tests {
             ),
             (
                 r#"{"class_uid":1,"user":{"name":"\ud800"}}"#,
-                "invalid `user.name` before byte 38",
+                "invalid `user.name` before byte 38: unexpected end of hex escape",
             ),
             ("\u{a0}{\"class_uid\":1}", "not a JSON object"),
             ("", "not a JSON object"),
@@ -1016,16 +1037,16 @@ mod tests {
         for (json, message) in cases {
             let error = read_head(json).unwrap_err();
             assert!(error.contains(message), "{json}: {error}");
+            // Offsets count bytes of the event, never lines and columns of a part of it.
+            assert!(!error.contains(" line "), "{json}: {error}");
         }
-        // One level less is read, by `serde_json` too.
+        // One level less is read.
         let deepest = format!(
             r#"{{"class_uid":1,"x":{}{}}}"#,
             "[".repeat(MAX_DEPTH - 1),
             "]".repeat(MAX_DEPTH - 1)
         );
         assert_eq!(read_head(&deepest).unwrap().class_uid, 1);
-        assert!(serde_json::from_str::<serde_json::Value>(&deepest).is_ok());
-        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_err());
     }
 
     #[test]
