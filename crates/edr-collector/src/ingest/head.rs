@@ -846,7 +846,7 @@ mod tests {
         }
     }
 
-    /// A generated event: mostly an object with an integer `class_uid` and some of the
+    /// Returns a generated event: mostly an object with an integer `class_uid` and some of the
     /// other fields, in any order, around random members.
     fn event(random: &mut Random) -> String {
         let mut out = String::from("{");
