@@ -286,11 +286,15 @@ const EVENT_COLUMNS: &str = "sensor_id, seq, time, received_at, class_uid, activ
 /// Number of values in one row of [`EVENT_COLUMNS`].
 const EVENT_VALUES: usize = 12;
 
-/// Returns the statement that inserts `rows` events.
+/// Returns the statement that inserts `rows` events. A row that breaks a constraint rolls
+/// back the whole transaction (`OR ROLLBACK`), as the writer does with any failure anyway.
+/// With the default `OR ABORT`, SQLite copies each page that a statement of several rows
+/// changes into a statement journal, to undo that statement alone. That cost a fifth of the
+/// events per second with 1,000 sensors sending batches of 50 events.
 fn insert_events_sql(rows: usize) -> String {
     let row = format!("({})", ["?"; EVENT_VALUES].join(", "));
     format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
+        "INSERT OR ROLLBACK INTO events ({EVENT_COLUMNS}) VALUES {}",
         vec![row; rows].join(", ")
     )
 }
@@ -464,6 +468,61 @@ mod tests {
             seq % 5,
             1_700_000_000_000 + seq
         )
+    }
+
+    /// A row that breaks the unique index fails the whole group and leaves nothing of it
+    /// behind; once the conflicting row is gone the same batch is stored in full.
+    #[test]
+    fn conflict_rolls_back_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::create(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc();
+        store
+            .conn
+            .execute(
+                "INSERT INTO events (sensor_id, seq, time, received_at, class_uid, json)
+                 VALUES ('sensor-a', 40, 0, 0, 1, '{}')",
+                [],
+            )
+            .unwrap();
+        let batch = || {
+            validate(
+                EventBatch {
+                    first_seq: 1,
+                    last_seq: 70,
+                    records: (1..=70)
+                        .map(|seq| BufferedRecord {
+                            seq,
+                            kind: Some(buffered_record::Kind::OcsfEventJson(event(seq).into())),
+                        })
+                        .collect(),
+                },
+                usize::MAX,
+            )
+            .unwrap()
+        };
+        let count = |store: &Store| -> i64 {
+            store
+                .conn
+                .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+                .unwrap()
+        };
+        let error = store
+            .ingest_group(&[("sensor-a".to_string(), batch())], now)
+            .unwrap_err();
+        assert!(error.to_string().contains("UNIQUE"), "{error}");
+        assert_eq!(count(&store), 1);
+        assert!(store.conn.is_autocommit());
+
+        store
+            .conn
+            .execute("DELETE FROM events WHERE seq = 40", [])
+            .unwrap();
+        let outcome = store
+            .ingest_group(&[("sensor-a".to_string(), batch())], now)
+            .unwrap();
+        assert_eq!(outcome[0].events, 70);
+        assert_eq!(count(&store), 70);
     }
 
     /// Events stored several to a statement keep each their own columns: a batch of more
