@@ -33,7 +33,7 @@ pub(super) struct Head {
     pub(super) user_name: Option<String>,
 }
 
-/// Reads `json`, which must be one JSON object, and returns its indexed fields; the error
+/// Reads `json`, which must be one JSON object, and returns its indexed fields. An error
 /// names the byte offset and what is wrong there.
 pub(super) fn read_head(json: &str) -> Result<Head, String> {
     let mut reader = Reader {
@@ -616,7 +616,7 @@ mod tests {
         name: Option<String>,
     }
 
-    /// Whether the objects that hold the indexed fields are arrays instead.
+    /// The shapes of the objects that contain the indexed fields, to find arrays in their place.
     #[derive(Deserialize)]
     struct Shapes {
         process: Option<Shape>,
@@ -624,7 +624,7 @@ mod tests {
         user: Option<Shape>,
     }
 
-    /// Whether `actor` is an array, or contains one as `process` or `user`.
+    /// The shape of `actor`: whether it is an array, or contains one as `process` or `user`.
     struct ActorShape {
         array: bool,
     }
@@ -667,7 +667,7 @@ mod tests {
         }
     }
 
-    /// Whether a value is an array.
+    /// The shape of a value: whether it is an array.
     struct Shape {
         array: bool,
     }
@@ -837,7 +837,7 @@ mod tests {
 
     const TEXTS: &[&str] = &["\"p-1\"", "\"\"", "\"a\\u0062c\"", "\"été\"", "null"];
 
-    /// Mostly a value from `typed`, sometimes any scalar.
+    /// Returns mostly a value from `typed`, sometimes any scalar.
     fn typed<'a>(random: &mut Random, typed: &[&'a str]) -> &'a str {
         if random.below(8) == 0 {
             random.pick(SCALARS)

@@ -470,8 +470,24 @@ mod tests {
         )
     }
 
+    /// Returns a validated batch of the events `first` to `last`.
+    fn events(first: u64, last: u64) -> ValidBatch {
+        let records = (first..=last)
+            .map(|seq| BufferedRecord {
+                seq,
+                kind: Some(buffered_record::Kind::OcsfEventJson(event(seq).into())),
+            })
+            .collect();
+        let batch = EventBatch {
+            first_seq: first,
+            last_seq: last,
+            records,
+        };
+        validate(batch, usize::MAX).unwrap()
+    }
+
     /// A row that breaks the unique index fails the whole group and leaves nothing of it
-    /// behind; once the conflicting row is gone the same batch is stored in full.
+    /// behind. Once the conflicting row is gone, the same batch is stored in full.
     #[test]
     fn conflict_rolls_back_whole_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -485,22 +501,6 @@ mod tests {
                 [],
             )
             .unwrap();
-        let batch = || {
-            validate(
-                EventBatch {
-                    first_seq: 1,
-                    last_seq: 70,
-                    records: (1..=70)
-                        .map(|seq| BufferedRecord {
-                            seq,
-                            kind: Some(buffered_record::Kind::OcsfEventJson(event(seq).into())),
-                        })
-                        .collect(),
-                },
-                usize::MAX,
-            )
-            .unwrap()
-        };
         let count = |store: &Store| -> i64 {
             store
                 .conn
@@ -508,7 +508,7 @@ mod tests {
                 .unwrap()
         };
         let error = store
-            .ingest_group(&[("sensor-a".to_string(), batch())], now)
+            .ingest_group(&[("sensor-a".to_string(), events(1, 70))], now)
             .unwrap_err();
         assert!(error.to_string().contains("UNIQUE"), "{error}");
         assert_eq!(count(&store), 1);
@@ -519,7 +519,7 @@ mod tests {
             .execute("DELETE FROM events WHERE seq = 40", [])
             .unwrap();
         let outcome = store
-            .ingest_group(&[("sensor-a".to_string(), batch())], now)
+            .ingest_group(&[("sensor-a".to_string(), events(1, 70))], now)
             .unwrap();
         assert_eq!(outcome[0].events, 70);
         assert_eq!(count(&store), 70);
@@ -532,22 +532,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::create(dir.path()).unwrap();
         let now = OffsetDateTime::now_utc();
-        let first = validate(
-            EventBatch {
-                first_seq: 1,
-                last_seq: 5,
-                records: (1..=5)
-                    .map(|seq| BufferedRecord {
-                        seq,
-                        kind: Some(buffered_record::Kind::OcsfEventJson(event(seq).into())),
-                    })
-                    .collect(),
-            },
-            usize::MAX,
-        )
-        .unwrap();
         store
-            .ingest_group(&[("sensor-a".to_string(), first)], now)
+            .ingest_group(&[("sensor-a".to_string(), events(1, 5))], now)
             .unwrap();
 
         let last = 3 + 2 * EVENTS_PER_INSERT as u64 + 7;
