@@ -650,3 +650,55 @@ fn stalled_collector_times_out_and_stop_is_prompt() {
         "stop took {stop_took:?}"
     );
 }
+
+/// A Collector that stops responding, here stopped with SIGSTOP, while the sensor has nothing to
+/// send leaves the TCP connection open, so nothing fails by itself. The unanswered heartbeats
+/// drop the link once `ack_timeout_secs` pass, and the warning names the cause.
+#[test]
+fn idle_link_to_a_silent_collector_is_dropped() {
+    let logs = captured_logs();
+    let collector_data = CollectorData::init();
+    let collector = collector_data.serve("127.0.0.1:0", &[]);
+    let sensor = Sensor::new(Some(&collector_data.token(&[])));
+    let config = TransportConfig {
+        ack_timeout_secs: 5,
+        ..backoff_from_50_ms(1_000)
+    };
+    let mut uplink = sensor.uplink_with(&collector.url(), config);
+    uplink.start().unwrap();
+    wait_for_streaming(&uplink);
+    // One event stored shows that the link works before the Collector stops.
+    sensor.append_events(1, "before the stop");
+    wait_until("the event is acknowledged", WAIT, || {
+        lock(&sensor.buffer).acked_seq() >= 1
+    });
+
+    signal(collector.pid(), "STOP");
+    let link = uplink.subscribe();
+    let silent = Instant::now();
+    let mut dropped = None;
+    while silent.elapsed() < Duration::from_secs(30) {
+        if *link.borrow() != LinkState::Streaming {
+            dropped = Some(silent.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = uplink.stop();
+    signal(collector.pid(), "CONT");
+
+    // Before the heartbeat timeout, the link stayed up: heartbeats fit in the socket buffers.
+    let dropped = dropped.expect("the idle link stayed up 30 s after the Collector went silent");
+    assert!(
+        dropped >= Duration::from_secs(4),
+        "the link dropped after {dropped:?}, before the 5 s ack timeout could pass"
+    );
+    stopped.unwrap();
+    let warnings = link_down_warnings(&logs, &collector.url());
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line.contains("no heartbeat ack within 5 s")),
+        "no warning names the heartbeat timeout: {warnings:?}"
+    );
+}

@@ -23,8 +23,8 @@ pub struct TransportConfig {
     pub batch_max_delay_ms: u64,
     /// Batches sent and not yet acknowledged before the sensor waits for an ack, 1 to 256.
     pub max_unacked_batches: u64,
-    /// Seconds the sensor waits for an ack of its oldest unacknowledged batch before it drops
-    /// the connection and resends, 5 to 3600.
+    /// Seconds the sensor waits for an ack of its oldest unacknowledged batch, or of its
+    /// oldest unacknowledged heartbeat, before it drops the connection and resends, 5 to 3600.
     pub ack_timeout_secs: u64,
     /// Seconds between heartbeats, 1 to 3600.
     pub heartbeat_interval_secs: u64,

@@ -34,6 +34,12 @@ pub enum TransportError {
     /// resends.
     #[error("no ack for sequence number {seq} within {waited_secs} s; reconnecting to resend")]
     AckTimeout { seq: u64, waited_secs: u64 },
+    /// No ack arrived for a heartbeat within the configured time: the Collector or the
+    /// network stopped responding. The sensor reconnects.
+    #[error(
+        "no heartbeat ack within {waited_secs} s, so the Collector or the network stopped responding; reconnecting"
+    )]
+    HeartbeatTimeout { waited_secs: u64 },
     /// The ring buffer failed.
     #[error("ring buffer: {0}")]
     Buffer(#[from] BufferError),
@@ -55,7 +61,8 @@ impl TransportError {
             TransportError::Connect { .. }
             | TransportError::HttpStatus { .. }
             | TransportError::StreamClosed { .. }
-            | TransportError::AckTimeout { .. } => true,
+            | TransportError::AckTimeout { .. }
+            | TransportError::HeartbeatTimeout { .. } => true,
             TransportError::Rejected { code, .. } => !matches!(
                 code,
                 tonic::Code::Unauthenticated
@@ -76,6 +83,7 @@ impl TransportError {
             TransportError::HttpStatus { .. } => "http_status",
             TransportError::StreamClosed { .. } => "stream_closed",
             TransportError::AckTimeout { .. } => "ack_timeout",
+            TransportError::HeartbeatTimeout { .. } => "heartbeat_timeout",
             TransportError::Buffer(_) => "buffer",
             TransportError::Identity(_) => "identity",
             TransportError::Renewal(_) => "renewal",

@@ -34,6 +34,9 @@
 //! - At most `max_unacked_batches` batches are in flight. Each `Ack { durable_seq }` is passed
 //!   to [`Buffer::ack`], which frees the records. An ack above the highest number sent is
 //!   clamped to it. No ack for `ack_timeout_secs` drops the link and resends.
+//! - No heartbeat ack for `ack_timeout_secs` drops the link too. While the sensor has nothing
+//!   to send, this is what notices a Collector or a network that stopped responding without
+//!   closing the connection.
 //! - A heartbeat is sent on entering `Streaming` and every `heartbeat_interval_secs`. It
 //!   carries the [`LossCounters`], buffer usage and capacity, the gap ranges seen in drained
 //!   records, the versions and the certificate's `not_after`.
@@ -339,6 +342,8 @@ struct Session<'a> {
     acked: bool,
     /// Whether the Collector acknowledged a heartbeat in this session.
     heartbeat_acked: bool,
+    /// When the oldest heartbeat not yet acknowledged was sent.
+    heartbeat_unacked_since: Option<Instant>,
     /// A batch taken for sending that found no room in the outbound queue yet.
     blocked: Option<v1::SensorMessage>,
     gaps: GapLog,
@@ -359,6 +364,7 @@ impl<'a> Session<'a> {
             sent_seq,
             acked: false,
             heartbeat_acked: false,
+            heartbeat_unacked_since: None,
             blocked: None,
             gaps: GapLog::default(),
         }
@@ -399,7 +405,9 @@ impl<'a> Session<'a> {
                     // A heartbeat that finds the queue full is dropped; the next one follows.
                     let message = self.heartbeat();
                     match tokio::time::timeout(SEND_WAIT, outbound.send(message)).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => {
+                            self.heartbeat_unacked_since.get_or_insert_with(Instant::now);
+                        }
                         Ok(Err(_)) => return self.closed(inbound, shutdown).await,
                         Err(_) => tracing::debug!("heartbeat dropped, the outbound queue is full"),
                     }
@@ -465,6 +473,7 @@ impl<'a> Session<'a> {
             Some(collector_message::Kind::HeartbeatAck(ack)) => {
                 tracing::debug!(sensor_id = %ack.sensor_id, "heartbeat acknowledged");
                 self.heartbeat_acked = true;
+                self.heartbeat_unacked_since = None;
             }
             None => tracing::debug!("Collector message without a kind ignored"),
         }
@@ -513,6 +522,19 @@ impl<'a> Session<'a> {
             return Err(Pumped::Failed(SessionEnd::Failed(
                 TransportError::AckTimeout {
                     seq: *seq,
+                    waited_secs: config.ack_timeout_secs,
+                },
+            )));
+        }
+        // An idle link sends nothing but heartbeats, so only their acks show that it still
+        // works: without this check a Collector or network that silently stopped responding
+        // would hold an idle sensor, and the commands it should receive, until TCP gave up.
+        if self
+            .heartbeat_unacked_since
+            .is_some_and(|sent_at| sent_at.elapsed() >= config.ack_timeout())
+        {
+            return Err(Pumped::Failed(SessionEnd::Failed(
+                TransportError::HeartbeatTimeout {
                     waited_secs: config.ack_timeout_secs,
                 },
             )));
