@@ -178,17 +178,30 @@ pub(crate) fn base_event(record: &Record, class: Class, activity_id: u8) -> Box<
 
 /// Builds an actor from the record's writer: the logging process (`Execution/@ProcessID`)
 /// under the logging SID. Used where a class requires an actor and the record names no other.
+/// OCSF requires a process to have a pid or uid, and a thread id is neither, so a record
+/// without `Execution/@ProcessID` (damaged, or written by another tool) gets no process. If it
+/// has no SID either, the actor is the provider that wrote the record (`app_name`), because
+/// OCSF requires an actor to name something.
 pub(crate) fn writer_actor(record: &Record) -> Actor {
+    let process = record.execution_pid.map(|pid| Process {
+        pid: Some(pid),
+        tid: record.execution_tid,
+        ..Process::default()
+    });
+    let user = record
+        .user_sid
+        .as_deref()
+        .and_then(|sid| User::from_parts(None, None, Some(sid)));
+    let writer = if record.provider.is_empty() {
+        record.source_name()
+    } else {
+        &record.provider
+    };
+    let app_name = (process.is_none() && user.is_none()).then(|| writer.to_owned());
     Actor {
-        process: Some(Process {
-            pid: record.execution_pid,
-            tid: record.execution_tid,
-            ..Process::default()
-        }),
-        user: record
-            .user_sid
-            .as_deref()
-            .and_then(|sid| User::from_parts(None, None, Some(sid))),
+        process,
+        user,
+        app_name,
         ..Actor::default()
     }
 }
