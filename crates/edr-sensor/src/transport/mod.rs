@@ -342,8 +342,9 @@ struct Session<'a> {
     acked: bool,
     /// Whether the Collector acknowledged a heartbeat in this session.
     heartbeat_acked: bool,
-    /// When the oldest heartbeat not yet acknowledged was sent.
-    heartbeat_unacked_since: Option<Instant>,
+    /// Send times of the heartbeats not yet acknowledged, oldest first. The Collector acks
+    /// them in the order they arrive.
+    heartbeats_unacked: VecDeque<Instant>,
     /// A batch taken for sending that found no room in the outbound queue yet.
     blocked: Option<v1::SensorMessage>,
     gaps: GapLog,
@@ -364,7 +365,7 @@ impl<'a> Session<'a> {
             sent_seq,
             acked: false,
             heartbeat_acked: false,
-            heartbeat_unacked_since: None,
+            heartbeats_unacked: VecDeque::new(),
             blocked: None,
             gaps: GapLog::default(),
         }
@@ -406,7 +407,7 @@ impl<'a> Session<'a> {
                     let message = self.heartbeat();
                     match tokio::time::timeout(SEND_WAIT, outbound.send(message)).await {
                         Ok(Ok(())) => {
-                            self.heartbeat_unacked_since.get_or_insert_with(Instant::now);
+                            self.heartbeats_unacked.push_back(Instant::now());
                         }
                         Ok(Err(_)) => return self.closed(inbound, shutdown).await,
                         Err(_) => tracing::debug!("heartbeat dropped, the outbound queue is full"),
@@ -473,7 +474,7 @@ impl<'a> Session<'a> {
             Some(collector_message::Kind::HeartbeatAck(ack)) => {
                 tracing::debug!(sensor_id = %ack.sensor_id, "heartbeat acknowledged");
                 self.heartbeat_acked = true;
-                self.heartbeat_unacked_since = None;
+                self.heartbeats_unacked.pop_front();
             }
             None => tracing::debug!("Collector message without a kind ignored"),
         }
@@ -530,7 +531,8 @@ impl<'a> Session<'a> {
         // works: without this check a Collector or network that silently stopped responding
         // would hold an idle sensor, and the commands it should receive, until TCP gave up.
         if self
-            .heartbeat_unacked_since
+            .heartbeats_unacked
+            .front()
             .is_some_and(|sent_at| sent_at.elapsed() >= config.ack_timeout())
         {
             return Err(Pumped::Failed(SessionEnd::Failed(
