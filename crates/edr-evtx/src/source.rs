@@ -248,6 +248,16 @@ const FILE_HEADER_BYTES: u64 = 4096;
 /// Size of one EVTX chunk.
 const CHUNK_BYTES: u64 = 65_536;
 
+/// Returns whether every byte of `file` from `start` on is zero. Such a tail past the chunks
+/// that the file header lists is unused space, not a chunk that was cut short.
+fn tail_is_zero(file: &mut std::fs::File, start: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(start)).is_ok()
+        && file.read_to_end(&mut tail).is_ok()
+        && tail.iter().all(|byte| *byte == 0)
+}
+
 /// Reports the first chunk lost because the file was cut short: the file ends inside a
 /// chunk, or its header lists more chunks than the file contains. The parser reads only
 /// whole chunks and reports nothing about a partial one.
@@ -262,7 +272,7 @@ fn truncation(path: &Path) -> Option<SkippedChunk> {
     let partial = body % CHUNK_BYTES;
     // The chunk count sits at offset 42 of the file header (MS-EVEN6 2.2.1 FileHeader).
     let listed = u64::from(u16::from_le_bytes([header[42], header[43]]));
-    if partial != 0 {
+    if partial != 0 && (whole < listed || !tail_is_zero(&mut file, length - partial)) {
         Some(SkippedChunk {
             chunk_number: whole,
             reason: format!(

@@ -101,3 +101,41 @@ fn missing_file_is_an_open_error() {
     let error = edr_evtx::convert_file(&dir.path().join("absent.evtx"), |_| {}).unwrap_err();
     assert!(error.to_string().contains("absent.evtx"), "{error}");
 }
+
+#[test]
+fn zero_tail_not_reported_as_cut() {
+    let Some(original) = common::evtx_file(SECURITY) else {
+        return;
+    };
+    let bytes = std::fs::read(&original).unwrap();
+    let (clean, clean_events) = convert(&original);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zero_tail.evtx");
+
+    // Zero bytes past the chunks that the header lists are unused space, so no record was lost.
+    let mut padded = bytes.clone();
+    padded.extend_from_slice(&[0; 4096]);
+    std::fs::write(&path, &padded).unwrap();
+    let (report, events) = convert(&path);
+    assert!(
+        report.skipped_chunks.is_empty(),
+        "{:?}",
+        report.skipped_chunks
+    );
+    assert_eq!(report.records, clean.records);
+    assert_eq!(events, clean_events);
+
+    // A tail that starts a chunk is a chunk cut short, and is still reported.
+    let mut cut = bytes;
+    cut.extend_from_slice(b"ElfChnk\0");
+    cut.extend_from_slice(&[0; 4088]);
+    std::fs::write(&path, &cut).unwrap();
+    let (report, _) = convert(&path);
+    assert_eq!(
+        report.skipped_chunks.len(),
+        1,
+        "{:?}",
+        report.skipped_chunks
+    );
+    assert!(report.skipped_chunks[0].reason.contains("cut short"));
+}

@@ -42,9 +42,8 @@ pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Box<
 /// The process a record is about, from `<prefix>ProcessGuid`, `<prefix>ProcessId` and
 /// `<prefix>Image`, enriched from the cache.
 fn take_process(converter: &Converter, record: &mut Record, prefix: &str) -> Process {
-    let guid = record
-        .take_str(&format!("{prefix}ProcessGuid"))
-        .or_else(|| record.take_str(&format!("{prefix}ProcessGUID")));
+    let guid = take_guid(record, &format!("{prefix}ProcessGuid"))
+        .or_else(|| take_guid(record, &format!("{prefix}ProcessGUID")));
     let pid = record.take_u32(&format!("{prefix}ProcessId"));
     let image = record.take_str(&format!("{prefix}Image"));
     if let Some(guid) = &guid
@@ -62,6 +61,16 @@ fn take_process(converter: &Converter, record: &mut Record, prefix: &str) -> Pro
     let mut process = process_from(pid, image);
     process.uid = guid;
     process
+}
+
+/// Removes the GUID field `name` and returns it. The all-zero GUID, which Sysmon writes for a
+/// process it has no record of, stays in the record and ends under `unmapped`: as a uid it
+/// would join unrelated processes into one.
+fn take_guid(record: &mut Record, name: &str) -> Option<String> {
+    let zero = record.peek_str(name).is_some_and(|guid| {
+        guid.trim_matches(['{', '}']) == "00000000-0000-0000-0000-000000000000"
+    });
+    if zero { None } else { record.take_str(name) }
 }
 
 fn actor_of(process: Process) -> Actor {
@@ -91,12 +100,12 @@ fn process_create(converter: &mut Converter, record: &mut Record) -> Box<Event> 
         .take_str("UtcTime")
         .as_deref()
         .and_then(parse_utc_time);
-    let uid = record.take_str("ProcessGuid");
+    let uid = take_guid(record, "ProcessGuid");
     let pid = record.take_u32("ProcessId");
     let image = record.take_str("Image");
     let cmd_line = record.take_str("CommandLine");
     let user = user_from_account(record.take_str("User"));
-    let parent_uid = record.take_str("ParentProcessGuid");
+    let parent_uid = take_guid(record, "ParentProcessGuid");
     let parent_pid = record.take_u32("ParentProcessId");
     let parent_image = record.take_str("ParentImage");
     let parent_cmd_line = record.take_str("ParentCommandLine");

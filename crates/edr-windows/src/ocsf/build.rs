@@ -118,7 +118,10 @@ impl EtwMapper {
         };
         let known = self.processes.lookup(raw.process_id, time).is_some();
         let describes = matches!(raw.lifecycle, Lifecycle::Start)
-            || (matches!(raw.lifecycle, Lifecycle::RundownStart) && !known);
+            || (matches!(
+                raw.lifecycle,
+                Lifecycle::RundownStart | Lifecycle::RundownEnd
+            ) && !known);
         let mut described = None;
         if describes {
             let uid_time = start_time.unwrap_or(self.context.trace_start_ms);

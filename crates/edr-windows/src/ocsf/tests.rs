@@ -188,6 +188,51 @@ fn held_event_expires_without_process() {
 }
 
 #[test]
+fn rundown_at_end_names_image_process() {
+    let mut mapper = mapper();
+    let mut out = Vec::new();
+    // The trace holds only the rundown at its end, which names the process before its images.
+    let mut rundown = start(
+        400,
+        4,
+        r"\Device\HarddiskVolume3\Windows\System32\smss.exe",
+        5_000,
+    );
+    rundown.header.event_id = 4;
+    if let RawEvent::Process(process) = &mut rundown.event {
+        process.lifecycle = Lifecycle::RundownEnd;
+        process.create_time = None;
+    }
+    mapper.map(rundown, &mut out);
+    let image = DecodedEvent {
+        header: header(providers::KERNEL_IMAGE_GROUP, 4, 5_001, 400),
+        event: RawEvent::Image(ImageEvent {
+            lifecycle: Lifecycle::RundownEnd,
+            process_id: Some(400),
+            image_base: 0x7ff7_c6ef_0000,
+            image_size: 225_280,
+            image_checksum: None,
+            time_date_stamp: None,
+            default_base: None,
+            signature_level: None,
+            signature_type: None,
+            file_name: r"\Device\HarddiskVolume3\Windows\System32\ntdll.dll".to_owned(),
+        }),
+    };
+    mapper.map(image, &mut out);
+    mapper.finish(&mut out);
+    let events = json(&out);
+
+    let modules: Vec<&Value> = events.iter().filter(|e| e["class_uid"] == 1005).collect();
+    assert_eq!(modules.len(), 1);
+    assert_eq!(
+        modules[0].pointer("/actor/process/name"),
+        Some(&Value::from("smss.exe"))
+    );
+    assert_eq!(mapper.stats().with_process, 1);
+}
+
+#[test]
 fn launch_names_parent_as_actor() {
     let mut mapper = mapper();
     let mut out = Vec::new();
