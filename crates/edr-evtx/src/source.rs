@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use evtx::err::EvtxError;
-use evtx::{EvtxChunkHeader, EvtxParser, EvtxRecord, ParserSettings};
+use evtx::{EvtxChunkData, EvtxChunkHeader, EvtxParser, EvtxRecord, ParserSettings};
 
 use crate::record::{Record, RecordError};
 use crate::template::{LAST_HEADER_FILE_TIME, TemplateCache, file_time_ms};
@@ -83,7 +83,7 @@ pub fn read_file_with(
 
     let mut report = ReadReport::default();
     for chunk in parser.chunks() {
-        let mut chunk = match chunk {
+        let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(EvtxError::FailedToParseChunk { chunk_id, source }) => {
                 skip_chunk(path, &mut report, chunk_id, source.to_string());
@@ -96,59 +96,90 @@ pub fn read_file_with(
             }
         };
         let number = chunk.number.unwrap_or_default();
-        let mut chunk = match chunk.parse(Arc::clone(&settings)) {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                skip_chunk(path, &mut report, number, error.to_string());
-                continue;
-            }
-        };
-        // Definition offsets name definitions only within their chunk.
-        let mut templates = TemplateCache::default();
-        if build == RecordBuild::Tokens
-            && let Some(records) = records_from_values(chunk.data, chunk.header, &mut templates)
-        {
-            for record in records {
-                report.records += 1;
-                sink(record);
-            }
-            continue;
-        }
-        for record in chunk.iter() {
-            // These settings carve no stale records. A carved record that failed would be
-            // noise, so it would be dropped, as the crate's own record pipeline does.
-            let recovered = record.as_ref().is_ok_and(|record| record.recovered);
-            let item = read_record(record, build, &mut templates);
-            if recovered && item.is_err() {
-                continue;
-            }
-            match item {
-                Ok((Ok(record), was_rendered)) => {
-                    report.records += 1;
-                    report.rendered_records += u64::from(was_rendered);
-                    sink(record);
-                }
-                Ok((Err(error), _)) => {
-                    tracing::debug!(file = %path.display(), %error, "record skipped");
-                    report.bad_records += 1;
-                }
-                Err(error) => {
-                    tracing::debug!(file = %path.display(), %error, "record skipped");
-                    report.bad_records += 1;
-                }
-            }
+        if let Err(reason) = read_chunk(path, chunk, &settings, build, &mut report, &mut sink) {
+            skip_chunk(path, &mut report, number, reason);
         }
     }
-    if let Some(cut) = truncation(path)
+
+    if let Some((mut cut, partial)) = truncation(path)
         && !report
             .skipped_chunks
             .iter()
             .any(|chunk| chunk.chunk_number == cut.chunk_number)
     {
+        // The records before the cut in the last chunk are whole and still read.
+        if let Some(chunk) = partial {
+            let before = report.records;
+            let number = cut.chunk_number;
+            match read_chunk(path, chunk, &settings, build, &mut report, &mut sink) {
+                Ok(()) => {
+                    cut.reason = format!(
+                        "{}; its {} whole records before the cut were read",
+                        cut.reason,
+                        report.records - before
+                    );
+                }
+                Err(reason) => {
+                    tracing::debug!(file = %path.display(), chunk = number, %reason, "the part of the cut chunk cannot be read");
+                    cut.reason = format!("{}, and the part present cannot be read", cut.reason);
+                }
+            }
+        }
         tracing::warn!(file = %path.display(), chunk = cut.chunk_number, reason = %cut.reason, "chunk missing");
         report.skipped_chunks.push(cut);
     }
     Ok(report)
+}
+
+/// Reads every record of one chunk into `sink`; returns the reason when the chunk cannot be
+/// parsed.
+fn read_chunk(
+    path: &Path,
+    mut chunk: EvtxChunkData,
+    settings: &Arc<ParserSettings>,
+    build: RecordBuild,
+    report: &mut ReadReport,
+    sink: &mut impl FnMut(Record),
+) -> Result<(), String> {
+    let mut chunk = chunk
+        .parse(Arc::clone(settings))
+        .map_err(|error| error.to_string())?;
+    // Definition offsets name definitions only within their chunk.
+    let mut templates = TemplateCache::default();
+    if build == RecordBuild::Tokens
+        && let Some(records) = records_from_values(chunk.data, chunk.header, &mut templates)
+    {
+        for record in records {
+            report.records += 1;
+            sink(record);
+        }
+        return Ok(());
+    }
+    for record in chunk.iter() {
+        // These settings carve no stale records. A carved record that failed would be
+        // noise, so it would be dropped, as the crate's own record pipeline does.
+        let recovered = record.as_ref().is_ok_and(|record| record.recovered);
+        let item = read_record(record, build, &mut templates);
+        if recovered && item.is_err() {
+            continue;
+        }
+        match item {
+            Ok((Ok(record), was_rendered)) => {
+                report.records += 1;
+                report.rendered_records += u64::from(was_rendered);
+                sink(record);
+            }
+            Ok((Err(error), _)) => {
+                tracing::debug!(file = %path.display(), %error, "record skipped");
+                report.bad_records += 1;
+            }
+            Err(error) => {
+                tracing::debug!(file = %path.display(), %error, "record skipped");
+                report.bad_records += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn skip_chunk(path: &Path, report: &mut ReadReport, chunk_number: u64, reason: String) {
@@ -260,8 +291,9 @@ fn tail_is_zero(file: &mut std::fs::File, start: u64) -> bool {
 
 /// Reports the first chunk lost because the file was cut short: the file ends inside a
 /// chunk, or its header lists more chunks than the file contains. The parser reads only
-/// whole chunks and reports nothing about a partial one.
-fn truncation(path: &Path) -> Option<SkippedChunk> {
+/// whole chunks and reports nothing about a partial one. When the file ends inside a chunk,
+/// the part present is returned too, made into a whole chunk by [`partial_chunk`].
+fn truncation(path: &Path) -> Option<(SkippedChunk, Option<EvtxChunkData>)> {
     use std::io::Read;
     let mut header = [0_u8; 44];
     let mut file = std::fs::File::open(path).ok()?;
@@ -273,20 +305,80 @@ fn truncation(path: &Path) -> Option<SkippedChunk> {
     // The chunk count sits at offset 42 of the file header (MS-EVEN6 2.2.1 FileHeader).
     let listed = u64::from(u16::from_le_bytes([header[42], header[43]]));
     if partial != 0 && (whole < listed || !tail_is_zero(&mut file, length - partial)) {
-        Some(SkippedChunk {
+        let cut = SkippedChunk {
             chunk_number: whole,
             reason: format!(
-                "the file ends {partial} bytes into this chunk of {CHUNK_BYTES}: it was cut short, and the chunk was not read"
+                "the file ends {partial} bytes into this chunk of {CHUNK_BYTES}: it was cut short"
             ),
-        })
+        };
+        Some((cut, partial_chunk(&mut file, length - partial)))
     } else if listed > whole {
-        Some(SkippedChunk {
+        let cut = SkippedChunk {
             chunk_number: whole,
             reason: format!(
                 "the file header lists {listed} chunks but the file contains {whole}: it was cut short"
             ),
-        })
+        };
+        Some((cut, None))
     } else {
         None
     }
+}
+
+/// Reads the part of a chunk from `start` to the end of `file` and makes it a chunk that
+/// contains only its whole records. The bytes from the first record the cut reaches are
+/// zeroed. The chunk header's free space offset and last record point at what remains.
+/// Links of the header's string and template tables that lead past the whole records are
+/// cleared. `None` when the part has no chunk header or no whole record.
+fn partial_chunk(file: &mut std::fs::File, start: u64) -> Option<EvtxChunkData> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut data = Vec::with_capacity(CHUNK_BYTES as usize);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    file.read_to_end(&mut data).ok()?;
+    if !data.starts_with(b"ElfChnk\0") {
+        return None;
+    }
+
+    // Walk the records while each one ends inside the part and ends with a copy of its size.
+    let mut end = CHUNK_HEADER_BYTES;
+    let mut last = None;
+    while let Some(head) = data.get(end..end + RECORD_HEADER_BYTES)
+        && head.starts_with(b"\x2a\x2a\x00\x00")
+    {
+        let size = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
+        let Some(record_end) = end.checked_add(size) else {
+            break;
+        };
+        let copy = record_end
+            .checked_sub(4)
+            .and_then(|at| data.get(at..record_end));
+        if size < RECORD_HEADER_BYTES + 4 || copy != Some(&head[4..8]) {
+            break;
+        }
+        last = Some((end, u64::from_le_bytes(head[8..16].try_into().ok()?)));
+        end = record_end;
+    }
+    let (last_offset, last_id) = last?;
+    data.resize(CHUNK_BYTES as usize, 0);
+    data[end..].fill(0);
+
+    // The chunk header's fields at the offsets the `evtx` crate reads them: last record
+    // number (16) and id (32), which advance together from the first (8 and 24), the last
+    // record's offset (44) and the free space offset (48).
+    let first_number = u64::from_le_bytes(data[8..16].try_into().ok()?);
+    let first_id = u64::from_le_bytes(data[24..32].try_into().ok()?);
+    let last_number = first_number.saturating_add(last_id.saturating_sub(first_id));
+    data[16..24].copy_from_slice(&last_number.to_le_bytes());
+    data[32..40].copy_from_slice(&last_id.to_le_bytes());
+    data[44..48].copy_from_slice(&(last_offset as u32).to_le_bytes());
+    data[48..52].copy_from_slice(&(end as u32).to_le_bytes());
+
+    // The 64 string offsets from byte 128 and the 32 template offsets from byte 384.
+    for link in data[128..CHUNK_HEADER_BYTES].chunks_exact_mut(4) {
+        let offset = u32::from_le_bytes([link[0], link[1], link[2], link[3]]) as usize;
+        if offset >= end {
+            link.fill(0);
+        }
+    }
+    EvtxChunkData::new(data, false).ok()
 }

@@ -95,6 +95,81 @@ fn truncated_file_keeps_whole_chunks() {
     assert_eq!(report.skipped_chunks[0].chunk_number, 1);
 }
 
+/// Returns the read report and the record ids of the EVTX file at `path`, in file order.
+fn record_ids(path: &std::path::Path) -> (edr_evtx::ReadReport, Vec<u64>) {
+    let mut ids = Vec::new();
+    let report = edr_evtx::source::read_file(path, |record| ids.push(record.record_id)).unwrap();
+    (report, ids)
+}
+
+#[test]
+fn cut_chunk_keeps_its_whole_records() {
+    let Some(original) = common::evtx_file(SECURITY) else {
+        return;
+    };
+    let bytes = std::fs::read(&original).unwrap();
+    let (_, all_ids) = record_ids(&original);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.evtx");
+
+    // Only the whole chunks 0 and 1.
+    std::fs::write(&path, &bytes[..FILE_HEADER_SIZE + 2 * CHUNK_SIZE]).unwrap();
+    let (_, two_chunks) = record_ids(&path);
+
+    // Cut in the middle of chunk 2: its records before the cut are read as well, and they are
+    // the same records, in the same order, as in the whole file.
+    let cut = FILE_HEADER_SIZE + 2 * CHUNK_SIZE + CHUNK_SIZE / 2;
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    let (report, ids) = record_ids(&path);
+    assert!(
+        ids.len() > two_chunks.len() && ids.len() < all_ids.len(),
+        "{} records from the cut file, {} from two chunks, {} in all",
+        ids.len(),
+        two_chunks.len(),
+        all_ids.len()
+    );
+    assert_eq!(ids[..], all_ids[..ids.len()]);
+    assert_eq!(report.bad_records, 0);
+    let read = ids.len() - two_chunks.len();
+    assert_eq!(
+        report.skipped_chunks.len(),
+        1,
+        "{:?}",
+        report.skipped_chunks
+    );
+    assert!(
+        report.skipped_chunks[0].reason.contains(&format!(
+            "its {read} whole records before the cut were read"
+        )),
+        "{:?}",
+        report.skipped_chunks
+    );
+
+    // The converted events match the records, and they validate.
+    let mut events = Vec::new();
+    edr_evtx::convert_file(&path, |event| {
+        events.push(serde_json::to_value(&event).unwrap())
+    })
+    .unwrap();
+    assert_eq!(events.len(), ids.len());
+    if let Some(schema) = common::schema() {
+        for event in &events {
+            schema.validate(event).unwrap();
+        }
+    }
+
+    // A cut inside the chunk header leaves nothing of the chunk to read.
+    std::fs::write(&path, &bytes[..FILE_HEADER_SIZE + 2 * CHUNK_SIZE + 300]).unwrap();
+    let (report, ids) = record_ids(&path);
+    assert_eq!(ids, two_chunks);
+    assert_eq!(
+        report.skipped_chunks.len(),
+        1,
+        "{:?}",
+        report.skipped_chunks
+    );
+}
+
 #[test]
 fn missing_file_is_an_open_error() {
     let dir = tempfile::tempdir().unwrap();
