@@ -340,9 +340,20 @@ fn partial_chunk(file: &mut std::fs::File, start: u64) -> Option<EvtxChunkData> 
     }
 
     // Walk the records while each one ends inside the part and ends with a copy of its size.
+    // As in a whole chunk, the walk stops at the header's free space offset and after its last
+    // record, because the bytes past them can contain stale records from an earlier use.
+    let header_end = data
+        .get(48..52)
+        .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize)
+        .filter(|offset| (CHUNK_HEADER_BYTES..=CHUNK_BYTES as usize).contains(offset))
+        .unwrap_or(CHUNK_BYTES as usize);
+    let header_last_id = data
+        .get(32..40)
+        .map(|bytes| u64::from_le_bytes(bytes.try_into().unwrap_or_default()));
     let mut end = CHUNK_HEADER_BYTES;
     let mut last = None;
-    while let Some(head) = data.get(end..end + RECORD_HEADER_BYTES)
+    while end < header_end
+        && let Some(head) = data.get(end..end + RECORD_HEADER_BYTES)
         && head.starts_with(b"\x2a\x2a\x00\x00")
     {
         let size = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
@@ -355,8 +366,12 @@ fn partial_chunk(file: &mut std::fs::File, start: u64) -> Option<EvtxChunkData> 
         if size < RECORD_HEADER_BYTES + 4 || copy != Some(&head[4..8]) {
             break;
         }
-        last = Some((end, u64::from_le_bytes(head[8..16].try_into().ok()?)));
+        let id = u64::from_le_bytes(head[8..16].try_into().ok()?);
+        last = Some((end, id));
         end = record_end;
+        if Some(id) == header_last_id {
+            break;
+        }
     }
     let (last_offset, last_id) = last?;
     data.resize(CHUNK_BYTES as usize, 0);

@@ -214,3 +214,61 @@ fn zero_tail_not_reported_as_cut() {
     );
     assert!(report.skipped_chunks[0].reason.contains("cut short"));
 }
+
+/// Returns the offsets in `chunk` at which its records start and end, walked from the first.
+fn record_spans(chunk: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = 512;
+    while chunk.get(start..start + 4) == Some(b"\x2a\x2a\x00\x00") {
+        let size = u32::from_le_bytes(chunk[start + 4..start + 8].try_into().unwrap()) as usize;
+        if size < 28 || start + size > chunk.len() {
+            break;
+        }
+        spans.push((start, start + size));
+        start += size;
+    }
+    spans
+}
+
+#[test]
+fn cut_chunk_ends_at_its_free_space() {
+    let Some(original) = common::evtx_file(SECURITY) else {
+        return;
+    };
+    let mut bytes = std::fs::read(&original).unwrap();
+    // Chunk 2's header is made to end at its 20th record, so the records after it are stale
+    // bytes past the free space, as in a chunk that an earlier use filled further.
+    let chunk = FILE_HEADER_SIZE + 2 * CHUNK_SIZE;
+    let spans = record_spans(&bytes[chunk..chunk + CHUNK_SIZE]);
+    assert!(spans.len() > 40, "{} records in chunk 2", spans.len());
+    let (last_start, last_end) = spans[19];
+    let first_number = u64::from_le_bytes(bytes[chunk + 8..chunk + 16].try_into().unwrap());
+    let last_id = u64::from_le_bytes(
+        bytes[chunk + last_start + 8..chunk + last_start + 16]
+            .try_into()
+            .unwrap(),
+    );
+    let header = &mut bytes[chunk..chunk + 512];
+    header[16..24].copy_from_slice(&(first_number + 19).to_le_bytes());
+    header[32..40].copy_from_slice(&last_id.to_le_bytes());
+    header[44..48].copy_from_slice(&(last_start as u32).to_le_bytes());
+    header[48..52].copy_from_slice(&(last_end as u32).to_le_bytes());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.evtx");
+    // Read whole, chunk 2 gives its 20 live records.
+    std::fs::write(&path, &bytes[..chunk + CHUNK_SIZE]).unwrap();
+    let (_, whole) = record_ids(&path);
+
+    // Cut after the 40th record: the stale records 21 to 40 are not read.
+    std::fs::write(&path, &bytes[..chunk + spans[39].1 + 1]).unwrap();
+    let (report, ids) = record_ids(&path);
+    assert_eq!(ids, whole);
+    assert!(
+        report.skipped_chunks[0]
+            .reason
+            .contains("its 20 whole records before the cut were read"),
+        "{:?}",
+        report.skipped_chunks
+    );
+}
