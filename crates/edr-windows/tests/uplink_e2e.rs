@@ -589,6 +589,20 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
+/// Returns how long the link stayed in `Streaming` from now, or `None` if it still was after
+/// `limit`.
+fn time_until_link_drops(uplink: &CollectorUplink, limit: Duration) -> Option<Duration> {
+    let link = uplink.subscribe();
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if *link.borrow() != LinkState::Streaming {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 /// A Collector that stops reading, here stopped with SIGSTOP, fills the HTTP/2 windows and the
 /// sensor's outbound queue. The sensor still drops the link once `ack_timeout_secs` pass
 /// without an ack, and a stop during the next connect attempt, whose TLS handshake the stopped
@@ -620,16 +634,7 @@ fn stalled_collector_times_out_and_stop_is_prompt() {
         }
         buffer.sync().unwrap();
     }
-    let link = uplink.subscribe();
-    let stalled = Instant::now();
-    let mut dropped = None;
-    while stalled.elapsed() < Duration::from_secs(30) {
-        if *link.borrow() != LinkState::Streaming {
-            dropped = Some(stalled.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let dropped = time_until_link_drops(&uplink, Duration::from_secs(30));
 
     // Connect attempts now hang in the TLS handshake until the connect timeout.
     std::thread::sleep(Duration::from_millis(500));
@@ -674,16 +679,7 @@ fn idle_link_to_a_silent_collector_is_dropped() {
     });
 
     signal(collector.pid(), "STOP");
-    let link = uplink.subscribe();
-    let silent = Instant::now();
-    let mut dropped = None;
-    while silent.elapsed() < Duration::from_secs(30) {
-        if *link.borrow() != LinkState::Streaming {
-            dropped = Some(silent.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let dropped = time_until_link_drops(&uplink, Duration::from_secs(30));
     let stopped = uplink.stop();
     signal(collector.pid(), "CONT");
 
