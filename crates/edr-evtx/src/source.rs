@@ -120,7 +120,7 @@ pub fn read_file_with(
                     );
                 }
                 Err(reason) => {
-                    tracing::debug!(file = %path.display(), chunk = number, %reason, "the part of the cut chunk cannot be read");
+                    tracing::debug!(file = %path.display(), chunk = number, %reason, "failed to parse the part of the cut chunk");
                     cut.reason = format!("{}, and the part present cannot be read", cut.reason);
                 }
             }
@@ -131,7 +131,7 @@ pub fn read_file_with(
     Ok(report)
 }
 
-/// Reads every record of one chunk into `sink`; returns the reason when the chunk cannot be
+/// Reads every record of one chunk into `sink`. Returns the reason when the chunk cannot be
 /// parsed.
 fn read_chunk(
     path: &Path,
@@ -363,7 +363,7 @@ fn partial_chunk(file: &mut std::fs::File, start: u64) -> Option<EvtxChunkData> 
         let copy = record_end
             .checked_sub(4)
             .and_then(|at| data.get(at..record_end));
-        if size < RECORD_HEADER_BYTES + 4 || copy != Some(&head[4..8]) {
+        if size < RECORD_HEADER_BYTES + 4 || copy != Some(&head[4..8]) || record_end > header_end {
             break;
         }
         let id = u64::from_le_bytes(head[8..16].try_into().ok()?);

@@ -36,7 +36,7 @@ fn every_file_converts_and_validates() {
     let mut files = Vec::new();
     evtx_files(&dir, &mut files);
     files.sort();
-    // Any set of recordings works, not only the shared one, so that other recordings of the
+    // Any set of recordings works, not only the recorded set, so that other recordings of the
     // same kinds can be checked the same way.
     assert!(!files.is_empty(), "no EVTX file under {}", dir.display());
 

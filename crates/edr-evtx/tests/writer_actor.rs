@@ -60,7 +60,7 @@ fn no_execution_gives_no_process() {
 }
 
 #[test]
-fn no_process_and_no_sid_names_the_provider() {
+fn no_pid_or_sid_names_provider() {
     let event = credential_validation_by(None, None);
     assert_eq!(
         event["actor"],

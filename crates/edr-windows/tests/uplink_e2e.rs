@@ -660,7 +660,7 @@ fn stalled_collector_times_out_and_stop_is_prompt() {
 /// send leaves the TCP connection open, so nothing fails by itself. The unanswered heartbeats
 /// drop the link once `ack_timeout_secs` pass, and the warning names the cause.
 #[test]
-fn idle_link_to_a_silent_collector_is_dropped() {
+fn idle_link_drops_silent_collector() {
     let logs = captured_logs();
     let collector_data = CollectorData::init();
     let collector = collector_data.serve("127.0.0.1:0", &[]);
