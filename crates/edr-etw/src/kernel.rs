@@ -34,6 +34,21 @@ pub fn group_guid(group: u8) -> Option<Guid> {
     Some(Guid::from_u128(value))
 }
 
+/// Hook of the image loads that the kernel writes under the Process group: `ntwmi.h` names it
+/// `PERFINFO_LOG_TYPE_IMAGELOAD`. Its payload is an Image event's; PerfView and dissect.etl
+/// read it as Image/Load.
+const HOOK_PROCESS_IMAGE_LOAD: u16 = 0x030a;
+
+/// Group of a kernel event's hook (`hook_id >> 8`), except that the image loads written under
+/// the Process group ([`HOOK_PROCESS_IMAGE_LOAD`]) belong to the Image group.
+pub fn hook_group(hook_id: u16) -> u8 {
+    if hook_id == HOOK_PROCESS_IMAGE_LOAD {
+        0x14
+    } else {
+        (hook_id >> 8) as u8
+    }
+}
+
 /// Short group name, as trace tools print it (`Process`, `Image`, `TcpIp`...).
 pub fn group_name(group: u8) -> &'static str {
     match group {
@@ -69,5 +84,18 @@ pub fn group_name(group: u8) -> &'static str {
         0x1d => "Hypervisor",
         0x1e => "HypervisorX",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_load_under_process_hook_is_image() {
+        assert_eq!(hook_group(0x030a), 0x14);
+        assert_eq!(group_guid(hook_group(0x030a)), group_guid(0x14));
+        assert_eq!(hook_group(0x0301), 0x03, "process start stays Process");
+        assert_eq!(hook_group(0x140a), 0x14);
     }
 }

@@ -841,7 +841,8 @@ fn parse_event<'a>(
             record.hook_id = hook_id;
             record.descriptor.version = first as u8;
             record.descriptor.opcode = hook_id as u8;
-            record.provider_id = kernel::group_guid((hook_id >> 8) as u8).unwrap_or(Guid::NIL);
+            record.provider_id =
+                kernel::group_guid(kernel::hook_group(hook_id)).unwrap_or(Guid::NIL);
             if kind != HeaderKind::Perfinfo {
                 record.thread_id = r.u32().ok_or_else(short)?;
                 record.process_id = r.u32().ok_or_else(short)?;

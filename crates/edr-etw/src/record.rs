@@ -290,10 +290,10 @@ pub struct EventRecord<'a> {
 }
 
 impl EventRecord<'_> {
-    /// Kernel group of a kernel event (`hook_id >> 8`).
+    /// Kernel group of a kernel event ([`crate::kernel::hook_group`]).
     pub fn kernel_group(&self) -> Option<u8> {
         self.header_kind
             .is_kernel()
-            .then_some((self.hook_id >> 8) as u8)
+            .then_some(crate::kernel::hook_group(self.hook_id))
     }
 }

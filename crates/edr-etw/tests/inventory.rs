@@ -62,7 +62,9 @@ fn count_file(path: &std::path::Path) -> (Counts, EtlReader<std::io::BufReader<s
                 }
                 HeaderKind::Instance | HeaderKind::Message => {}
                 _ => {
-                    let group = r.kernel_group().unwrap();
+                    // The inventory counts raw hook groups, image loads under the Process
+                    // group's hook included.
+                    let group = (r.hook_id >> 8) as u8;
                     *c.kernel_groups
                         .entry(format!(
                             "{}/{}",

@@ -240,3 +240,34 @@ fn powershell_pipeline_is_script_activity() {
         Some(&1)
     );
 }
+
+/// The kernel writes some image loads under the Process group's hook (0x030A). They are image
+/// loads, with the Image event's payload, and must become Module Activity: Load.
+#[test]
+fn image_loads_under_process_hook_are_module_loads() {
+    let Some((events, counts)) =
+        convert("airbus-etl-parser_Apache-2.0/tests/example/ShutdownPerfDiagLogger.etl")
+    else {
+        return;
+    };
+    let process_opcode_10 = counts
+        .unmapped
+        .iter()
+        .filter(|((source, id), _)| source.contains("Process") && *id == 10)
+        .map(|(_, count)| count)
+        .sum::<u64>();
+    assert_eq!(process_opcode_10, 0, "{:?}", counts.unmapped);
+    let loads = events
+        .iter()
+        .filter(|e| e["class_uid"] == 1005 && e["activity_id"] == 1)
+        .count();
+    // 2,145 image rundowns (Image opcode 3 at the start, 4 at the end) are state, not loads:
+    // the loads are the 72 records of hook 0x030A.
+    assert_eq!(loads, 72, "{:?}", counts.per_class);
+    let load = find(&events, |e| e["class_uid"] == 1005 && e["activity_id"] == 1).unwrap();
+    assert!(
+        str_at(load, "/module/file/path").is_some_and(|p| p.contains('\\')),
+        "{load}"
+    );
+    assert!(load.pointer("/actor/process/pid").is_some(), "{load}");
+}
