@@ -80,6 +80,12 @@ pub struct Event {
     pub is_remote: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<Session>,
+    /// Authentication: the service a Kerberos ticket was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<Service>,
+    /// Authentication: the Kerberos ticket asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authentication_token: Option<AuthenticationToken>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub src_endpoint: Option<NetworkEndpoint>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,6 +178,8 @@ impl Event {
             src_endpoint: None,
             dst_endpoint: None,
             connection_info: None,
+            service: None,
+            authentication_token: None,
             query: None,
             answers: None,
             rcode_id: None,
@@ -374,10 +382,24 @@ pub struct Actor {
     pub app_name: Option<String>,
 }
 
+/// Writes a Windows process or thread id, a `DWORD`, as OCSF's `integer_t`, a signed 32-bit
+/// integer: an id above `i32::MAX` becomes the negative number with the same bits, as
+/// PerfView shows it. Only the `-1` that Windows writes for "no process" and damaged records
+/// give such ids; writing them as they are would make the event invalid.
+fn as_integer_t<S: serde::Serializer>(id: &Option<u32>, serializer: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => serializer.serialize_i32(i32::from_ne_bytes(id.to_ne_bytes())),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// `process`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Process {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_integer_t"
+    )]
     pub pid: Option<u32>,
     /// Stable process identity; see [`crate::process_cache`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -399,7 +421,10 @@ pub struct Process {
     pub created_time: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub terminated_time: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_integer_t"
+    )]
     pub tid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<String>,
@@ -611,6 +636,42 @@ pub struct Session {
     pub uuid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_remote: Option<bool>,
+}
+
+/// `service`: what a user authenticates to, such as a Kerberos service principal.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Service {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// `authentication_token`: a Kerberos ticket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthenticationToken {
+    pub type_id: u8,
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
+    /// The ticket options as Windows writes them, such as `0x40810010`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kerberos_flags: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_details: Option<EncryptionDetails>,
+}
+
+/// `encryption_details`: how a ticket is encrypted.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct EncryptionDetails {
+    /// The encryption type's name, such as `AES256-CTS-HMAC-SHA1-96`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm_id: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_length: Option<u32>,
 }
 
 /// `network_endpoint`.

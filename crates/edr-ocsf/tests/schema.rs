@@ -193,3 +193,20 @@ fn unknown_class_rejected() {
     value["class_uid"] = json!(1234);
     assert!(schema.validate(&value).is_err());
 }
+
+/// Windows ids are unsigned 32-bit; OCSF's `integer_t` is signed. An id above `i32::MAX` (the
+/// `-1` of "no process", or a damaged record) is written with the same bits as a negative
+/// number, and the event stays valid.
+#[test]
+fn ids_above_i32_max_stay_valid() {
+    let mut event = process_launch();
+    let process = event.process.as_mut().unwrap();
+    process.pid = Some(u32::MAX);
+    process.tid = Some(2_399_147_916);
+    let value = serde_json::to_value(&event).unwrap();
+    assert_eq!(value["process"]["pid"], json!(-1));
+    assert_eq!(value["process"]["tid"], json!(-1_895_819_380));
+    if let Some(schema) = load_schema() {
+        schema.validate(&value).unwrap();
+    }
+}

@@ -4,7 +4,8 @@
 //! under a uid derived from the host, pid and record time, and exits (4689) close them.
 
 use edr_ocsf::model::{
-    Actor, File, Group, Job, NetworkEndpoint, Process, Session, User, WinService,
+    Actor, AuthenticationToken, ConnectionInfo, EncryptionDetails, File, Group, Job,
+    NetworkEndpoint, Process, Service, Session, User, WinService,
 };
 use edr_ocsf::process_cache::{ProcessInfo, derive_process_uid};
 use edr_ocsf::{Class, Event};
@@ -30,6 +31,10 @@ pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Box<
         4728 | 4732 => group_member_added(record),
         1102 => log_cleared(record),
         5140 | 5145 => share_access(record),
+        4768..=4770 => kerberos_ticket(record),
+        4771 => kerberos_preauth_failed(record),
+        5156 | 5157 => filtering_connection(converter, record),
+        5154 | 5155 | 5158 | 5159 => filtering_port(converter, record),
         _ => return None,
     };
     keep_remaining(record, &mut event);
@@ -497,4 +502,241 @@ fn share_access(record: &mut Record) -> Box<Event> {
     event.actor = Some(actor);
     event.file = Some(file);
     event
+}
+
+/// Kerberos: 4768 a ticket-granting ticket was requested, 4769 a service ticket was
+/// requested, 4770 a service ticket was renewed. Windows logs them on domain controllers.
+fn kerberos_ticket(record: &mut Record) -> Box<Event> {
+    let (activity, token_type) = match record.event_id {
+        4768 => (3, (1, "Ticket Granting Ticket")),
+        4769 => (4, (2, "Service Ticket")),
+        _ => (5, (2, "Service Ticket")),
+    };
+    let mut event = base_event(record, Class::Authentication, activity);
+    let status = record.take_str("Status");
+    let success = status.as_deref().is_none_or(|s| parse_code(s) == Some(0));
+    event.set_status(success);
+    if !success {
+        event.status_detail = status
+            .as_deref()
+            .and_then(kerberos_error)
+            .map(str::to_owned);
+        event.status_code = status;
+    }
+    event.user = take_user(record, "Target").or_else(null_user);
+    if let Some(logon_guid) = record
+        .take_str("LogonGuid")
+        .map(|g| g.trim_matches(['{', '}']).to_owned())
+        .filter(|g| g != "00000000-0000-0000-0000-000000000000")
+    {
+        event.session = Some(Session {
+            uuid: Some(logon_guid),
+            ..Session::default()
+        });
+    }
+    event.service = take_kerberos_service(record);
+    let encryption = record
+        .take_str("TicketEncryptionType")
+        .and_then(|value| kerberos_encryption(&value));
+    event.authentication_token = Some(AuthenticationToken {
+        type_id: token_type.0,
+        type_name: token_type.1,
+        kerberos_flags: record.take_str("TicketOptions"),
+        encryption_details: encryption,
+    });
+    set_auth_protocol(&mut event, Some("Kerberos".to_owned()));
+    event.src_endpoint = take_src_endpoint(record);
+    event.dst_endpoint = local_endpoint(record);
+    event.actor = Some(writer_actor(record));
+    event
+}
+
+/// 4771: Kerberos pre-authentication failed, usually a wrong password.
+fn kerberos_preauth_failed(record: &mut Record) -> Box<Event> {
+    let mut event = base_event(record, Class::Authentication, 6);
+    event.set_status(false);
+    let status = record.take_str("Status");
+    event.status_detail = status
+        .as_deref()
+        .and_then(kerberos_error)
+        .map(str::to_owned);
+    event.status_code = status;
+    event.user = take_user(record, "Target").or_else(null_user);
+    event.service = take_kerberos_service(record);
+    event.authentication_token = Some(AuthenticationToken {
+        type_id: 1,
+        type_name: "Ticket Granting Ticket",
+        kerberos_flags: record.take_str("TicketOptions"),
+        encryption_details: None,
+    });
+    set_auth_protocol(&mut event, Some("Kerberos".to_owned()));
+    event.src_endpoint = take_src_endpoint(record);
+    event.dst_endpoint = local_endpoint(record);
+    event.actor = Some(writer_actor(record));
+    event
+}
+
+/// `ServiceName` and `ServiceSid` as the service a ticket is for.
+fn take_kerberos_service(record: &mut Record) -> Option<Service> {
+    let name = record.take_str("ServiceName");
+    let uid = record.take_str("ServiceSid").filter(|sid| sid != "S-1-0-0");
+    (name.is_some() || uid.is_some()).then_some(Service { name, uid })
+}
+
+/// Parses a status or type that Windows writes in hex (`0x18`) or decimal.
+fn parse_code(text: &str) -> Option<u64> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// The name of a Kerberos error code (RFC 4120, section 7.5.9) that domain controllers log.
+fn kerberos_error(status: &str) -> Option<&'static str> {
+    Some(match parse_code(status)? {
+        0x6 => "KDC_ERR_C_PRINCIPAL_UNKNOWN: client not found in the Kerberos database",
+        0x7 => "KDC_ERR_S_PRINCIPAL_UNKNOWN: server not found in the Kerberos database",
+        0xC => "KDC_ERR_POLICY: a policy rejected the request",
+        0xD => "KDC_ERR_BADOPTION: the KDC cannot accommodate a requested option",
+        0xE => "KDC_ERR_ETYPE_NOSUPP: no supported encryption type",
+        0x12 => "KDC_ERR_CLIENT_REVOKED: account disabled, expired or locked out",
+        0x17 => "KDC_ERR_KEY_EXPIRED: password expired",
+        0x18 => "KDC_ERR_PREAUTH_FAILED: wrong password",
+        0x19 => "KDC_ERR_PREAUTH_REQUIRED: pre-authentication required",
+        0x1F => "KRB_AP_ERR_BAD_INTEGRITY: integrity check on a decrypted field failed",
+        0x20 => "KRB_AP_ERR_TKT_EXPIRED: ticket expired",
+        0x25 => "KRB_AP_ERR_SKEW: clock skew too great",
+        _ => return None,
+    })
+}
+
+/// A Kerberos encryption type (RFC 3961 numbers, as Windows writes them) as encryption
+/// details; `0xffffffff`, logged for failed requests, gives none.
+fn kerberos_encryption(value: &str) -> Option<EncryptionDetails> {
+    let code = parse_code(value)?;
+    let (name, algorithm, key_length) = match code {
+        0xFFFF_FFFF => return None,
+        0x1 => ("DES-CBC-CRC", (1, "DES"), Some(56)),
+        0x3 => ("DES-CBC-MD5", (1, "DES"), Some(56)),
+        0x11 => ("AES128-CTS-HMAC-SHA1-96", (3, "AES"), Some(128)),
+        0x12 => ("AES256-CTS-HMAC-SHA1-96", (3, "AES"), Some(256)),
+        0x17 => ("RC4-HMAC", (99, "RC4"), Some(128)),
+        0x18 => ("RC4-HMAC-EXP", (99, "RC4"), Some(40)),
+        _ => {
+            return Some(EncryptionDetails {
+                type_name: Some(value.to_owned()),
+                ..EncryptionDetails::default()
+            });
+        }
+    };
+    Some(EncryptionDetails {
+        type_name: Some(name.to_owned()),
+        algorithm_id: Some(algorithm.0),
+        algorithm: Some(algorithm.1.to_owned()),
+        key_length,
+    })
+}
+
+/// Windows Filtering Platform: 5156 a connection was permitted, 5157 it was blocked.
+///
+/// WFP names the local side `Source` and the remote side `Destination` in both directions,
+/// so for an inbound connection the initiator, OCSF's source, is WFP's `Destination`.
+fn filtering_connection(converter: &Converter, record: &mut Record) -> Box<Event> {
+    let activity = if record.event_id == 5156 { 1 } else { 5 };
+    let mut event = base_event(record, Class::NetworkActivity, activity);
+    let process = take_filtering_process(converter, record);
+    let outbound = record
+        .take_str("Direction")
+        .and_then(|d| filtering_direction(&d));
+    let local = take_endpoint(record, "SourceAddress", "SourcePort");
+    let remote = take_endpoint(record, "DestAddress", "DestPort");
+    if outbound == Some(false) {
+        event.src_endpoint = remote;
+        event.dst_endpoint = local;
+    } else {
+        event.src_endpoint = local;
+        event.dst_endpoint = remote;
+    }
+    event.connection_info = Some(filtering_connection_info(record, outbound));
+    event.actor = Some(Actor {
+        process,
+        ..Actor::default()
+    });
+    event
+}
+
+/// Windows Filtering Platform: 5154 a listen was permitted, 5155 it was blocked, 5158 a
+/// bind to a local port was permitted, 5159 it was blocked.
+fn filtering_port(converter: &Converter, record: &mut Record) -> Box<Event> {
+    let (activity, bind) = match record.event_id {
+        5154 => (7, false),
+        5155 => (5, false),
+        5158 => (99, true),
+        _ => (5, true),
+    };
+    let mut event = base_event(record, Class::NetworkActivity, activity);
+    if activity == 99 {
+        event.set_activity_other("Bind");
+    }
+    let process = take_filtering_process(converter, record);
+    let local = take_endpoint(record, "SourceAddress", "SourcePort");
+    // A listening socket is where connections go; a bound one may send as well as receive.
+    if bind {
+        event.src_endpoint = local;
+    } else {
+        event.dst_endpoint = local;
+    }
+    event.connection_info = Some(filtering_connection_info(record, None));
+    event.actor = Some(Actor {
+        process,
+        ..Actor::default()
+    });
+    event
+}
+
+/// The process of a WFP record: `ProcessID` (5156, 5157) or `ProcessId` (the others), and the
+/// image path in the kernel's device form (`\device\harddiskvolume2\...`).
+fn take_filtering_process(converter: &Converter, record: &mut Record) -> Option<Process> {
+    let pid_field = if record.fields.get("ProcessID").is_some() {
+        "ProcessID"
+    } else {
+        "ProcessId"
+    };
+    take_caller(converter, record, pid_field, "Application")
+}
+
+fn take_endpoint(record: &mut Record, address: &str, port: &str) -> Option<NetworkEndpoint> {
+    let ip = record.take_str(address);
+    let port = record.take_u64(port).and_then(|p| u16::try_from(p).ok());
+    NetworkEndpoint::from_parts(ip.as_deref(), port)
+}
+
+/// WFP's direction, as the message id Windows logs (`%%14592` inbound, `%%14593` outbound) or
+/// as its rendered text; `true` for outbound.
+fn filtering_direction(direction: &str) -> Option<bool> {
+    match direction.trim() {
+        "%%14593" => Some(true),
+        "%%14592" => Some(false),
+        other if other.eq_ignore_ascii_case("outbound") => Some(true),
+        other if other.eq_ignore_ascii_case("inbound") => Some(false),
+        _ => None,
+    }
+}
+
+/// The IP protocol number of a WFP record, with its name for TCP, UDP, ICMP and ICMPv6.
+fn filtering_connection_info(record: &mut Record, outbound: Option<bool>) -> ConnectionInfo {
+    let number = record
+        .take_u64("Protocol")
+        .and_then(|p| u8::try_from(p).ok());
+    let name = match number {
+        Some(6) => Some("tcp"),
+        Some(17) => Some("udp"),
+        Some(1) => Some("icmp"),
+        Some(58) => Some("ipv6-icmp"),
+        _ => None,
+    };
+    let mut info = ConnectionInfo::new(outbound, name);
+    info.protocol_num = number;
+    info
 }
