@@ -336,3 +336,64 @@ fn cli_errors_name_value_and_next_step() {
         "{stderr}"
     );
 }
+
+/// A revocation ends the telemetry stream a sensor already has open: the handshake checks the
+/// revocation list only when a connection opens.
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_ends_an_open_stream() {
+    let collector = Collector::start();
+    let token = collector.token(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let identity = enroll_at(&collector, &token, &root.path().join("a"))
+        .await
+        .unwrap();
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=2)).await.unwrap(), 2);
+
+    let out = collector.cli(&["sensors", "revoke", &identity.sensor_id]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seq = 3;
+    let status = loop {
+        match session.send(event_batch([seq])).await {
+            Err(status) => break status,
+            Ok(_) if Instant::now() < deadline => {
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(_) => panic!("the open stream of a revoked sensor still stores batches after 10 s"),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    // Nothing sent after the stream ended is stored.
+    assert!(
+        stored_seqs(&collector, &identity.sensor_id)
+            .iter()
+            .all(|s| *s < seq),
+        "a batch was stored after the revocation ended the stream"
+    );
+}
+
+/// A certificate that expires while its stream is open ends the stream at the next message.
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_ends_an_open_stream() {
+    let collector = Collector::start();
+    let ca = collector.ca();
+    let identity = forged_identity(
+        &collector,
+        &ca,
+        Validity::starting_now(time::Duration::seconds(3)),
+    );
+    let mut session = TelemetrySession::open(&identity).await;
+    assert_eq!(session.send(event_batch(1..=2)).await.unwrap(), 2);
+    // Certificate times have whole seconds; wait past the expiry with a margin.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = session
+        .send(event_batch([3]))
+        .await
+        .expect_err("a batch on the stream of an expired certificate was acked");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    assert_eq!(stored_seqs(&collector, &identity.sensor_id), vec![1, 2]);
+}

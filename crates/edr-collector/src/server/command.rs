@@ -40,7 +40,8 @@ impl Command for CommandService {
         &self,
         request: Request<Streaming<CommandResult>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let sensor_id = auth::authenticated(&request)?.to_string();
+        let sensor = auth::authenticated(&request)?;
+        let sensor_id = sensor.id.to_string();
         let mut results = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tracing::info!(%sensor_id, "sensor connected: command stream opened");
@@ -51,6 +52,14 @@ impl Command for CommandService {
             let reason = loop {
                 tokio::select! {
                     _ = poll.tick() => {
+                        // A sensor revoked, or whose certificate expired, since the stream
+                        // opened gets no more commands.
+                        let now = time::OffsetDateTime::now_utc();
+                        if let Err(status) = sensor.check_still_valid(&shared.revocations, now) {
+                            let reason = format!("no longer authorized: {}", status.message());
+                            let _ = tx.send(Err(status)).await;
+                            break reason;
+                        }
                         if let Err(reason) = deliver_pending(&shared, &sensor_id, &tx).await {
                             break reason;
                         }

@@ -19,6 +19,7 @@ use edr_proto::v1::{
     Ack, CollectorMessage, EventBatch, Heartbeat, HeartbeatAck, SensorMessage, collector_message,
     sensor_message,
 };
+use time::OffsetDateTime;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -47,7 +48,8 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<Streaming<SensorMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let sensor_id = auth::authenticated(&request)?;
+        let sensor = auth::authenticated(&request)?;
+        let sensor_id = sensor.id;
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -63,7 +65,7 @@ impl Telemetry for TelemetryService {
         tracing::info!(%sensor_id, ?peer, "sensor connected: telemetry stream opened");
 
         tokio::spawn(async move {
-            let reason = run_stream(&shared, &sensor_id.to_string(), inbound, &tx).await;
+            let reason = run_stream(&shared, &sensor, inbound, &tx).await;
             shared
                 .metrics
                 .active_streams
@@ -90,10 +92,11 @@ const PIPELINE_DEPTH: usize = 16;
 /// order, so a sensor's batches are stored in sequence order.
 async fn run_stream(
     shared: &Arc<Shared>,
-    sensor_id: &str,
+    sensor: &auth::AuthenticatedSensor,
     mut inbound: Streaming<SensorMessage>,
     tx: &Outbound,
 ) -> String {
+    let sensor_id = &sensor.id.to_string();
     let idle = shared.limits.stream_idle_timeout;
     let mut pending: VecDeque<QueuedBatch> = VecDeque::new();
     loop {
@@ -139,6 +142,15 @@ async fn run_stream(
             }
             Ok(Some(Ok(message))) => message,
         };
+        // A revocation or an expiry since the stream opened ends it before anything more
+        // of this sensor is stored; batches already queued were accepted before.
+        if let Err(status) =
+            sensor.check_still_valid(&shared.revocations, OffsetDateTime::now_utc())
+        {
+            let reason = format!("no longer authorized: {}", status.message());
+            let _ = tx.send(Err(status)).await;
+            return reason;
+        }
 
         let reply = match message.kind {
             Some(sensor_message::Kind::Heartbeat(heartbeat)) => {
