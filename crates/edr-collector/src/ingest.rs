@@ -3,8 +3,8 @@
 //! A batch is accepted whole or rejected whole. It must hold at least one record and at most
 //! the configured maximum; `first_seq` and `last_seq` must equal the numbers of its first and
 //! last record; numbers start at 1 and strictly increase (gaps in the numbering are allowed,
-//! because a sensor that crashed loses the numbers of records it had not made durable). Every
-//! OCSF record must be a UTF-8 JSON object with an integer `class_uid`. Every gap record must
+//! because a sensor that crashed loses the numbers of records it had not made durable). No
+//! number may exceed `i64::MAX`, which SQLite could not store. Every OCSF record must be a UTF-8 JSON object with an integer `class_uid`. Every gap record must
 //! describe a possible loss: `first_seq` at most `last_seq + 1`, `records` at most the count of
 //! numbers in that range, and no value above `i64::MAX`, the largest integer SQLite stores. The
 //! fields that the store indexes are extracted here, so the database transaction only inserts.
@@ -36,6 +36,12 @@ pub(crate) enum BatchError {
     /// A record has sequence number 0, which is never assigned.
     #[error("record at index {index} has seq 0: sequence numbers start at 1")]
     ZeroSeq { index: usize },
+    /// A record's number is above `i64::MAX`, the largest integer SQLite stores.
+    #[error(
+        "record seq {seq} is above the maximum sequence number {}: number records from 1 up",
+        i64::MAX
+    )]
+    SeqTooLarge { seq: u64 },
     /// A record's number is not greater than the previous record's.
     #[error("record seq {seq} follows seq {previous}: sequence numbers must strictly increase")]
     NotIncreasing { seq: u64, previous: u64 },
@@ -150,6 +156,9 @@ pub(crate) fn validate(batch: EventBatch, max_records: usize) -> Result<ValidBat
     for (index, record) in batch.records.into_iter().enumerate() {
         if record.seq == 0 {
             return Err(BatchError::ZeroSeq { index });
+        }
+        if i64::try_from(record.seq).is_err() {
+            return Err(BatchError::SeqTooLarge { seq: record.seq });
         }
         if record.seq <= previous {
             return Err(BatchError::NotIncreasing {
@@ -343,6 +352,27 @@ mod tests {
             let err = validate(input, 10).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} lacks {expected:?}");
         }
+    }
+
+    /// SQLite stores at most `i64::MAX`; a larger number would be stored as another one than
+    /// the one acknowledged.
+    #[test]
+    fn seq_above_i64_max_rejected() {
+        let cases = [
+            (
+                batch(vec![event(1 << 63, OK), event((1 << 63) + 1, OK)]),
+                "record seq 9223372036854775808 is above the maximum sequence number 9223372036854775807",
+            ),
+            (
+                batch(vec![event(5, OK), event(u64::MAX, OK)]),
+                "record seq 18446744073709551615 is above",
+            ),
+        ];
+        for (input, expected) in cases {
+            let err = validate(input, 10).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+        validate(batch(vec![event(i64::MAX as u64, OK)]), 10).unwrap();
     }
 
     #[test]

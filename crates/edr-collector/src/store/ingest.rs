@@ -390,7 +390,8 @@ impl<'a, 'tx> EventRows<'a, 'tx> {
 }
 
 /// Converts a protobuf `uint64` to SQLite's signed 64-bit integer; values above `i64::MAX`
-/// (never produced by a sensor, whose counters start at 1) saturate.
+/// saturate. Validation rejects sequence numbers and gap fields above it, because a saturated
+/// one would be stored as another number than the one acknowledged.
 pub(crate) fn to_sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
