@@ -302,7 +302,7 @@ impl Store {
         sensor_id: &str,
         result: &edr_proto::v1::CommandResult,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<super::commands::ResultOutcome, StoreError> {
         super::commands::insert_result(&self.conn, sensor_id, result, "command", now)
             .map_err(self.sqlite())
     }
