@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use edr_proto::v1::command_client::CommandClient;
 use edr_proto::v1::{
-    BufferedRecord, CommandResult, CommandStatus, EventBatch, Gap, Pong, buffered_record,
-    command_result,
+    BufferedRecord, CommandResult, CommandStatus, EventBatch, Gap, Heartbeat, Pong, SensorHealth,
+    Versions, buffered_record, command_result, sensor_message,
 };
 use edr_sensor::enrollment::connect_mtls;
 
@@ -321,6 +321,84 @@ async fn results_only_from_the_commands_sensor() {
     let listing = stdout(&collector.cli(&["commands", "list"]));
     assert!(line(&listing).contains("succeeded"), "{listing}");
     assert!(line(&listing).contains("pong from s2"), "{listing}");
+}
+
+/// Text that a sensor controls reaches table output with its control characters escaped, so
+/// it can neither send escape sequences to the terminal nor start a fake row.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_escape_sensor_text() {
+    let collector = Collector::start();
+    let token = collector.token(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let identity = enroll_at(&collector, &token, &root.path().join("s"))
+        .await
+        .unwrap();
+    let ping = stdout(&collector.cli(&["command", "ping", &identity.sensor_id]));
+    let ping = ping.trim().to_string();
+    let hostile = "x\u{1b}[31m\r\nFAKE-ROW\u{9b}2K\u{7f}";
+    let escaped = "x\\u{1b}[31m\\u{d}\\u{a}FAKE-ROW\\u{9b}2K\\u{7f}";
+
+    let mut session = TelemetrySession::open(&identity).await;
+    let heartbeat = Heartbeat {
+        sent_at: None,
+        health: Some(SensorHealth {
+            versions: Some(Versions {
+                sensor_version: hostile.into(),
+                os_build: hostile.into(),
+                ocsf_version: "1.8.0".into(),
+            }),
+            ..Default::default()
+        }),
+    };
+    session
+        .send_message(sensor_message::Kind::Heartbeat(heartbeat))
+        .await
+        .unwrap();
+    let event = serde_json::json!({
+        "class_uid": 1007,
+        "time": 1_764_979_200_000_i64,
+        "process": {"uid": hostile},
+        "actor": {"user": {"name": hostile}},
+    });
+    let result = CommandResult {
+        command_id: ping.clone(),
+        status: CommandStatus::Failed.into(),
+        completed_at: None,
+        detail: hostile.into(),
+        output: None,
+    };
+    let batch = EventBatch {
+        first_seq: 1,
+        last_seq: 2,
+        records: vec![
+            BufferedRecord {
+                seq: 1,
+                kind: Some(buffered_record::Kind::OcsfEventJson(
+                    event.to_string().into_bytes().into(),
+                )),
+            },
+            BufferedRecord {
+                seq: 2,
+                kind: Some(buffered_record::Kind::CommandResult(result)),
+            },
+        ],
+    };
+    assert_eq!(session.send(batch).await.unwrap(), 2);
+
+    let tables: [&[&str]; 3] = [
+        &["sensors", "list"],
+        &["events", "--format", "table"],
+        &["commands", "list"],
+    ];
+    for args in tables {
+        let table = stdout(&collector.cli(args));
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: {table:?}"
+        );
+        assert_eq!(table.lines().count(), 2, "{args:?}: {table}");
+        assert!(table.contains(escaped), "{args:?}: {table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
