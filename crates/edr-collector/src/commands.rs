@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{Cli, Command, SensorsCommand, TokenCommand};
 use crate::store::Store;
+use crate::terminal::escape_controls;
 
 /// Subdirectory of the data directory that contains the CA.
 pub(crate) const CA_DIR: &str = "ca";
@@ -234,7 +235,7 @@ fn sensors_list(data_dir: &Path) -> anyhow::Result<()> {
         println!(
             "{:<36}  {:<16}  {:<20}  {:<20}  {:<16}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>14}  {:<10}  {}",
             sensor.id,
-            sensor.hostname,
+            escape_controls(&sensor.hostname),
             format_time(sensor.enrolled_at),
             sensor
                 .certificate_not_after
@@ -252,8 +253,8 @@ fn sensors_list(data_dir: &Path) -> anyhow::Result<()> {
             status.hwm,
             status.duplicates,
             format!("{} ({})", status.gaps, status.gap_records),
-            status.sensor_version.as_deref().unwrap_or("-"),
-            status.health_json.as_deref().unwrap_or("-"),
+            escape_controls(status.sensor_version.as_deref().unwrap_or("-")),
+            escape_controls(status.health_json.as_deref().unwrap_or("-")),
         );
     }
     Ok(())

@@ -3,9 +3,12 @@
 //! A batch is accepted whole or rejected whole. It must hold at least one record and at most
 //! the configured maximum; `first_seq` and `last_seq` must equal the numbers of its first and
 //! last record; numbers start at 1 and strictly increase (gaps in the numbering are allowed,
-//! because a sensor that crashed loses the numbers of records it had not made durable). Every
-//! OCSF record must be a UTF-8 JSON object with an integer `class_uid`. The fields that the
-//! store indexes are extracted here, so the database transaction only inserts.
+//! because a sensor that crashed loses the numbers of records it had not made durable). No
+//! number may exceed `i64::MAX`, which SQLite could not store. Every OCSF record must be a
+//! UTF-8 JSON object with an integer `class_uid`. Every gap record must describe a possible
+//! loss: `first_seq` at most `last_seq + 1`, `records` at most the count of numbers in that
+//! range, and no value above `i64::MAX`, the largest integer SQLite stores. The fields that
+//! the store indexes are extracted here, so the database transaction only inserts.
 //!
 //! Validation does not know the high-water mark: records that turn out to be duplicates are
 //! validated as well, so a resent batch is rejected for the same reason as the first time.
@@ -34,6 +37,12 @@ pub(crate) enum BatchError {
     /// A record has sequence number 0, which is never assigned.
     #[error("record at index {index} has seq 0: sequence numbers start at 1")]
     ZeroSeq { index: usize },
+    /// A record's number is above `i64::MAX`, the largest integer SQLite stores.
+    #[error(
+        "record seq {seq} is above the maximum sequence number {}: number records from 1 up",
+        i64::MAX
+    )]
+    SeqTooLarge { seq: u64 },
     /// A record's number is not greater than the previous record's.
     #[error("record seq {seq} follows seq {previous}: sequence numbers must strictly increase")]
     NotIncreasing { seq: u64, previous: u64 },
@@ -43,6 +52,10 @@ pub(crate) enum BatchError {
     /// An OCSF record is not a JSON object with an integer `class_uid`.
     #[error("record seq {seq} is not a valid OCSF event: {reason}")]
     InvalidEvent { seq: u64, reason: String },
+    /// A gap record describes a loss that cannot have happened: a range that ends before it
+    /// starts, more records than its range has numbers, or a value above `i64::MAX`.
+    #[error("record seq {seq} is not a valid gap: {reason}")]
+    InvalidGap { seq: u64, reason: String },
 }
 
 /// Fields of an OCSF event that the store keeps in indexed columns.
@@ -145,6 +158,9 @@ pub(crate) fn validate(batch: EventBatch, max_records: usize) -> Result<ValidBat
         if record.seq == 0 {
             return Err(BatchError::ZeroSeq { index });
         }
+        if i64::try_from(record.seq).is_err() {
+            return Err(BatchError::SeqTooLarge { seq: record.seq });
+        }
         if record.seq <= previous {
             return Err(BatchError::NotIncreasing {
                 seq: record.seq,
@@ -179,8 +195,47 @@ fn validate_record(record: BufferedRecord, event_bytes: &mut usize) -> Result<Re
         Some(buffered_record::Kind::CommandResult(result)) => {
             Ok(Record::CommandResult { seq, result })
         }
-        Some(buffered_record::Kind::Gap(gap)) => Ok(Record::Gap { seq, gap }),
+        Some(buffered_record::Kind::Gap(gap)) => {
+            check_gap(&gap).map_err(|reason| BatchError::InvalidGap { seq, reason })?;
+            Ok(Record::Gap { seq, gap })
+        }
     }
+}
+
+/// Checks that a gap record describes a possible loss and returns the reason if not.
+///
+/// A range with `last_seq = first_seq - 1` is empty: the sensor reports damaged bytes between
+/// two consecutive records that way, with `records` 0.
+fn check_gap(gap: &Gap) -> Result<(), String> {
+    let fields = [
+        ("first_seq", gap.first_seq),
+        ("last_seq", gap.last_seq),
+        ("records", gap.records),
+        ("bytes", gap.bytes),
+    ];
+    for (name, value) in fields {
+        if i64::try_from(value).is_err() {
+            return Err(format!(
+                "{name} {value} is above the maximum of {}",
+                i64::MAX
+            ));
+        }
+    }
+    // Neither value exceeds `i64::MAX`, so neither sum overflows.
+    if gap.first_seq > gap.last_seq + 1 {
+        return Err(format!(
+            "first_seq {} is above last_seq {}: a gap's range must not end before it starts",
+            gap.first_seq, gap.last_seq
+        ));
+    }
+    let numbers = gap.last_seq + 1 - gap.first_seq;
+    if gap.records > numbers {
+        return Err(format!(
+            "records {} is more than the {numbers} sequence numbers of its range [{}, {}]",
+            gap.records, gap.first_seq, gap.last_seq
+        ));
+    }
+    Ok(())
 }
 
 /// Parses one OCSF event and returns its indexed fields; the bytes are then known to be UTF-8.
@@ -300,6 +355,27 @@ mod tests {
         }
     }
 
+    /// SQLite stores at most `i64::MAX`; a larger number would be stored as another one than
+    /// the one acknowledged.
+    #[test]
+    fn seq_above_i64_max_rejected() {
+        let cases = [
+            (
+                batch(vec![event(1 << 63, OK), event((1 << 63) + 1, OK)]),
+                "record seq 9223372036854775808 is above the maximum sequence number 9223372036854775807",
+            ),
+            (
+                batch(vec![event(5, OK), event(u64::MAX, OK)]),
+                "record seq 18446744073709551615 is above",
+            ),
+        ];
+        for (input, expected) in cases {
+            let err = validate(input, 10).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+        validate(batch(vec![event(i64::MAX as u64, OK)]), 10).unwrap();
+    }
+
     #[test]
     fn too_many_records_rejected() {
         let input = batch(vec![event(1, OK), event(2, OK), event(3, OK)]);
@@ -338,5 +414,69 @@ mod tests {
         };
         let err = validate(batch(vec![not_utf8]), 10).unwrap_err().to_string();
         assert!(err.contains("not UTF-8"), "{err}");
+    }
+
+    fn gap(first_seq: u64, last_seq: u64, records: u64, bytes: u64) -> BufferedRecord {
+        BufferedRecord {
+            seq: 9,
+            kind: Some(buffered_record::Kind::Gap(Gap {
+                first_seq,
+                last_seq,
+                records,
+                bytes,
+                reason: "evicted_buffer_full".into(),
+                detected_at: None,
+            })),
+        }
+    }
+
+    #[test]
+    fn impossible_gaps_rejected() {
+        let huge = i64::MAX as u64;
+        let cases = [
+            (
+                gap(1, 2, huge, 10),
+                "records 9223372036854775807 is more than the 2 sequence numbers of its range [1, 2]",
+            ),
+            (gap(1, 2, 3, 10), "records 3 is more than the 2"),
+            (gap(5, 3, 0, 10), "first_seq 5 is above last_seq 3"),
+            (
+                gap(5, 4, 1, 10),
+                "records 1 is more than the 0 sequence numbers",
+            ),
+            (
+                gap(1, huge + 1, 1, 10),
+                "last_seq 9223372036854775808 is above the maximum of 9223372036854775807",
+            ),
+            (
+                gap(huge + 1, huge + 1, 1, 10),
+                "first_seq 9223372036854775808 is above",
+            ),
+            (
+                gap(1, 2, u64::MAX, 10),
+                "records 18446744073709551615 is above",
+            ),
+            (gap(1, 2, 2, huge + 1), "bytes 9223372036854775808 is above"),
+        ];
+        for (record, expected) in cases {
+            let err = validate(batch(vec![record]), 10).unwrap_err().to_string();
+            assert!(err.contains("record seq 9 is not a valid gap"), "{err}");
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn possible_gaps_accepted() {
+        let huge = i64::MAX as u64;
+        // The last case is the empty range the sensor sends for damage between two records.
+        for record in [
+            gap(1, 2, 2, 10),
+            gap(1, 2, 0, 0),
+            gap(1, huge, huge, huge),
+            gap(7, 7, 1, 10),
+            gap(5, 4, 0, 10),
+        ] {
+            validate(batch(vec![record]), 10).unwrap();
+        }
     }
 }

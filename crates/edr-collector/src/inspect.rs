@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::cli::{EventsArgs, EventsFormat, TimeRange};
 use crate::store::query::{DamagedEvent, EventFilter, EventRow, EventScan};
 use crate::store::{DB_FILE, Store, StoreError};
+use crate::terminal::escape_controls;
 
 /// Errors in filter arguments.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -184,8 +185,8 @@ pub(crate) fn events(args: &EventsArgs) -> anyhow::Result<()> {
                 event
                     .severity_id
                     .map_or_else(|| "-".to_string(), |v| v.to_string()),
-                event.process_uid.as_deref().unwrap_or("-"),
-                event.user_name.as_deref().unwrap_or("-"),
+                escape_controls(event.process_uid.as_deref().unwrap_or("-")),
+                escape_controls(event.user_name.as_deref().unwrap_or("-")),
             ),
         };
         if let Err(err) = written {
@@ -302,7 +303,7 @@ pub(crate) fn commands_list(data_dir: &Path) -> anyhow::Result<()> {
             format_time(command.expires_at),
             state,
             command.received_via.as_deref().unwrap_or("-"),
-            command.detail.as_deref().unwrap_or(""),
+            escape_controls(command.detail.as_deref().unwrap_or("")),
         );
     }
     Ok(())

@@ -12,6 +12,7 @@ mod inspect;
 mod metrics;
 mod server;
 mod store;
+mod terminal;
 
 #[doc(hidden)]
 pub mod bench;

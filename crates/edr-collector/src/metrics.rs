@@ -18,6 +18,7 @@ pub(crate) struct Metrics {
     pub(crate) events_ingested: AtomicU64,
     pub(crate) records_other: AtomicU64,
     pub(crate) duplicates_dropped: AtomicU64,
+    pub(crate) command_results_dropped: AtomicU64,
     pub(crate) batches_stored: AtomicU64,
     pub(crate) batches_rejected: AtomicU64,
     pub(crate) event_bytes: AtomicU64,
@@ -49,7 +50,7 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "edr_collector_events_ingested_total",
                 "OCSF events stored.",
@@ -64,6 +65,11 @@ impl Metrics {
                 "edr_collector_duplicates_dropped_total",
                 "Records at or below the sensor's high-water mark, dropped as duplicates.",
                 &self.duplicates_dropped,
+            ),
+            (
+                "edr_collector_command_results_dropped_total",
+                "Command results dropped because no command has their id or it was issued to another sensor.",
+                &self.command_results_dropped,
             ),
             (
                 "edr_collector_batches_stored_total",

@@ -213,6 +213,23 @@ pub(crate) fn check_data_dir(data_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks that the database file at `path` exists and is not empty. Every command but `init`
+/// calls it before SQLite opens the file, because SQLite would create a missing file and fill
+/// an empty one with new tables.
+pub(crate) fn check_database(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
+            path: path.to_path_buf(),
+        }),
+        Ok(metadata) if metadata.is_file() && metadata.len() == 0 => Err(StoreError::Empty {
+            path: path.to_path_buf(),
+        }),
+        // Other failures, such as a denied permission, are left to SQLite, whose error names
+        // the path and the cause.
+        _ => Ok(()),
+    }
+}
+
 /// Returns what to do about a failed SQLite call, as the end of [`StoreError::Sqlite`]'s
 /// message. It is empty for errors that have no usual fix.
 fn sqlite_hint(error: &rusqlite::Error) -> &'static str {
@@ -263,6 +280,10 @@ pub(crate) enum StoreError {
     /// The database file does not exist.
     #[error("no Collector database at \"{}\": run `edr-collector init --data-dir DIR` first", path.display())]
     Missing { path: PathBuf },
+    /// The database file has zero bytes. SQLite would treat it as a new database and create
+    /// empty tables, and the tokens, sensors and revocations it held would be lost unseen.
+    #[error("the Collector database \"{}\" is empty (0 bytes), so its tokens, sensors, revocations and telemetry are gone: restore it from a backup, or remove the data directory and run `edr-collector init --data-dir DIR` to start over", path.display())]
+    Empty { path: PathBuf },
     /// SQLite failed. The message names SQLite's error, so it is not also the error's source,
     /// which would print it a second time.
     #[error("database error in \"{}\": {error}{}", path.display(), sqlite_hint(error))]
@@ -386,8 +407,8 @@ impl Store {
     fn open_with(data_dir: &Path, create: bool) -> Result<Self, StoreError> {
         check_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        if !create && !path.exists() {
-            return Err(StoreError::Missing { path });
+        if !create {
+            check_database(&path)?;
         }
         let sqlite = |error| StoreError::Sqlite {
             path: path.clone(),

@@ -397,3 +397,55 @@ async fn expiry_ends_an_open_stream() {
     assert!(status.message().contains("expired"), "{status:?}");
     assert_eq!(stored_seqs(&collector, &identity.sensor_id), vec![1, 2]);
 }
+
+/// SQLite would fill a zero-byte `collector.db` with new, empty tables, losing the
+/// revocations among them. Every command that opens the database rejects it instead and
+/// leaves it as it is.
+#[test]
+fn empty_database_rejected_by_every_command() {
+    let root = tempfile::tempdir().unwrap();
+    let data_path = root.path().join("data");
+    let data = data_path.to_str().unwrap();
+    assert!(run(&["init", "--data-dir", data]).status.success());
+    let database = data_path.join("collector.db");
+    std::fs::write(&database, b"").unwrap();
+    let export = root.path().join("export");
+    let export = export.to_str().unwrap();
+
+    let commands: [&[&str]; 10] = [
+        &["events"],
+        &["sensors", "list"],
+        &["sensors", "revoke", "some-sensor"],
+        &["token", "create"],
+        &["token", "list"],
+        &["token", "revoke", "some-token"],
+        &["command", "ping", "some-sensor"],
+        &["commands", "list"],
+        &["export", "--format", "jsonl", "--output", export],
+        &["serve", "--listen", "127.0.0.1:0"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--data-dir", data]);
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the Collector database \"{}\" is empty (0 bytes)",
+                database.display()
+            )),
+            "{command:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("restore it from a backup"),
+            "{command:?}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::metadata(&database).unwrap().len(),
+            0,
+            "{command:?}"
+        );
+    }
+    assert!(!data_path.join("collector.lock").exists());
+}

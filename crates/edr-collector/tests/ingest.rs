@@ -111,6 +111,16 @@ async fn gaps_results_and_heartbeats_stored() {
     let collector = Collector::start();
     let identity = direct_identity(&collector);
     let mut session = TelemetrySession::open(&identity).await;
+    // A result is stored only for a command issued to its sensor. This sensor was not
+    // enrolled, so `command ping` rejects it and the command is inserted here.
+    rusqlite::Connection::open(collector.data_dir().join("collector.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO commands (id, sensor_id, kind, issued_at, expires_at)
+             VALUES ('cmd-1', ?1, 'ping', 0, 0)",
+            [&identity.sensor_id],
+        )
+        .unwrap();
 
     let records = vec![
         BufferedRecord {

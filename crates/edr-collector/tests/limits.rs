@@ -73,6 +73,19 @@ async fn oversized_message_is_rejected() {
     assert!(status.message().contains("size limit"), "{status:?}");
     assert!(stored_seqs(&collector, &identity.sensor_id).is_empty());
 
+    // tonic checks the length in the frame header first, so an uncompressed message above
+    // the limit gets another code.
+    let mut session = TelemetrySession::open_uncompressed(&identity).await;
+    let status = session.send(event_batch(1..=1000)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("decoded message length too large"),
+        "{status:?}"
+    );
+    assert!(stored_seqs(&collector, &identity.sensor_id).is_empty());
+
     assert_eq!(other_session.send(event_batch(1..=10)).await.unwrap(), 10);
 }
 

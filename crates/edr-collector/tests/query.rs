@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use edr_proto::v1::command_client::CommandClient;
 use edr_proto::v1::{
-    BufferedRecord, CommandResult, CommandStatus, EventBatch, Gap, Pong, buffered_record,
-    command_result,
+    BufferedRecord, CommandResult, CommandStatus, EventBatch, Gap, Heartbeat, Pong, SensorHealth,
+    Versions, buffered_record, command_result, sensor_message,
 };
 use edr_sensor::enrollment::connect_mtls;
 
@@ -241,6 +241,163 @@ async fn ping_result_reaches_commands_list() {
             "no result in {listing}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One sensor cannot complete another's command or store results of commands never issued.
+/// Such results are dropped, logged and counted, and their batch is still acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_only_from_the_commands_sensor() {
+    let collector = Collector::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let token = collector.token(&["--uses", "2"]);
+    let root = tempfile::tempdir().unwrap();
+    let s1 = enroll_at(&collector, &token, &root.path().join("s1"))
+        .await
+        .unwrap();
+    let s2 = enroll_at(&collector, &token, &root.path().join("s2"))
+        .await
+        .unwrap();
+    let ping = stdout(&collector.cli(&["command", "ping", &s2.sensor_id]));
+    let ping = ping.trim().to_string();
+
+    let record = |seq: u64, command_id: &str, detail: &str| BufferedRecord {
+        seq,
+        kind: Some(buffered_record::Kind::CommandResult(CommandResult {
+            command_id: command_id.to_string(),
+            status: CommandStatus::Succeeded.into(),
+            completed_at: None,
+            detail: detail.to_string(),
+            output: Some(command_result::Output::Pong(Pong {})),
+        })),
+    };
+    let mut session = TelemetrySession::open(&s1).await;
+    let forged = EventBatch {
+        first_seq: 1,
+        last_seq: 2,
+        records: vec![
+            record(1, &ping, "spoofed by s1"),
+            record(2, "not-a-command", "x"),
+        ],
+    };
+    assert_eq!(session.send(forged).await.unwrap(), 2);
+
+    let line = |listing: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(&ping))
+            .unwrap()
+            .to_string()
+    };
+    let listing = stdout(&collector.cli(&["commands", "list"]));
+    assert!(line(&listing).contains("queued"), "{listing}");
+    assert!(!listing.contains("spoofed"), "{listing}");
+    assert_eq!(
+        collector.metric("edr_collector_command_results_dropped_total"),
+        2.0
+    );
+    assert_eq!(collector.metric("edr_collector_records_other_total"), 0.0);
+    let stored: i64 = database(&collector)
+        .query_row("SELECT COUNT(*) FROM command_results", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
+    let log = collector.log.lock().unwrap().join("\n");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("dropped command results"))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains(&s1.sensor_id), "{warning}");
+    assert!(warning.contains(&ping), "{warning}");
+    assert!(warning.contains("dropped=2"), "{warning}");
+
+    // The sensor that the command was issued to still completes it.
+    let mut session = TelemetrySession::open(&s2).await;
+    let own = EventBatch {
+        first_seq: 1,
+        last_seq: 1,
+        records: vec![record(1, &ping, "pong from s2")],
+    };
+    assert_eq!(session.send(own).await.unwrap(), 1);
+    let listing = stdout(&collector.cli(&["commands", "list"]));
+    assert!(line(&listing).contains("succeeded"), "{listing}");
+    assert!(line(&listing).contains("pong from s2"), "{listing}");
+}
+
+/// Text that a sensor controls reaches table output with its control characters escaped, so
+/// it can neither send escape sequences to the terminal nor start a fake row.
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_escape_sensor_text() {
+    let collector = Collector::start();
+    let token = collector.token(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let identity = enroll_at(&collector, &token, &root.path().join("s"))
+        .await
+        .unwrap();
+    let ping = stdout(&collector.cli(&["command", "ping", &identity.sensor_id]));
+    let ping = ping.trim().to_string();
+    let hostile = "x\u{1b}[31m\r\nFAKE-ROW\u{9b}2K\u{7f}";
+    let escaped = "x\\u{1b}[31m\\u{d}\\u{a}FAKE-ROW\\u{9b}2K\\u{7f}";
+
+    let mut session = TelemetrySession::open(&identity).await;
+    let heartbeat = Heartbeat {
+        sent_at: None,
+        health: Some(SensorHealth {
+            versions: Some(Versions {
+                sensor_version: hostile.into(),
+                os_build: hostile.into(),
+                ocsf_version: "1.8.0".into(),
+            }),
+            ..Default::default()
+        }),
+    };
+    session
+        .send_message(sensor_message::Kind::Heartbeat(heartbeat))
+        .await
+        .unwrap();
+    let event = serde_json::json!({
+        "class_uid": 1007,
+        "time": 1_764_979_200_000_i64,
+        "process": {"uid": hostile},
+        "actor": {"user": {"name": hostile}},
+    });
+    let result = CommandResult {
+        command_id: ping.clone(),
+        status: CommandStatus::Failed.into(),
+        completed_at: None,
+        detail: hostile.into(),
+        output: None,
+    };
+    let batch = EventBatch {
+        first_seq: 1,
+        last_seq: 2,
+        records: vec![
+            BufferedRecord {
+                seq: 1,
+                kind: Some(buffered_record::Kind::OcsfEventJson(
+                    event.to_string().into_bytes().into(),
+                )),
+            },
+            BufferedRecord {
+                seq: 2,
+                kind: Some(buffered_record::Kind::CommandResult(result)),
+            },
+        ],
+    };
+    assert_eq!(session.send(batch).await.unwrap(), 2);
+
+    let tables: [&[&str]; 3] = [
+        &["sensors", "list"],
+        &["events", "--format", "table"],
+        &["commands", "list"],
+    ];
+    for args in tables {
+        let table = stdout(&collector.cli(args));
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: {table:?}"
+        );
+        assert_eq!(table.lines().count(), 2, "{args:?}: {table}");
+        assert!(table.contains(escaped), "{args:?}: {table}");
     }
 }
 

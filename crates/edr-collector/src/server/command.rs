@@ -7,6 +7,7 @@
 //! arriving here or through the telemetry stream are stored once per command id.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edr_proto::v1::command_server::Command;
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Shared, auth, timestamp};
+use crate::store::commands::{ResultOutcome, id_preview};
 use crate::store::query::CommandRow;
 
 /// How often a stream looks for newly queued commands.
@@ -159,10 +161,23 @@ async fn store_result(shared: &Arc<Shared>, sensor_id: &str, result: CommandResu
             .map_err(|err| err.to_string())
     })
     .await;
+    let command_id = id_preview(&command_id);
     match stored {
-        Ok(Ok(())) => tracing::info!(%sensor_id, %command_id, ?status, "command result"),
+        Ok(Ok(ResultOutcome::Stored)) => {
+            tracing::info!(%sensor_id, ?command_id, ?status, "command result")
+        }
+        Ok(Ok(ResultOutcome::Duplicate)) => {
+            tracing::debug!(%sensor_id, ?command_id, "ignored a second result of a command")
+        }
+        Ok(Ok(ResultOutcome::Dropped(reason))) => {
+            shared
+                .metrics
+                .command_results_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%sensor_id, ?command_id, %reason, "dropped a command result that this sensor may not report");
+        }
         other => {
-            tracing::error!(%sensor_id, %command_id, ?other, "failed to store a command result")
+            tracing::error!(%sensor_id, ?command_id, ?other, "failed to store a command result")
         }
     }
 }

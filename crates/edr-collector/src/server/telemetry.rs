@@ -344,6 +344,9 @@ fn finish_batch(
         .duplicates_dropped
         .fetch_add(outcome.duplicates, Ordering::Relaxed);
     metrics
+        .command_results_dropped
+        .fetch_add(outcome.results_dropped, Ordering::Relaxed);
+    metrics
         .event_bytes
         .fetch_add(event_bytes, Ordering::Relaxed);
     Ok(CollectorMessage {

@@ -20,6 +20,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, Transaction, params};
 use time::OffsetDateTime;
 
+use super::commands::{ResultOutcome, id_preview};
 use super::{Store, StoreError};
 use crate::ingest::{EventBody, IndexedFields, Record, ValidBatch};
 
@@ -34,6 +35,9 @@ pub(crate) struct IngestOutcome {
     pub(crate) other: u64,
     /// Records at or below the previous HWM, dropped as duplicates.
     pub(crate) duplicates: u64,
+    /// Command results dropped because their command does not exist or belongs to another
+    /// sensor (see [`super::commands`]).
+    pub(crate) results_dropped: u64,
 }
 
 impl Store {
@@ -169,7 +173,10 @@ fn ingest_one(
         events: 0,
         other: 0,
         duplicates: 0,
+        results_dropped: 0,
     };
+    // The first dropped command result of the batch, for the one log line about all of them.
+    let mut first_dropped = None;
     let mut rows = EventRows::new(tx, sensor_id, received_at, received_ms);
     let mut insert_frame =
         tx.prepare_cached("INSERT INTO frames (events, data) VALUES (?1, ?2)")?;
@@ -247,11 +254,26 @@ fn ingest_one(
                 ])?;
                 outcome.other += 1;
             }
-            Record::CommandResult { result, .. } => {
-                super::commands::insert_result(tx, sensor_id, result, "telemetry", now)?;
-                outcome.other += 1;
+            Record::CommandResult { seq, result } => {
+                match super::commands::insert_result(tx, sensor_id, result, "telemetry", now)? {
+                    ResultOutcome::Stored | ResultOutcome::Duplicate => outcome.other += 1,
+                    ResultOutcome::Dropped(reason) => {
+                        outcome.results_dropped += 1;
+                        first_dropped.get_or_insert((*seq, &result.command_id, reason));
+                    }
+                }
             }
         }
+    }
+    if let Some((seq, command_id, reason)) = first_dropped {
+        tracing::warn!(
+            %sensor_id,
+            seq,
+            command_id = ?id_preview(command_id),
+            %reason,
+            dropped = outcome.results_dropped,
+            "dropped command results of a batch that this sensor may not report; the first is named"
+        );
     }
 
     rows.flush()?;
@@ -390,7 +412,8 @@ impl<'a, 'tx> EventRows<'a, 'tx> {
 }
 
 /// Converts a protobuf `uint64` to SQLite's signed 64-bit integer; values above `i64::MAX`
-/// (never produced by a sensor, whose counters start at 1) saturate.
+/// saturate. Validation rejects sequence numbers and gap fields above it, because a saturated
+/// one would be stored as another number than the one acknowledged.
 pub(crate) fn to_sql_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -570,6 +593,7 @@ mod tests {
                 events: last - 5 - 1,
                 other: 1,
                 duplicates: 3,
+                results_dropped: 0,
             }
         );
 

@@ -38,15 +38,12 @@ impl ServeLock {
     /// Takes the serve lock of `data_dir` without waiting, and writes this process's PID into
     /// the lock file.
     ///
-    /// Fails with [`StoreError::Missing`] when `data_dir` has no database, so that no lock file
-    /// is left in a directory that `init` never set up, and with [`StoreError::Locked`] when
-    /// another process holds the lock.
+    /// Fails with [`StoreError::Missing`] or [`StoreError::Empty`] when `data_dir` has no
+    /// database or an empty one, so that no lock file is left in a directory that `init` never
+    /// set up, and with [`StoreError::Locked`] when another process holds the lock.
     pub(crate) fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
         super::check_data_dir(data_dir)?;
-        let database = data_dir.join(DB_FILE);
-        if !database.exists() {
-            return Err(StoreError::Missing { path: database });
-        }
+        super::check_database(&data_dir.join(DB_FILE))?;
         let path = data_dir.join(LOCK_FILE);
         let failed = |action: &'static str| {
             let path = path.clone();

@@ -211,11 +211,14 @@ impl Store {
             .optional()
             .map_err(self.sqlite())?;
         let mut status = state.unwrap_or_default();
-        let (events, gaps, gap_records): (i64, i64, i64) = self
+        // `TOTAL` sums as a float, where `SUM` fails with "integer overflow": databases
+        // written before validation checked gap records can hold counts near `i64::MAX`. The
+        // float is exact up to 2^53 records and saturates when converted below.
+        let (events, gaps, gap_records): (i64, i64, f64) = self
             .conn
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM events WHERE sensor_id = ?1),
-                        COUNT(*), COALESCE(SUM(records), 0)
+                        COUNT(*), TOTAL(records)
                  FROM gaps WHERE sensor_id = ?1",
                 params![sensor_id],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
@@ -223,7 +226,8 @@ impl Store {
             .map_err(self.sqlite())?;
         status.events = u64::try_from(events).unwrap_or(0);
         status.gaps = u64::try_from(gaps).unwrap_or(0);
-        status.gap_records = u64::try_from(gap_records).unwrap_or(0);
+        // `as` saturates at the bounds of `u64` and turns a negative sum into 0.
+        status.gap_records = gap_records as u64;
         Ok(status)
     }
 
@@ -298,7 +302,7 @@ impl Store {
         sensor_id: &str,
         result: &edr_proto::v1::CommandResult,
         now: OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<super::commands::ResultOutcome, StoreError> {
         super::commands::insert_result(&self.conn, sensor_id, result, "command", now)
             .map_err(self.sqlite())
     }
@@ -547,5 +551,27 @@ mod tests {
                 "severity {severity}: {plan:?}"
             );
         }
+    }
+
+    /// Databases written before validation checked gap records can hold counts whose sum
+    /// overflows SQLite's integers; the status still reads, with a saturated total.
+    #[test]
+    fn sensor_status_survives_huge_gap_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        for seq in [3, 4] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes,
+                                       reason, received_at)
+                     VALUES ('sensor-a', ?1, 1, 2, ?2, ?2, 'evicted_buffer_full', 0)",
+                    params![seq, i64::MAX],
+                )
+                .unwrap();
+        }
+        let status = store.sensor_status("sensor-a").unwrap();
+        assert_eq!(status.gaps, 2);
+        assert_eq!(status.gap_records, u64::MAX);
     }
 }

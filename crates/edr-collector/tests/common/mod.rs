@@ -335,12 +335,24 @@ pub struct TelemetrySession {
 impl TelemetrySession {
     /// Opens a stream with `identity`, zstd compression on.
     pub async fn open(identity: &Identity) -> Self {
+        Self::open_with(identity, true).await
+    }
+
+    /// Opens a stream with `identity` that sends its messages uncompressed.
+    pub async fn open_uncompressed(identity: &Identity) -> Self {
+        Self::open_with(identity, false).await
+    }
+
+    async fn open_with(identity: &Identity, compressed: bool) -> Self {
         let channel = connect_mtls(identity).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let inbound = TelemetryClient::new(channel)
-            .send_compressed(tonic::codec::CompressionEncoding::Zstd)
+        let mut client = TelemetryClient::new(channel)
             .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
-            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        if compressed {
+            client = client.send_compressed(tonic::codec::CompressionEncoding::Zstd);
+        }
+        let inbound = client
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap()
