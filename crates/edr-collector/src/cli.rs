@@ -65,7 +65,7 @@ pub(crate) enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// Address to listen on, for example 0.0.0.0:7443; port 0 picks a free port.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_listen_address)]
         listen: SocketAddr,
         /// DNS name or IP address that sensors use to reach this Collector; repeatable.
         /// localhost, 127.0.0.1, ::1 and a specific listen IP are always included.
@@ -104,7 +104,7 @@ pub(crate) enum Command {
         handshake_timeout: humantime::Duration,
         /// Address for the Prometheus metrics listener (plain HTTP), for example
         /// 127.0.0.1:9464; no listener when absent.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_listen_address)]
         metrics_listen: Option<SocketAddr>,
         /// Delete events whose OCSF time is older than this, for example 30d; kept forever
         /// when absent.
@@ -277,6 +277,16 @@ pub(crate) enum ExportFormat {
 
 /// Parses a name for the server certificate: an IP address, or a DNS name of letters, digits
 /// and hyphens in dot-separated labels of at most 63 characters (253 in all).
+/// Parses an IP address and port to listen on. Host names are not resolved, so that the
+/// address a Collector binds does not depend on DNS; the error says so.
+fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        format!(
+            "\"{value}\" is not an IP address and port: write it as 127.0.0.1:7443, 0.0.0.0:7443 or [::1]:7443 (host names such as localhost are not resolved)"
+        )
+    })
+}
+
 fn parse_server_name(value: &str) -> Result<String, String> {
     if value.parse::<std::net::IpAddr>().is_ok() {
         return Ok(value.to_string());

@@ -323,6 +323,14 @@ pub(crate) enum StoreError {
     /// No sensor with this id exists.
     #[error("no sensor with id \"{id}\": list sensors with `edr-collector sensors list`")]
     UnknownSensor { id: String },
+    /// The sensor exists but was revoked, so it can no longer connect to receive a command.
+    #[error(
+        "sensor \"{id}\" was revoked at {revoked_at} and can no longer connect, so it would never receive the command: enroll the machine again with a new token and use its new sensor id"
+    )]
+    RevokedSensor {
+        id: String,
+        revoked_at: OffsetDateTime,
+    },
 }
 
 /// Names the process that holds the serve lock, for [`StoreError::Locked`].

@@ -318,6 +318,15 @@ fn cli_errors_name_value_and_next_step() {
     assert!(!out.status.success());
     assert!(stderr.contains("refusing to overwrite"), "{stderr}");
 
+    let out = run(&["serve", "--data-dir", data, "--listen", "localhost:7443"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("\"localhost:7443\" is not an IP address and port"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("127.0.0.1:7443"), "{stderr}");
+
     let out = run(&["token", "create", "--data-dir", data, "--label", "novalue"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -373,6 +382,11 @@ async fn revocation_ends_an_open_stream() {
             .all(|s| *s < seq),
         "a batch was stored after the revocation ended the stream"
     );
+    // A command for the revoked sensor is refused with the reason, not as an unknown sensor.
+    let out = collector.cli(&["command", "ping", &identity.sensor_id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("was revoked at"), "{stderr}");
 }
 
 /// A certificate that expires while its stream is open ends the stream at the next message.

@@ -46,6 +46,14 @@ pub enum CaError {
         path.display()
     )]
     Missing { path: PathBuf },
+    /// `load` found one of the two CA files but not the other. `init` refuses to overwrite
+    /// the one left, so only a backup helps.
+    #[error(
+        "the Collector CA is incomplete: \"{}\" is missing while \"{}\" exists; restore the missing file from a backup (`edr-collector init` would not replace the CA that is left, and a new CA would make every enrolled sensor enroll again)",
+        missing.display(),
+        present.display()
+    )]
+    Incomplete { missing: PathBuf, present: PathBuf },
     /// Reading or writing a CA file failed.
     #[error("failed to {action} \"{}\": {source}", path.display())]
     Io {
@@ -174,6 +182,21 @@ impl CollectorCa {
     pub fn load(dir: &Path) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (false, true) => {
+                return Err(CaError::Incomplete {
+                    missing: cert_path,
+                    present: key_path,
+                });
+            }
+            (true, false) => {
+                return Err(CaError::Incomplete {
+                    missing: key_path,
+                    present: cert_path,
+                });
+            }
+            _ => {}
+        }
         let cert_pem = read_existing(&cert_path)?;
         let key_pem = read_existing(&key_path)?;
 
@@ -413,6 +436,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = CollectorCa::load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("edr-collector init"), "{err}");
+    }
+
+    #[test]
+    fn load_with_one_file_missing_names_a_backup_not_init() {
+        for missing in [CA_CERT_FILE, CA_KEY_FILE] {
+            let dir = tempfile::tempdir().unwrap();
+            CollectorCa::create(dir.path(), "Test CA").unwrap();
+            fs::remove_file(dir.path().join(missing)).unwrap();
+            let err = CollectorCa::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("incomplete"), "{err}");
+            assert!(err.contains(missing), "{err}");
+            assert!(err.contains("restore the missing file"), "{err}");
+        }
     }
 
     #[test]

@@ -249,9 +249,15 @@ impl Store {
             .optional()
             .map_err(self.sqlite())?;
         match revoked {
-            None | Some(Some(_)) => {
+            None => {
                 return Err(StoreError::UnknownSensor {
                     id: sensor_id.to_string(),
+                });
+            }
+            Some(Some(at)) => {
+                return Err(StoreError::RevokedSensor {
+                    id: sensor_id.to_string(),
+                    revoked_at: super::from_unix(at),
                 });
             }
             Some(None) => {}
