@@ -99,6 +99,10 @@ pub(crate) struct LaneScan {
     pub(crate) torn_bytes: u64,
     /// Highest sequence number seen in a record, or 0.
     pub(crate) max_seq: u64,
+    /// Runs `(first, last)` of consecutive sequence numbers held by valid records, ascending.
+    pub(crate) runs: Vec<(u64, u64)>,
+    /// Ranges `(first_seq, last_seq)` that valid gap records of the lane report as lost.
+    pub(crate) reported: Vec<(u64, u64)>,
 }
 
 /// Scans every segment of a lane, truncates a torn tail of the newest one, and records damaged
@@ -148,6 +152,8 @@ pub(crate) fn scan_lane(
             &mut prev_seq,
             acked_seq,
             max_payload,
+            &mut scan.runs,
+            &mut scan.reported,
         )?;
         scan.max_seq = scan.max_seq.max(meta.last_seq);
         scan.torn_bytes += torn;
@@ -155,6 +161,105 @@ pub(crate) fn scan_lane(
         scan.segments.insert(key, meta);
     }
     Ok(scan)
+}
+
+/// Numbers that a missing segment file took with it, found by [`missing_ranges`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MissingRange {
+    /// Lowest and highest missing number. Numbers in between that another record holds were
+    /// not lost.
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    /// Missing numbers in the range, each one a lost record.
+    pub(crate) records: u64,
+}
+
+/// Returns the sequence numbers above `acked_seq` that a missing segment file took with it, as
+/// ascending ranges that do not overlap.
+///
+/// Within a lane, segments leave the disk only oldest first (acknowledged or evicted), and a
+/// segment made by a rotation is keyed one above the last record of the segment it follows. So
+/// the numbers between one segment's last record (or `acked_seq` before the first segment) and
+/// the next segment's key are those of a segment that is gone. A number there counts as
+/// missing when no record of either lane holds it, no gap record reports it and `reported`
+/// (the damaged regions found by the scan) does not cover it.
+///
+/// NOTE: segments written before that keying rule were keyed by the next sequence number. In
+/// front of such a segment, the numbers of records that a crash lost before they reached a
+/// file are reported as missing too, although those records were never durable.
+pub(crate) fn missing_ranges(
+    scans: &[LaneScan],
+    acked_seq: u64,
+    reported: &[(u64, u64)],
+) -> Vec<MissingRange> {
+    let mut candidates = Vec::new();
+    for scan in scans {
+        let mut accounted_to = acked_seq;
+        for (&key, meta) in &scan.segments {
+            let before_key = key.saturating_sub(1);
+            if before_key > accounted_to {
+                candidates.push((accounted_to + 1, before_key));
+            }
+            accounted_to = accounted_to.max(before_key).max(meta.last_seq);
+        }
+    }
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+
+    let held = merge_ranges(
+        scans
+            .iter()
+            .flat_map(|scan| scan.runs.iter().chain(&scan.reported))
+            .chain(reported)
+            .copied()
+            .collect(),
+    );
+    let mut missing = Vec::new();
+    for (first, last) in merge_ranges(candidates) {
+        // Walk the held ranges that overlap the candidate and count what lies between them.
+        let mut range: Option<MissingRange> = None;
+        let mut add = |from: u64, to: u64| {
+            let range = range.get_or_insert(MissingRange {
+                first_seq: from,
+                last_seq: to,
+                records: 0,
+            });
+            range.last_seq = to;
+            range.records += to - from + 1;
+        };
+        let mut next = first;
+        let start = held.partition_point(|&(_, held_last)| held_last < first);
+        for &(held_first, held_last) in &held[start..] {
+            if held_first > last {
+                break;
+            }
+            if held_first > next {
+                add(next, held_first - 1);
+            }
+            next = next.max(held_last.saturating_add(1));
+        }
+        if next <= last {
+            add(next, last);
+        }
+        missing.extend(range);
+    }
+    missing
+}
+
+/// Sorts inclusive ranges and merges those that overlap or touch.
+fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match merged.last_mut() {
+            Some(previous) if first <= previous.1.saturating_add(1) => {
+                previous.1 = previous.1.max(last);
+            }
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
 }
 
 fn scan_segment(
@@ -166,6 +271,8 @@ fn scan_segment(
     prev_seq: &mut u64,
     acked_seq: u64,
     max_payload: usize,
+    runs: &mut Vec<(u64, u64)>,
+    reported: &mut Vec<(u64, u64)>,
 ) -> Result<(SegmentMeta, Vec<DamagedRegion>, u64), BufferError> {
     let mut meta = SegmentMeta::new_empty(path.to_owned());
     let mut regions = Vec::new();
@@ -209,6 +316,15 @@ fn scan_segment(
                     meta.acked_bytes += len;
                 } else if resume.is_none() {
                     resume = Some(pos as u64);
+                }
+                match runs.last_mut() {
+                    Some(run) if run.1 + 1 == frame.seq => run.1 = frame.seq,
+                    _ => runs.push((frame.seq, frame.seq)),
+                }
+                if frame.kind == FrameKind::Gap
+                    && let Some(gap) = format::decode_gap(frame.payload)
+                {
+                    reported.push((gap.first_seq, gap.last_seq));
                 }
                 *prev_seq = frame.seq;
                 pos += frame.encoded_len();
