@@ -377,3 +377,33 @@ fn replay_counts_damaged_records_as_lost() {
     assert_eq!(gaps.len(), 1);
     assert_eq!(gaps[0].3, "damaged_on_disk");
 }
+
+#[test]
+fn replay_rejects_invalid_checkpoint() {
+    let Some(evtx) = recorded_evtx() else {
+        return;
+    };
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    let listen = replay_into_buffer(&collector_bin, &data, &state, &evtx);
+    let checkpoint = state.join("buffer").join("replay-checkpoint.json");
+    std::fs::write(&checkpoint, "{garbage\n").unwrap();
+
+    let _collector = Collector::start(&collector_bin, &data, &listen);
+    let output = replay_with_timeout(&evtx, &state);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains(&format!(
+            "invalid replay checkpoint {}",
+            checkpoint.display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("delete the file"), "{message}");
+    // Nothing was appended, so nothing can have been stored twice.
+    assert_eq!(stored_count(&data.join("collector.db")), 0);
+    assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), "{garbage\n");
+}

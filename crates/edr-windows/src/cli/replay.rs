@@ -16,7 +16,10 @@
 //! with the same inputs and buffer directory. It then reads the highest event sequence number
 //! that survived (acknowledged or still in the buffer) and skips that many events, so every
 //! event reaches the Collector exactly once. The checkpoint is deleted after a complete run, so the
-//! next run with the same inputs sends them again.
+//! next run with the same inputs sends them again. A checkpoint that is not valid JSON of this
+//! form stops the run with an error before anything is appended: resuming needs the counts it
+//! held, and sending every event again would store duplicates. Deleting the file sends every
+//! event again.
 //!
 //! # Losses
 //!
@@ -365,12 +368,14 @@ impl Lost {
 fn resume(buffer: &mut Buffer, directory: &Path, inputs: &[String]) -> anyhow::Result<u64> {
     let path = directory.join(CHECKPOINT_FILE);
     let previous: Option<Checkpoint> = match std::fs::read(&path) {
+        // Without the checkpoint, the events that earlier runs appended are unknown, and sending
+        // them again gives them new sequence numbers, which the Collector stores a second time.
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(checkpoint) => Some(checkpoint),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "invalid replay checkpoint ignored, sending every event");
-                None
-            }
+            Err(error) => anyhow::bail!(
+                "invalid replay checkpoint {} ({error}), so the events that earlier runs appended are unknown: delete the file to send every event again, and the Collector then stores the events it already has a second time",
+                path.display()
+            ),
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => {
