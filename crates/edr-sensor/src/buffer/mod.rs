@@ -139,6 +139,9 @@
 //!   `missing_records`. The gap record itself covers the range at later opens, so the report
 //!   is made once. A missing newest segment of a lane cannot be told apart from records that a
 //!   crash lost before their fsync, and is not reported.
+//! - Damage that appears after open is found by the reader. The rest of that segment is skipped
+//!   and reported the same way, as a [`GapReason::Damaged`] gap from the record after the last
+//!   one read to the segment's last durable record, once per region in the process.
 //! - A damaged segment header is skipped; the file name carries the same facts. A segment
 //!   shorter than its header is rewritten as empty.
 //! - A missing or damaged cursor is rebuilt as "acknowledged up to the oldest record still on

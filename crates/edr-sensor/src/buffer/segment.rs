@@ -181,7 +181,7 @@ pub(crate) struct MissingRange {
 /// segment made by a rotation is keyed one above the last record of the segment it follows. So
 /// the numbers between one segment's last record (or `acked_seq` before the first segment) and
 /// the next segment's key are those of a segment that is gone. A number there counts as
-/// missing when no record of either lane holds it, no gap record reports it and `reported`
+/// missing when no record of either lane contains it, no gap record reports it and `reported`
 /// (the damaged regions found by the scan) does not cover it.
 ///
 /// NOTE: segments written before that keying rule were keyed by the next sequence number. In
@@ -207,7 +207,7 @@ pub(crate) fn missing_ranges(
         return Vec::new();
     }
 
-    let held = merge_ranges(
+    let accounted = merge_ranges(
         scans
             .iter()
             .flat_map(|scan| scan.runs.iter().chain(&scan.reported))
@@ -217,7 +217,7 @@ pub(crate) fn missing_ranges(
     );
     let mut missing = Vec::new();
     for (first, last) in merge_ranges(candidates) {
-        // Walk the held ranges that overlap the candidate and count what lies between them.
+        // Walk the accounted ranges that overlap the candidate and count what lies between them.
         let mut range: Option<MissingRange> = None;
         let mut add = |from: u64, to: u64| {
             let range = range.get_or_insert(MissingRange {
@@ -229,15 +229,15 @@ pub(crate) fn missing_ranges(
             range.records += to - from + 1;
         };
         let mut next = first;
-        let start = held.partition_point(|&(_, held_last)| held_last < first);
-        for &(held_first, held_last) in &held[start..] {
-            if held_first > last {
+        let start = accounted.partition_point(|&(_, accounted_last)| accounted_last < first);
+        for &(accounted_first, accounted_last) in &accounted[start..] {
+            if accounted_first > last {
                 break;
             }
-            if held_first > next {
-                add(next, held_first - 1);
+            if accounted_first > next {
+                add(next, accounted_first - 1);
             }
-            next = next.max(held_last.saturating_add(1));
+            next = next.max(accounted_last.saturating_add(1));
         }
         if next <= last {
             add(next, last);
@@ -437,11 +437,28 @@ pub(crate) struct ReadRecord {
     pub(crate) frame_len: u64,
 }
 
+/// Damage that the reader found after open: the rest of a segment that it skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadDamage {
+    /// Lane and key of the segment, and offset of the first damaged byte.
+    pub(crate) lane: Lane,
+    pub(crate) segment: u64,
+    pub(crate) offset: u64,
+    /// The number after the last record read from the segment, or the key when none was read.
+    /// The lost records lie between it and `last_seq`, the segment's last record.
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    /// Durable bytes skipped.
+    pub(crate) bytes: u64,
+}
+
 /// Reads the durable records of one lane in order, one segment after another.
 #[derive(Debug)]
 pub(crate) struct LaneReader {
     segment: u64,
     offset: u64,
+    /// Sequence number of the last record read from `segment`.
+    last_read: Option<u64>,
     file: Option<(u64, File)>,
     /// The bytes last read from the segment. A new read gets a new buffer, because records
     /// handed out may still refer to the old one.
@@ -455,6 +472,7 @@ impl LaneReader {
         Self {
             segment,
             offset,
+            last_read: None,
             file: None,
             chunk: Bytes::new(),
             chunk_start: 0,
@@ -475,14 +493,14 @@ impl LaneReader {
     /// Returns the next durable record without consuming it.
     ///
     /// A record that fails its CRC here was damaged after the buffer was opened: the rest of
-    /// its segment is skipped and `damaged` is incremented.
+    /// its segment is skipped and described in `damaged`.
     pub(crate) fn peek(
         &mut self,
         segments: &BTreeMap<u64, SegmentMeta>,
         active: u64,
         lane: Lane,
         max_payload: usize,
-        damaged: &mut u64,
+        damaged: &mut Vec<ReadDamage>,
     ) -> Result<Option<&ReadRecord>, BufferError> {
         if self.peeked.is_none() {
             self.peeked = self.read_next(segments, active, lane, max_payload, damaged)?;
@@ -501,7 +519,7 @@ impl LaneReader {
         active: u64,
         lane: Lane,
         max_payload: usize,
-        damaged: &mut u64,
+        damaged: &mut Vec<ReadDamage>,
     ) -> Result<Option<ReadRecord>, BufferError> {
         loop {
             // The segment may have been evicted or deleted after its last acknowledgement.
@@ -571,6 +589,7 @@ impl LaneReader {
                         frame_len,
                     };
                     self.offset += frame_len;
+                    self.last_read = Some(seq);
                     return Ok(Some(record));
                 }
                 _ => {
@@ -578,7 +597,14 @@ impl LaneReader {
                         path = %meta.path.display(), offset = self.offset,
                         "record damaged after open, skipping the rest of the segment"
                     );
-                    *damaged += 1;
+                    damaged.push(ReadDamage {
+                        lane,
+                        segment: self.segment,
+                        offset: self.offset,
+                        first_seq: self.last_read.map_or(self.segment, |seq| seq + 1),
+                        last_seq: meta.last_seq,
+                        bytes: meta.durable_len - self.offset,
+                    });
                     self.offset = meta.durable_len;
                     if self.segment == active {
                         return Ok(None);

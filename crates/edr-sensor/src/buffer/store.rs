@@ -1,6 +1,6 @@
 //! The [`Buffer`]: appends with group commit, drain, acknowledgement and eviction.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,9 @@ use super::format::{
 };
 use super::platform::{self, DefaultDirectoryAcl, DirectoryAcl};
 use super::rate::TokenBucket;
-use super::segment::{self, DamagedRegion, LaneReader, LaneScan, ReadRecord, SegmentMeta};
+use super::segment::{
+    self, DamagedRegion, LaneReader, LaneScan, ReadDamage, ReadRecord, SegmentMeta,
+};
 use super::{BufferError, BufferMetrics, BufferOptions, Gap, GapReason, Lane, Record, RecordKind};
 
 /// Pending bytes of a lane at which they are written to the file without waiting for the sync.
@@ -44,6 +46,11 @@ pub struct Buffer {
     counters: Counters,
     /// The last [`OPEN_GAPS_KEPT`] gaps that the recovery at open recorded, for health reports.
     open_gaps: VecDeque<Gap>,
+    /// Damage found by the readers after open and not yet reported in a gap record.
+    read_damage: Vec<ReadDamage>,
+    /// Lane, segment key and offset of every damage found after open, so that a reader passing
+    /// it again after a rewind reports it once.
+    read_damage_seen: HashSet<(Lane, u64, u64)>,
     poisoned: bool,
     /// Fsyncs segment data early while appends go on; see the `flush` module.
     flusher: Flusher,
@@ -259,6 +266,8 @@ impl Buffer {
             unsynced_since: None,
             counters,
             open_gaps: VecDeque::new(),
+            read_damage: Vec::new(),
+            read_damage_seen: HashSet::new(),
             poisoned: false,
             flusher,
         };
@@ -412,6 +421,7 @@ impl Buffer {
     /// acknowledged are handed out again after [`Buffer::rewind`] or a reopen.
     pub fn drain(&mut self, max_records: usize) -> Result<Vec<Record>, BufferError> {
         self.check_poisoned()?;
+        self.report_read_damage()?;
         let now = Instant::now();
         let mut out = Vec::new();
         while out.len() < max_records {
@@ -445,7 +455,56 @@ impl Buffer {
             self.count_reported_loss(&record);
             out.push(record);
         }
+        self.report_read_damage()?;
         Ok(out)
+    }
+
+    /// Counts the damage that a reader found, once per damaged region.
+    fn note_read_damage(&mut self, damaged: Vec<ReadDamage>) {
+        for damage in damaged {
+            if self
+                .read_damage_seen
+                .insert((damage.lane, damage.segment, damage.offset))
+            {
+                self.counters.damaged_regions += 1;
+                self.read_damage.push(damage);
+            }
+        }
+    }
+
+    /// Appends a gap record for each damage that a reader found after open, like the damaged
+    /// regions found at open, and makes it durable so that the next drain hands it out.
+    fn report_read_damage(&mut self) -> Result<(), BufferError> {
+        if self.read_damage.is_empty() {
+            return Ok(());
+        }
+        let detected_at_ms = unix_millis();
+        for damage in std::mem::take(&mut self.read_damage) {
+            // In the active segment, the reader reads the records above `durable_seq` once they
+            // are durable, because they lie after the skipped bytes. So they are not lost.
+            let active = self.lanes[damage.lane.index()].writer.key == damage.segment;
+            let last_seq = if active {
+                damage.last_seq.min(self.durable_seq)
+            } else {
+                damage.last_seq
+            };
+            let first_seq = damage.first_seq.max(self.acked_seq + 1);
+            if first_seq > last_seq {
+                continue;
+            }
+            let gap = Gap {
+                first_seq,
+                last_seq,
+                records: 0,
+                bytes: damage.bytes,
+                reason: GapReason::Damaged,
+                detected_at_ms,
+            };
+            tracing::error!(directory = %self.options.directory.display(), lane = damage.lane.name(), segment = damage.segment, offset = damage.offset, ?gap, "damaged records skipped while draining");
+            self.append_gap(&gap)?;
+        }
+        self.sync()?;
+        Ok(())
     }
 
     /// Adds the loss that a drained gap record reports to the counters, once per gap record
@@ -508,7 +567,7 @@ impl Buffer {
         // in this process (acknowledged before a restart whose cursor update was lost).
         let max_payload = self.options.max_record_bytes;
         let previous_ack = self.acked_seq;
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         for state in &mut self.lanes {
             while let Some(entry) = state.in_flight.front().copied() {
                 if entry.seq > seq {
@@ -540,7 +599,7 @@ impl Buffer {
                 }
             }
         }
-        self.counters.damaged_regions += damaged;
+        self.note_read_damage(damaged);
 
         self.acked_seq = seq;
         self.write_cursor()?;
@@ -557,7 +616,7 @@ impl Buffer {
         let mut buffered_bytes = 0;
         let mut oldest_ms: Option<u64> = None;
         let max_payload = self.options.max_record_bytes;
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         for state in &mut self.lanes {
             for meta in state.segments.values() {
                 buffered_records += meta.unacked_records();
@@ -583,7 +642,7 @@ impl Buffer {
                 (a, b) => a.or(b),
             };
         }
-        self.counters.damaged_regions += damaged;
+        self.note_read_damage(damaged);
 
         let now_ms = unix_millis();
         BufferMetrics {
@@ -916,7 +975,7 @@ impl Buffer {
     /// Returns the lane whose next durable record has the lower sequence number.
     fn next_lane(&mut self) -> Result<Option<Lane>, BufferError> {
         let max_payload = self.options.max_record_bytes;
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         let mut best: Option<(u64, Lane)> = None;
         for state in &mut self.lanes {
             let active = state.writer.key;
@@ -931,7 +990,7 @@ impl Buffer {
                 best = Some((read.seq, state.lane));
             }
         }
-        self.counters.damaged_regions += damaged;
+        self.note_read_damage(damaged);
         Ok(best.map(|(_, lane)| lane))
     }
 

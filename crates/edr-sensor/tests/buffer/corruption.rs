@@ -455,3 +455,39 @@ fn drained_gaps_are_counted_once() {
     assert_eq!(metrics.reported_gaps, 2);
     assert_eq!(metrics.reported_lost_records, deleted + 1);
 }
+
+#[test]
+fn damage_after_open_is_reported_as_gap() {
+    let dir = filled(200);
+    let files = segment_files(dir.path(), Lane::Telemetry);
+    let (second_key, third_key) = (segment_key(&files[1]), segment_key(&files[2]));
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    // The fifth record of the second segment goes bad while the buffer is open.
+    flip_bit(&files[1], HEADER_LEN + 4 * FRAME_LEN + 40, 3);
+
+    let drained = drain_all(&mut buffer);
+    let expected: Vec<u64> = (1..=200)
+        .filter(|seq| !(second_key + 4..third_key).contains(seq))
+        .collect();
+    assert_eq!(seqs(&events(&drained)), expected);
+    let gap_list = gaps(&drained);
+    assert_eq!(gap_list.len(), 1);
+    assert_eq!(gap_list[0].reason, GapReason::Damaged);
+    assert_eq!(
+        (
+            gap_list[0].first_seq,
+            gap_list[0].last_seq,
+            gap_list[0].records
+        ),
+        (second_key + 4, third_key - 1, 0)
+    );
+    let metrics = buffer.metrics();
+    assert_eq!(metrics.damaged_records_skipped, 1);
+    assert_eq!(metrics.reported_gaps, 1);
+    assert_eq!(metrics.reported_lost_records, third_key - second_key - 4);
+
+    // A rewind passes the damage again without a second gap record.
+    buffer.rewind();
+    assert_eq!(gaps(&drain_all(&mut buffer)), gap_list);
+    assert_eq!(buffer.metrics().damaged_records_skipped, 1);
+}

@@ -24,8 +24,8 @@
 //! # Losses
 //!
 //! The summary counts as lost the records that the ring buffer's gap records report: evictions,
-//! and damaged records and missing segment files found when the buffer was opened. A run that
-//! lost events prints the summary and then exits with an error.
+//! damaged records (found at open or while draining) and missing segment files (found at open).
+//! A run that lost events prints the summary and then exits with an error.
 //!
 //! NOTE: an eviction (a buffer filling faster than the Collector acknowledges) inserts gap
 //! records into the numbering, and a resume after it can skip events that were not sent. The
