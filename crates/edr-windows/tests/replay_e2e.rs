@@ -238,3 +238,172 @@ fn replay_gives_up_without_collector_and_resumes() {
             .count();
     assert_eq!(stored.len(), expected);
 }
+
+/// Runs `replay` of `inputs` with `--timeout 2` and returns its output.
+fn replay_with_timeout(inputs: &Path, state: &Path) -> std::process::Output {
+    Command::new(SENSOR)
+        .arg("replay")
+        .arg(inputs)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--timeout", "2"])
+        .output()
+        .unwrap()
+}
+
+/// Enrolls a sensor and runs a replay of `inputs` while the Collector is down, so that every
+/// event waits in the ring buffer under `state`. Returns the stopped Collector's address.
+fn replay_into_buffer(collector_bin: &Path, data: &Path, state: &Path, inputs: &Path) -> String {
+    let collector = enrolled(collector_bin, data, state);
+    let listen = collector.addr.clone();
+    collector.kill();
+    let output = replay_with_timeout(inputs, state);
+    assert!(
+        !output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    listen
+}
+
+/// Returns the telemetry segment files of the ring buffer under `state`, oldest first.
+fn telemetry_segments(state: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(state.join("buffer").join("telemetry"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Returns the gap rows the Collector stored: first and last sequence number, records, reason.
+fn stored_gaps(database: &Path) -> Vec<(u64, u64, u64, String)> {
+    let connection =
+        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut statement = connection
+        .prepare("SELECT first_seq, last_seq, records, reason FROM gaps ORDER BY first_seq")
+        .unwrap();
+    statement
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn replay_reports_deleted_segment() {
+    // The recorded ETL and EVTX files together fill more than one 32 MiB segment.
+    if recorded_evtx().is_none() {
+        return;
+    }
+    let inputs = data_dir();
+    if !inputs.join("etl").is_dir() {
+        eprintln!(
+            "skipped: no recorded ETL files in {}; set EDR_DATA_DIR to the folder holding etl/",
+            inputs.display()
+        );
+        return;
+    }
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    let listen = replay_into_buffer(&collector_bin, &data, &state, &inputs);
+
+    // The oldest segment starts at 1; the next one is keyed one above its last record.
+    let segments = telemetry_segments(&state);
+    assert!(segments.len() >= 2, "one segment only: {segments:?}");
+    let next_key: u64 = segments[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deleted = next_key - 1;
+    std::fs::remove_file(&segments[0]).unwrap();
+
+    let _collector = Collector::start(&collector_bin, &data, &listen);
+    let output = replay_with_timeout(&inputs, &state);
+    let summary = String::from_utf8_lossy(&output.stdout);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{summary}{message}");
+    assert!(summary.contains(&format!("lost: {deleted}\n")), "{summary}");
+    assert!(message.contains("events were lost"), "{message}");
+    let gaps = stored_gaps(&data.join("collector.db"));
+    assert_eq!(
+        gaps,
+        vec![(1, deleted, deleted, "segment_missing_on_disk".to_owned())]
+    );
+}
+
+#[test]
+fn replay_counts_damaged_records_as_lost() {
+    let Some(evtx) = recorded_evtx() else {
+        return;
+    };
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    let listen = replay_into_buffer(&collector_bin, &data, &state, &evtx);
+
+    let segments = telemetry_segments(&state);
+    let len = std::fs::metadata(&segments[0]).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segments[0])
+        .unwrap();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len / 2)).unwrap();
+    std::io::Write::write_all(&mut file, &[0xFF; 8]).unwrap();
+    drop(file);
+
+    let _collector = Collector::start(&collector_bin, &data, &listen);
+    let output = replay_with_timeout(&evtx, &state);
+    let summary = String::from_utf8_lossy(&output.stdout);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{summary}{message}");
+    assert!(!summary.contains("lost: 0\n"), "{summary}");
+    assert!(summary.contains("in 1 gaps"), "{summary}");
+    assert!(
+        summary.contains("acknowledged those too, except those counted as lost below"),
+        "{summary}"
+    );
+    let gaps = stored_gaps(&data.join("collector.db"));
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(gaps[0].3, "damaged_on_disk");
+}
+
+#[test]
+fn replay_rejects_invalid_checkpoint() {
+    let Some(evtx) = recorded_evtx() else {
+        return;
+    };
+    let collector_bin = collector_binary();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("collector");
+    let state = root.path().join("sensor");
+    let listen = replay_into_buffer(&collector_bin, &data, &state, &evtx);
+    let checkpoint = state.join("buffer").join("replay-checkpoint.json");
+    std::fs::write(&checkpoint, "{garbage\n").unwrap();
+
+    let _collector = Collector::start(&collector_bin, &data, &listen);
+    let output = replay_with_timeout(&evtx, &state);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains(&format!(
+            "invalid replay checkpoint {}",
+            checkpoint.display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("delete the file"), "{message}");
+    // Nothing was appended, so nothing can have been stored twice.
+    assert_eq!(stored_count(&data.join("collector.db")), 0);
+    assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), "{garbage\n");
+}

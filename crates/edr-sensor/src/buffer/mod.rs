@@ -58,7 +58,7 @@
 //!
 //! - Sequence numbers are per sensor, shared by both lanes, start at 1 and rise strictly. They
 //!   are never reused across restarts: the next number is above every record, every segment key
-//!   (the next number when the segment was created) and the number stored in the cursor. The only
+//!   (at most the next number when the segment was created) and the number stored in the cursor. The only
 //!   numbers that can be handed out twice are those of records lost before their fsync in a power
 //!   failure, which no reader ever saw.
 //! - A crash leaves holes in the numbering: records still in memory are lost, and their numbers
@@ -95,8 +95,10 @@
 //! <directory>/priority/<key:020>.seg      segments of the priority lane
 //! ```
 //!
-//! A segment's key is the next sequence number when it was created; its records all have higher
-//! or equal numbers. All integers are little-endian.
+//! A segment's key is at most the number of its first record. A rotation keys the new segment
+//! one above the last record of the segment it closes, so that consecutive segments of a lane
+//! leave no number between them. The first segment of a lane is keyed by the next sequence
+//! number. All integers are little-endian.
 //!
 //! ```text
 //! segment header (32 bytes)
@@ -109,7 +111,7 @@
 //! gap payload (41 bytes)
 //!   0  first_seq u64   8  last_seq u64   16  records u64   24  bytes u64
 //!  32  detected_at, Unix milliseconds u64   40  reason u8 (1 telemetry evicted,
-//!      2 priority evicted, 3 damaged)
+//!      2 priority evicted, 3 damaged, 4 segment missing)
 //! cursor (40 bytes)
 //!   0  magic "EDRBUFCR"   8  version u16 = 1   16  acked_seq u64   24  next_seq u64
 //!  32  CRC-32C of bytes 0..32
@@ -129,6 +131,17 @@
 //!   [`GapReason::Damaged`] and `records` 0 (unknown). The report repeats at every open until
 //!   the records after the region are acknowledged. A damaged end of a closed segment is
 //!   treated the same way.
+//! - A missing segment file (deleted, or lost by the file system) is found by its numbers. They
+//!   lie above the cursor, in front of a segment's key and after the previous segment of its
+//!   lane, and no record of either lane or earlier gap record contains them. They are
+//!   reported as one [`Gap`] per range with reason [`GapReason::SegmentMissing`], `records` the
+//!   count of those numbers and `bytes` 0 (unknown), logged at ERROR and counted in
+//!   `missing_records`. The gap record itself covers the range at later opens, so the report
+//!   is made once. A missing newest segment of a lane cannot be told apart from records that a
+//!   crash lost before their fsync, and is not reported.
+//! - Damage that appears after open is found by the reader. The rest of that segment is skipped
+//!   and reported the same way, as a [`GapReason::Damaged`] gap from the record after the last
+//!   one read to the segment's last durable record, once per region in the process.
 //! - A damaged segment header is skipped; the file name carries the same facts. A segment
 //!   shorter than its header is rewritten as empty.
 //! - A missing or damaged cursor is rebuilt as "acknowledged up to the oldest record still on
@@ -245,7 +258,7 @@ pub struct Gap {
     pub last_seq: u64,
     /// Number of records lost, or 0 when unknown (damaged bytes).
     pub records: u64,
-    /// Bytes lost, framing included.
+    /// Bytes lost, framing included, or 0 when unknown (a missing segment file).
     pub bytes: u64,
     /// Cause of the loss.
     pub reason: GapReason,
@@ -262,6 +275,9 @@ pub enum GapReason {
     PriorityEvicted,
     /// Bytes on disk failed their CRC or framing checks at open and were skipped.
     Damaged,
+    /// A segment file was missing at open: the sequence numbers it held are found in no record
+    /// of either lane and in no earlier gap record.
+    SegmentMissing,
 }
 
 impl GapReason {
@@ -270,6 +286,7 @@ impl GapReason {
             GapReason::TelemetryEvicted => 1,
             GapReason::PriorityEvicted => 2,
             GapReason::Damaged => 3,
+            GapReason::SegmentMissing => 4,
         }
     }
 
@@ -278,6 +295,7 @@ impl GapReason {
             1 => Some(GapReason::TelemetryEvicted),
             2 => Some(GapReason::PriorityEvicted),
             3 => Some(GapReason::Damaged),
+            4 => Some(GapReason::SegmentMissing),
             _ => None,
         }
     }
@@ -306,6 +324,15 @@ pub struct BufferMetrics {
     pub damaged_records_skipped: u64,
     /// Bytes of torn tails truncated at open.
     pub torn_bytes_truncated: u64,
+    /// Records found missing at open because a segment file was deleted or lost, each reported
+    /// in a gap record with reason [`GapReason::SegmentMissing`].
+    pub missing_records: u64,
+    /// Gap records handed out by [`Buffer::drain`] since open, each counted once even when a
+    /// rewind or reconnect hands it out again.
+    pub reported_gaps: u64,
+    /// Records that those gap records report lost. A gap of unknown size (damaged bytes) counts
+    /// every number of its range, an upper bound that can include records of the other lane.
+    pub reported_lost_records: u64,
     /// The sequence number the next append receives.
     pub next_seq: u64,
     /// Every record at or below this number is fsynced.

@@ -99,6 +99,10 @@ pub(crate) struct LaneScan {
     pub(crate) torn_bytes: u64,
     /// Highest sequence number seen in a record, or 0.
     pub(crate) max_seq: u64,
+    /// Runs `(first, last)` of consecutive sequence numbers held by valid records, ascending.
+    pub(crate) runs: Vec<(u64, u64)>,
+    /// Ranges `(first_seq, last_seq)` that valid gap records of the lane report as lost.
+    pub(crate) reported: Vec<(u64, u64)>,
 }
 
 /// Scans every segment of a lane, truncates a torn tail of the newest one, and records damaged
@@ -148,6 +152,8 @@ pub(crate) fn scan_lane(
             &mut prev_seq,
             acked_seq,
             max_payload,
+            &mut scan.runs,
+            &mut scan.reported,
         )?;
         scan.max_seq = scan.max_seq.max(meta.last_seq);
         scan.torn_bytes += torn;
@@ -155,6 +161,105 @@ pub(crate) fn scan_lane(
         scan.segments.insert(key, meta);
     }
     Ok(scan)
+}
+
+/// Numbers that a missing segment file took with it, found by [`missing_ranges`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MissingRange {
+    /// Lowest and highest missing number. Numbers in between that another record holds were
+    /// not lost.
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    /// Missing numbers in the range, each one a lost record.
+    pub(crate) records: u64,
+}
+
+/// Returns the sequence numbers above `acked_seq` that a missing segment file took with it, as
+/// ascending ranges that do not overlap.
+///
+/// Within a lane, segments leave the disk only oldest first (acknowledged or evicted), and a
+/// segment made by a rotation is keyed one above the last record of the segment it follows. So
+/// the numbers between one segment's last record (or `acked_seq` before the first segment) and
+/// the next segment's key are those of a segment that is gone. A number there counts as
+/// missing when no record of either lane contains it, no gap record reports it and `reported`
+/// (the damaged regions found by the scan) does not cover it.
+///
+/// NOTE: segments written before that keying rule were keyed by the next sequence number. In
+/// front of such a segment, the numbers of records that a crash lost before they reached a
+/// file are reported as missing too, although those records were never durable.
+pub(crate) fn missing_ranges(
+    scans: &[LaneScan],
+    acked_seq: u64,
+    reported: &[(u64, u64)],
+) -> Vec<MissingRange> {
+    let mut candidates = Vec::new();
+    for scan in scans {
+        let mut accounted_to = acked_seq;
+        for (&key, meta) in &scan.segments {
+            let before_key = key.saturating_sub(1);
+            if before_key > accounted_to {
+                candidates.push((accounted_to + 1, before_key));
+            }
+            accounted_to = accounted_to.max(before_key).max(meta.last_seq);
+        }
+    }
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+
+    let accounted = merge_ranges(
+        scans
+            .iter()
+            .flat_map(|scan| scan.runs.iter().chain(&scan.reported))
+            .chain(reported)
+            .copied()
+            .collect(),
+    );
+    let mut missing = Vec::new();
+    for (first, last) in merge_ranges(candidates) {
+        // Walk the accounted ranges that overlap the candidate and count what lies between them.
+        let mut range: Option<MissingRange> = None;
+        let mut add = |from: u64, to: u64| {
+            let range = range.get_or_insert(MissingRange {
+                first_seq: from,
+                last_seq: to,
+                records: 0,
+            });
+            range.last_seq = to;
+            range.records += to - from + 1;
+        };
+        let mut next = first;
+        let start = accounted.partition_point(|&(_, accounted_last)| accounted_last < first);
+        for &(accounted_first, accounted_last) in &accounted[start..] {
+            if accounted_first > last {
+                break;
+            }
+            if accounted_first > next {
+                add(next, accounted_first - 1);
+            }
+            next = next.max(accounted_last.saturating_add(1));
+        }
+        if next <= last {
+            add(next, last);
+        }
+        missing.extend(range);
+    }
+    missing
+}
+
+/// Sorts inclusive ranges and merges those that overlap or touch.
+fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match merged.last_mut() {
+            Some(previous) if first <= previous.1.saturating_add(1) => {
+                previous.1 = previous.1.max(last);
+            }
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
 }
 
 fn scan_segment(
@@ -166,6 +271,8 @@ fn scan_segment(
     prev_seq: &mut u64,
     acked_seq: u64,
     max_payload: usize,
+    runs: &mut Vec<(u64, u64)>,
+    reported: &mut Vec<(u64, u64)>,
 ) -> Result<(SegmentMeta, Vec<DamagedRegion>, u64), BufferError> {
     let mut meta = SegmentMeta::new_empty(path.to_owned());
     let mut regions = Vec::new();
@@ -209,6 +316,15 @@ fn scan_segment(
                     meta.acked_bytes += len;
                 } else if resume.is_none() {
                     resume = Some(pos as u64);
+                }
+                match runs.last_mut() {
+                    Some(run) if run.1 + 1 == frame.seq => run.1 = frame.seq,
+                    _ => runs.push((frame.seq, frame.seq)),
+                }
+                if frame.kind == FrameKind::Gap
+                    && let Some(gap) = format::decode_gap(frame.payload)
+                {
+                    reported.push((gap.first_seq, gap.last_seq));
                 }
                 *prev_seq = frame.seq;
                 pos += frame.encoded_len();
@@ -321,11 +437,28 @@ pub(crate) struct ReadRecord {
     pub(crate) frame_len: u64,
 }
 
+/// Damage that the reader found after open: the rest of a segment that it skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadDamage {
+    /// Lane and key of the segment, and offset of the first damaged byte.
+    pub(crate) lane: Lane,
+    pub(crate) segment: u64,
+    pub(crate) offset: u64,
+    /// The number after the last record read from the segment, or the key when none was read.
+    /// The lost records lie between it and `last_seq`, the segment's last record.
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    /// Durable bytes skipped.
+    pub(crate) bytes: u64,
+}
+
 /// Reads the durable records of one lane in order, one segment after another.
 #[derive(Debug)]
 pub(crate) struct LaneReader {
     segment: u64,
     offset: u64,
+    /// Sequence number of the last record read from `segment`.
+    last_read: Option<u64>,
     file: Option<(u64, File)>,
     /// The bytes last read from the segment. A new read gets a new buffer, because records
     /// handed out may still refer to the old one.
@@ -339,6 +472,7 @@ impl LaneReader {
         Self {
             segment,
             offset,
+            last_read: None,
             file: None,
             chunk: Bytes::new(),
             chunk_start: 0,
@@ -359,14 +493,14 @@ impl LaneReader {
     /// Returns the next durable record without consuming it.
     ///
     /// A record that fails its CRC here was damaged after the buffer was opened: the rest of
-    /// its segment is skipped and `damaged` is incremented.
+    /// its segment is skipped and described in `damaged`.
     pub(crate) fn peek(
         &mut self,
         segments: &BTreeMap<u64, SegmentMeta>,
         active: u64,
         lane: Lane,
         max_payload: usize,
-        damaged: &mut u64,
+        damaged: &mut Vec<ReadDamage>,
     ) -> Result<Option<&ReadRecord>, BufferError> {
         if self.peeked.is_none() {
             self.peeked = self.read_next(segments, active, lane, max_payload, damaged)?;
@@ -385,7 +519,7 @@ impl LaneReader {
         active: u64,
         lane: Lane,
         max_payload: usize,
-        damaged: &mut u64,
+        damaged: &mut Vec<ReadDamage>,
     ) -> Result<Option<ReadRecord>, BufferError> {
         loop {
             // The segment may have been evicted or deleted after its last acknowledgement.
@@ -455,6 +589,7 @@ impl LaneReader {
                         frame_len,
                     };
                     self.offset += frame_len;
+                    self.last_read = Some(seq);
                     return Ok(Some(record));
                 }
                 _ => {
@@ -462,7 +597,14 @@ impl LaneReader {
                         path = %meta.path.display(), offset = self.offset,
                         "record damaged after open, skipping the rest of the segment"
                     );
-                    *damaged += 1;
+                    damaged.push(ReadDamage {
+                        lane,
+                        segment: self.segment,
+                        offset: self.offset,
+                        first_seq: self.last_read.map_or(self.segment, |seq| seq + 1),
+                        last_seq: meta.last_seq,
+                        bytes: meta.durable_len - self.offset,
+                    });
                     self.offset = meta.durable_len;
                     if self.segment == active {
                         return Ok(None);

@@ -1,6 +1,6 @@
 //! The [`Buffer`]: appends with group commit, drain, acknowledgement and eviction.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -13,13 +13,17 @@ use super::format::{
 };
 use super::platform::{self, DefaultDirectoryAcl, DirectoryAcl};
 use super::rate::TokenBucket;
-use super::segment::{self, LaneReader, LaneScan, ReadRecord, SegmentMeta};
+use super::segment::{
+    self, DamagedRegion, LaneReader, LaneScan, ReadDamage, ReadRecord, SegmentMeta,
+};
 use super::{BufferError, BufferMetrics, BufferOptions, Gap, GapReason, Lane, Record, RecordKind};
 
 /// Pending bytes of a lane at which they are written to the file without waiting for the sync.
 const WRITE_THRESHOLD: usize = 256 << 10;
 /// Frame length of a gap record, kept free so that an eviction can always record its gap.
 const GAP_FRAME_LEN: u64 = (FRAME_HEADER_LEN + GAP_PAYLOAD_LEN) as u64;
+/// Gaps found at open that [`Buffer::open_gaps`] keeps; the gap records are the full account.
+const OPEN_GAPS_KEPT: usize = 64;
 const CURSOR_FILE: &str = "cursor";
 const CURSOR_TEMP_FILE: &str = "cursor.tmp";
 
@@ -40,6 +44,13 @@ pub struct Buffer {
     byte_bucket: Option<TokenBucket>,
     record_bucket: Option<TokenBucket>,
     counters: Counters,
+    /// The last [`OPEN_GAPS_KEPT`] gaps that the recovery at open recorded, for health reports.
+    open_gaps: VecDeque<Gap>,
+    /// Damage found by the readers after open and not yet reported in a gap record.
+    read_damage: Vec<ReadDamage>,
+    /// Lane, segment key and offset of every damage found after open, so that a reader passing
+    /// it again after a rewind reports it once.
+    read_damage_seen: HashSet<(Lane, u64, u64)>,
     poisoned: bool,
     /// Fsyncs segment data early while appends go on; see the `flush` module.
     flusher: Flusher,
@@ -86,6 +97,12 @@ struct Counters {
     gap_records: u64,
     damaged_regions: u64,
     torn_bytes: u64,
+    missing_records: u64,
+    /// Gap records handed out by drain, and the records they report lost.
+    reported_gaps: u64,
+    reported_lost_records: u64,
+    /// Highest sequence number of a gap record counted in `reported_gaps`.
+    counted_gap_seq: u64,
 }
 
 /// One lane: its segments, the segment being appended to, and the reader.
@@ -177,7 +194,7 @@ impl Buffer {
         }
 
         // Step 4: the next sequence number lies above every number ever handed out: above every
-        // record, every segment key (the next number when the segment was created) and the
+        // record, every segment key (at most the next number when the segment was created) and the
         // cursor's own record of it.
         let mut next_seq = cursor.map_or(1, |state| state.next_seq).max(acked_seq + 1);
         for scan in &scans {
@@ -206,6 +223,15 @@ impl Buffer {
                 rebuilt
             }
         };
+
+        // Step 6: find the numbers that a deleted or lost segment file took with it. The
+        // damaged regions are left out because they get their own gap records below.
+        let damaged_ranges: Vec<(u64, u64)> = scans
+            .iter()
+            .flat_map(|scan| &scan.damaged)
+            .map(|region| (region.after_seq + 1, damaged_last_seq(region)))
+            .collect();
+        let missing = segment::missing_ranges(&scans, acked_seq, &damaged_ranges);
 
         let mut counters = Counters::default();
         let mut lanes = Vec::with_capacity(2);
@@ -239,11 +265,15 @@ impl Buffer {
             acked_seq,
             unsynced_since: None,
             counters,
+            open_gaps: VecDeque::new(),
+            read_damage: Vec::new(),
+            read_damage_seen: HashSet::new(),
             poisoned: false,
             flusher,
         };
 
-        // Step 6: persist the recovered state, then report damaged regions to the Collector.
+        // Step 7: persist the recovered state, then report damaged regions and missing
+        // segments to the Collector.
         // The cursor is rewritten only when it was missing or damaged, so that a buffer on a
         // full disk still opens and can be drained.
         buffer.sync_all_lanes()?;
@@ -263,16 +293,27 @@ impl Buffer {
             }
             let gap = Gap {
                 first_seq: region.after_seq + 1,
-                last_seq: region
-                    .before_seq
-                    .map_or(region.after_seq + 1, |seq| seq - 1),
+                last_seq: damaged_last_seq(&region),
                 records: 0,
                 bytes: region.bytes,
                 reason: GapReason::Damaged,
                 detected_at_ms,
             };
             tracing::error!(lane = lane.name(), ?gap, "damaged records skipped at open");
-            buffer.append_gap(&gap)?;
+            buffer.append_open_gap(&gap)?;
+        }
+        for range in missing {
+            let gap = Gap {
+                first_seq: range.first_seq,
+                last_seq: range.last_seq,
+                records: range.records,
+                bytes: 0,
+                reason: GapReason::SegmentMissing,
+                detected_at_ms,
+            };
+            tracing::error!(directory = %buffer.options.directory.display(), ?gap, "records missing at open: a segment file was deleted or lost");
+            buffer.counters.missing_records += gap.records;
+            buffer.append_open_gap(&gap)?;
         }
         if buffer.counters.gap_records > 0 {
             buffer.sync()?;
@@ -283,6 +324,7 @@ impl Buffer {
             directory = %buffer.options.directory.display(),
             next_seq = buffer.next_seq, acked_seq = buffer.acked_seq,
             damaged_regions = buffer.counters.damaged_regions, torn_bytes = buffer.counters.torn_bytes,
+            missing_records = buffer.counters.missing_records,
             "ring buffer opened"
         );
         Ok(buffer)
@@ -359,6 +401,13 @@ impl Buffer {
         self.durable_seq
     }
 
+    /// Returns the last 64 gaps that the recovery at open recorded (damaged regions and missing
+    /// segments), oldest first, so that health reports can name them before their gap records
+    /// are drained.
+    pub fn open_gaps(&self) -> impl Iterator<Item = &Gap> {
+        self.open_gaps.iter()
+    }
+
     /// Returns the highest acknowledged sequence number.
     pub fn acked_seq(&self) -> u64 {
         self.acked_seq
@@ -372,6 +421,7 @@ impl Buffer {
     /// acknowledged are handed out again after [`Buffer::rewind`] or a reopen.
     pub fn drain(&mut self, max_records: usize) -> Result<Vec<Record>, BufferError> {
         self.check_poisoned()?;
+        self.report_read_damage()?;
         let now = Instant::now();
         let mut out = Vec::new();
         while out.len() < max_records {
@@ -401,9 +451,78 @@ impl Buffer {
                 frame_len: read.frame_len,
                 appended_at_ms: read.appended_at_ms,
             });
-            out.push(into_record(lane, read));
+            let record = into_record(lane, read);
+            self.count_reported_loss(&record);
+            out.push(record);
         }
+        self.report_read_damage()?;
         Ok(out)
+    }
+
+    /// Counts the damage that a reader found, once per damaged region.
+    fn note_read_damage(&mut self, damaged: Vec<ReadDamage>) {
+        for damage in damaged {
+            if self
+                .read_damage_seen
+                .insert((damage.lane, damage.segment, damage.offset))
+            {
+                self.counters.damaged_regions += 1;
+                self.read_damage.push(damage);
+            }
+        }
+    }
+
+    /// Appends a gap record for each damage that a reader found after open, like the damaged
+    /// regions found at open, and makes it durable so that the next drain hands it out.
+    fn report_read_damage(&mut self) -> Result<(), BufferError> {
+        if self.read_damage.is_empty() {
+            return Ok(());
+        }
+        let detected_at_ms = unix_millis();
+        for damage in std::mem::take(&mut self.read_damage) {
+            // In the active segment, the reader reads the records above `durable_seq` once they
+            // are durable, because they lie after the skipped bytes. So they are not lost.
+            let active = self.lanes[damage.lane.index()].writer.key == damage.segment;
+            let last_seq = if active {
+                damage.last_seq.min(self.durable_seq)
+            } else {
+                damage.last_seq
+            };
+            let first_seq = damage.first_seq.max(self.acked_seq + 1);
+            if first_seq > last_seq {
+                continue;
+            }
+            let gap = Gap {
+                first_seq,
+                last_seq,
+                records: 0,
+                bytes: damage.bytes,
+                reason: GapReason::Damaged,
+                detected_at_ms,
+            };
+            tracing::error!(directory = %self.options.directory.display(), lane = damage.lane.name(), segment = damage.segment, offset = damage.offset, ?gap, "damaged records skipped while draining");
+            self.append_gap(&gap)?;
+        }
+        self.sync()?;
+        Ok(())
+    }
+
+    /// Adds the loss that a drained gap record reports to the counters, once per gap record
+    /// even when a rewind hands it out again.
+    fn count_reported_loss(&mut self, record: &Record) {
+        let RecordKind::Gap(gap) = &record.kind else {
+            return;
+        };
+        if record.seq <= self.counters.counted_gap_seq {
+            return;
+        }
+        self.counters.counted_gap_seq = record.seq;
+        self.counters.reported_gaps += 1;
+        self.counters.reported_lost_records += match gap.records {
+            // Damaged bytes: every number in the range may have been a lost record.
+            0 => gap.last_seq.saturating_sub(gap.first_seq) + 1,
+            records => records,
+        };
     }
 
     /// Returns how long the drain rate cap holds back the next record; zero when it does not.
@@ -448,7 +567,7 @@ impl Buffer {
         // in this process (acknowledged before a restart whose cursor update was lost).
         let max_payload = self.options.max_record_bytes;
         let previous_ack = self.acked_seq;
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         for state in &mut self.lanes {
             while let Some(entry) = state.in_flight.front().copied() {
                 if entry.seq > seq {
@@ -480,7 +599,7 @@ impl Buffer {
                 }
             }
         }
-        self.counters.damaged_regions += damaged;
+        self.note_read_damage(damaged);
 
         self.acked_seq = seq;
         self.write_cursor()?;
@@ -497,7 +616,7 @@ impl Buffer {
         let mut buffered_bytes = 0;
         let mut oldest_ms: Option<u64> = None;
         let max_payload = self.options.max_record_bytes;
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         for state in &mut self.lanes {
             for meta in state.segments.values() {
                 buffered_records += meta.unacked_records();
@@ -523,7 +642,7 @@ impl Buffer {
                 (a, b) => a.or(b),
             };
         }
-        self.counters.damaged_regions += damaged;
+        self.note_read_damage(damaged);
 
         let now_ms = unix_millis();
         BufferMetrics {
@@ -539,6 +658,9 @@ impl Buffer {
             gap_records: self.counters.gap_records,
             damaged_records_skipped: self.counters.damaged_regions,
             torn_bytes_truncated: self.counters.torn_bytes,
+            missing_records: self.counters.missing_records,
+            reported_gaps: self.counters.reported_gaps,
+            reported_lost_records: self.counters.reported_lost_records,
             next_seq: self.next_seq,
             durable_seq: self.durable_seq,
             acked_seq: self.acked_seq,
@@ -611,6 +733,16 @@ impl Buffer {
 
         self.next_seq += 1;
         self.unsynced_since = Some(group);
+        Ok(seq)
+    }
+
+    /// Appends a gap found by the recovery at open and keeps it for [`Buffer::open_gaps`].
+    fn append_open_gap(&mut self, gap: &Gap) -> Result<u64, BufferError> {
+        let seq = self.append_gap(gap)?;
+        if self.open_gaps.len() == OPEN_GAPS_KEPT {
+            self.open_gaps.pop_front();
+        }
+        self.open_gaps.push_back(*gap);
         Ok(seq)
     }
 
@@ -710,7 +842,9 @@ impl Buffer {
         };
         let lost_records = meta.unacked_records();
         let lost_bytes = meta.unacked_bytes();
-        let first_seq = meta.first_seq.max(acked + 1);
+        // The range starts at the key, so that it also covers the numbers in front of the first
+        // record, which the check for missing segments at open would otherwise report.
+        let first_seq = key.max(acked + 1);
         let last_seq = meta.last_seq;
         let path = meta.path.clone();
 
@@ -841,7 +975,7 @@ impl Buffer {
     /// Returns the lane whose next durable record has the lower sequence number.
     fn next_lane(&mut self) -> Result<Option<Lane>, BufferError> {
         let max_payload = self.options.max_record_bytes;
-        let mut damaged = 0;
+        let mut damaged = Vec::new();
         let mut best: Option<(u64, Lane)> = None;
         for state in &mut self.lanes {
             let active = state.writer.key;
@@ -856,7 +990,7 @@ impl Buffer {
                 best = Some((read.seq, state.lane));
             }
         }
-        self.counters.damaged_regions += damaged;
+        self.note_read_damage(damaged);
         Ok(best.map(|(_, lane)| lane))
     }
 
@@ -1044,17 +1178,27 @@ impl LaneState {
         Ok(())
     }
 
-    /// Closes the active segment and starts a new one keyed by `next_seq`.
+    /// Closes the active segment and starts a new one, keyed one above the last record of the
+    /// closed segment, or by `next_seq` when the closed segment holds no record.
+    ///
+    /// With that key, no number lies between two segments of a lane unless a segment between
+    /// them is missing. Numbers that the other lane holds, or that a crash lost before they
+    /// reached a file, stay inside the range of a segment, where the check at open does not
+    /// look for missing ones.
     fn rotate(&mut self, next_seq: u64, flusher: &Flusher) -> Result<(), BufferError> {
         self.write_pending(flusher)?;
+        let closed = self.segments.get(&self.writer.key);
         if self.writer.dirty
-            && let Some(meta) = self.segments.get(&self.writer.key)
+            && let Some(meta) = closed
         {
             self.unflushed_closed.push(meta.path.clone());
         }
-        let (file, meta) = create_segment(&self.dir, self.lane, next_seq)?;
-        self.insert_segment(next_seq, meta);
-        let old = std::mem::replace(&mut self.writer, SegmentWriter::new(next_seq, file));
+        let key = closed
+            .filter(|meta| meta.records > 0)
+            .map_or(next_seq, |meta| meta.last_seq + 1);
+        let (file, meta) = create_segment(&self.dir, self.lane, key)?;
+        self.insert_segment(key, meta);
+        let old = std::mem::replace(&mut self.writer, SegmentWriter::new(key, file));
         if old.dirty {
             self.unsynced_closed.push((old.key, old.file));
         }
@@ -1090,8 +1234,8 @@ impl SegmentWriter {
 
 /// Returns the metadata of the active segment `key`.
 ///
-/// The active segment is the last entry, because a segment's key is the next sequence number
-/// when it is created, which is above every existing key. Taking the last entry walks only the
+/// The active segment is the last entry, because a new segment's key is above the last record
+/// of the lane, so above every existing key. Taking the last entry walks only the
 /// right edge of the tree and spares a key search among thousands of segments on every append.
 fn active_meta_mut(
     segments: &mut BTreeMap<u64, SegmentMeta>,
@@ -1122,6 +1266,14 @@ fn create_segment(dir: &Path, lane: Lane, key: u64) -> Result<(File, SegmentMeta
     // The header is not yet fsynced; the reader only looks past it, so this is safe.
     meta.durable_len = SEGMENT_HEADER_LEN as u64;
     Ok((file, meta))
+}
+
+/// Returns the last sequence number a damaged region can have taken: the one before the next
+/// valid record, or only the number after the last valid one when no record follows.
+fn damaged_last_seq(region: &DamagedRegion) -> u64 {
+    region
+        .before_seq
+        .map_or(region.after_seq + 1, |seq| seq - 1)
 }
 
 fn read_cursor(directory: &Path) -> Option<CursorState> {

@@ -354,7 +354,15 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(transport: &'a Transport, identity: &'a Identity) -> Self {
-        let sent_seq = lock(&transport.buffer).acked_seq();
+        let buffer = lock(&transport.buffer);
+        let sent_seq = buffer.acked_seq();
+        // Losses found when the buffer was opened reach the first heartbeat, which is sent
+        // before their gap records are drained.
+        let mut gaps = GapLog::default();
+        for gap in buffer.open_gaps() {
+            gaps.push(gap.first_seq, gap.last_seq);
+        }
+        drop(buffer);
         Self {
             transport,
             identity,
@@ -367,7 +375,7 @@ impl<'a> Session<'a> {
             heartbeat_acked: false,
             heartbeats_unacked: VecDeque::new(),
             blocked: None,
-            gaps: GapLog::default(),
+            gaps,
         }
     }
 

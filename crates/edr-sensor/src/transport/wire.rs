@@ -65,6 +65,7 @@ pub(crate) fn gap_reason_name(reason: GapReason) -> &'static str {
         GapReason::TelemetryEvicted => "evicted_buffer_full",
         GapReason::PriorityEvicted => "priority_evicted_buffer_full",
         GapReason::Damaged => "damaged_on_disk",
+        GapReason::SegmentMissing => "segment_missing_on_disk",
     }
 }
 

@@ -263,3 +263,231 @@ fn first_seq_on_disk(directory: &Path) -> u64 {
     seq.copy_from_slice(&bytes[HEADER_LEN as usize + 16..HEADER_LEN as usize + 24]);
     u64::from_le_bytes(seq)
 }
+
+/// Returns the key of a segment file, the number in its name.
+fn segment_key(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn deleted_middle_segment_is_reported_as_gap() {
+    let dir = filled(200);
+    let files = segment_files(dir.path(), Lane::Telemetry);
+    assert!(files.len() > 2);
+    let (deleted_from, deleted_to) = (segment_key(&files[1]), segment_key(&files[2]) - 1);
+    std::fs::remove_file(&files[1]).unwrap();
+
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    assert_eq!(
+        buffer.metrics().missing_records,
+        deleted_to - deleted_from + 1
+    );
+    let drained = drain_all(&mut buffer);
+    let kept = events(&drained);
+    let expected: Vec<u64> = (1..=200)
+        .filter(|seq| !(deleted_from..=deleted_to).contains(seq))
+        .collect();
+    assert_eq!(seqs(&kept), expected);
+    check_payloads(&kept);
+    let gap_list = gaps(&drained);
+    assert_eq!(gap_list.len(), 1);
+    assert_eq!(gap_list[0].reason, GapReason::SegmentMissing);
+    assert_eq!(
+        (gap_list[0].first_seq, gap_list[0].last_seq),
+        (deleted_from, deleted_to)
+    );
+    assert_eq!(gap_list[0].records, deleted_to - deleted_from + 1);
+    assert_eq!(buffer.open_gaps().copied().collect::<Vec<_>>(), gap_list);
+
+    // The gap record on disk reports the range, so a second open adds no other.
+    drop(buffer);
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    assert_eq!(buffer.metrics().missing_records, 0);
+    assert_eq!(gaps(&drain_all(&mut buffer)), gap_list);
+}
+
+#[test]
+fn deleted_oldest_segment_is_reported_as_gap() {
+    let dir = filled(200);
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    drain_all(&mut buffer);
+    buffer.ack(3).unwrap();
+    drop(buffer);
+    let files = segment_files(dir.path(), Lane::Telemetry);
+    let second_key = segment_key(&files[1]);
+    std::fs::remove_file(&files[0]).unwrap();
+
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    let drained = drain_all(&mut buffer);
+    assert_eq!(
+        seqs(&events(&drained)),
+        (second_key..=200).collect::<Vec<_>>()
+    );
+    let gap_list = gaps(&drained);
+    assert_eq!(gap_list.len(), 1);
+    assert_eq!(gap_list[0].reason, GapReason::SegmentMissing);
+    // Records 1 to 3 were acknowledged and are no loss.
+    assert_eq!(
+        (
+            gap_list[0].first_seq,
+            gap_list[0].last_seq,
+            gap_list[0].records
+        ),
+        (4, second_key - 1, second_key - 4)
+    );
+}
+
+#[test]
+fn deleted_segment_between_priority_records() {
+    // A priority record after every fourth telemetry record: the lost range holds numbers of
+    // both lanes, and only the telemetry ones count as lost.
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    let mut priority = Vec::new();
+    for index in 1..=250u64 {
+        let lane = if index % 5 == 0 {
+            Lane::Priority
+        } else {
+            Lane::Telemetry
+        };
+        let seq = buffer
+            .append(lane, &payload_for(index, RECORD_LEN))
+            .unwrap();
+        if lane == Lane::Priority {
+            priority.push(seq);
+        }
+    }
+    buffer.close().unwrap();
+    let files = segment_files(dir.path(), Lane::Telemetry);
+    assert!(files.len() > 2);
+    let (deleted_from, deleted_to) = (segment_key(&files[1]), segment_key(&files[2]) - 1);
+    std::fs::remove_file(&files[1]).unwrap();
+
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    let gap_list = gaps(&drain_all(&mut buffer));
+    assert_eq!(gap_list.len(), 1);
+    let gap = gap_list[0];
+    assert_eq!(gap.reason, GapReason::SegmentMissing);
+    let lost_telemetry: Vec<u64> = (deleted_from..=deleted_to)
+        .filter(|seq| !priority.contains(seq))
+        .collect();
+    assert_eq!(gap.first_seq, lost_telemetry[0]);
+    assert_eq!(gap.last_seq, *lost_telemetry.last().unwrap());
+    assert_eq!(gap.records, lost_telemetry.len() as u64);
+}
+
+#[test]
+fn interleaved_lanes_reopen_without_gaps() {
+    // Rotations of both lanes, acknowledgements and restarts leave numbers of one lane between
+    // the segments of the other, which must not read as missing segments.
+    let dir = tempfile::tempdir().unwrap();
+    let mut next = 1u64;
+    for round in 0..4u64 {
+        let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+        for _ in 0..120 {
+            let lane = if next % 7 < 3 {
+                Lane::Priority
+            } else {
+                Lane::Telemetry
+            };
+            buffer.append(lane, &payload_for(next, RECORD_LEN)).unwrap();
+            next += 1;
+        }
+        buffer.sync().unwrap();
+        let drained = drain_all(&mut buffer);
+        assert!(
+            gaps(&drained).is_empty(),
+            "round {round}: {:?}",
+            gaps(&drained)
+        );
+        assert_eq!(buffer.metrics().missing_records, 0, "round {round}");
+        if let Some(last) = drained.get(drained.len() / 2) {
+            buffer.ack(last.seq).unwrap();
+        }
+        buffer.close().unwrap();
+    }
+}
+
+#[test]
+fn evicted_segments_reopen_without_missing_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    for index in 1..=1500 {
+        buffer
+            .append(Lane::Telemetry, &payload_for(index, RECORD_LEN))
+            .unwrap();
+    }
+    assert!(buffer.metrics().evicted_records > 0);
+    buffer.close().unwrap();
+
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    assert_eq!(buffer.metrics().missing_records, 0);
+    let gap_list = gaps(&drain_all(&mut buffer));
+    assert!(!gap_list.is_empty());
+    assert!(
+        gap_list
+            .iter()
+            .all(|gap| gap.reason == GapReason::TelemetryEvicted),
+        "{gap_list:?}"
+    );
+}
+
+#[test]
+fn drained_gaps_are_counted_once() {
+    let dir = filled(200);
+    let files = segment_files(dir.path(), Lane::Telemetry);
+    let deleted = segment_key(&files[2]) - segment_key(&files[1]);
+    std::fs::remove_file(&files[1]).unwrap();
+    // A damaged record in the first segment: its gap has no record count, only a range.
+    flip_bit(&files[0], HEADER_LEN + 4 * FRAME_LEN + 40, 3);
+
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    assert_eq!(buffer.metrics().reported_gaps, 0);
+    assert_eq!(gaps(&drain_all(&mut buffer)).len(), 2);
+    let metrics = buffer.metrics();
+    assert_eq!(metrics.reported_gaps, 2);
+    assert_eq!(metrics.reported_lost_records, deleted + 1);
+
+    // Handing the gap records out again after a rewind counts nothing new.
+    buffer.rewind();
+    assert_eq!(gaps(&drain_all(&mut buffer)).len(), 2);
+    let metrics = buffer.metrics();
+    assert_eq!(metrics.reported_gaps, 2);
+    assert_eq!(metrics.reported_lost_records, deleted + 1);
+}
+
+#[test]
+fn damage_after_open_is_reported_as_gap() {
+    let dir = filled(200);
+    let files = segment_files(dir.path(), Lane::Telemetry);
+    let (second_key, third_key) = (segment_key(&files[1]), segment_key(&files[2]));
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    // The fifth record of the second segment goes bad while the buffer is open.
+    flip_bit(&files[1], HEADER_LEN + 4 * FRAME_LEN + 40, 3);
+
+    let drained = drain_all(&mut buffer);
+    let expected: Vec<u64> = (1..=200)
+        .filter(|seq| !(second_key + 4..third_key).contains(seq))
+        .collect();
+    assert_eq!(seqs(&events(&drained)), expected);
+    let gap_list = gaps(&drained);
+    assert_eq!(gap_list.len(), 1);
+    assert_eq!(gap_list[0].reason, GapReason::Damaged);
+    assert_eq!(
+        (
+            gap_list[0].first_seq,
+            gap_list[0].last_seq,
+            gap_list[0].records
+        ),
+        (second_key + 4, third_key - 1, 0)
+    );
+    let metrics = buffer.metrics();
+    assert_eq!(metrics.damaged_records_skipped, 1);
+    assert_eq!(metrics.reported_gaps, 1);
+    assert_eq!(metrics.reported_lost_records, third_key - second_key - 4);
+
+    // A rewind passes the damage again without a second gap record.
+    buffer.rewind();
+    assert_eq!(gaps(&drain_all(&mut buffer)), gap_list);
+    assert_eq!(buffer.metrics().damaged_records_skipped, 1);
+}

@@ -16,7 +16,16 @@
 //! with the same inputs and buffer directory. It then reads the highest event sequence number
 //! that survived (acknowledged or still in the buffer) and skips that many events, so every
 //! event reaches the Collector exactly once. The checkpoint is deleted after a complete run, so the
-//! next run with the same inputs sends them again.
+//! next run with the same inputs sends them again. A checkpoint that is not valid JSON of this
+//! form stops the run with an error before anything is appended: resuming needs the counts it
+//! held, and sending every event again would store duplicates. Deleting the file sends every
+//! event again.
+//!
+//! # Losses
+//!
+//! The summary counts as lost the records that the ring buffer's gap records report: evictions,
+//! damaged records (found at open or while draining) and missing segment files (found at open).
+//! A run that lost events prints the summary and then exits with an error.
 //!
 //! NOTE: an eviction (a buffer filling faster than the Collector acknowledges) inserts gap
 //! records into the numbering, and a resume after it can skip events that were not sent. The
@@ -311,9 +320,14 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if let Err(error) = std::fs::remove_file(&checkpoint) {
         tracing::warn!(path = %checkpoint.display(), %error, "cannot delete the replay checkpoint; the next run with these inputs resumes after the last event");
     }
-    let lost =
-        metrics.evicted_records + losses.snapshot().iter().map(|loss| loss.count).sum::<u64>();
-    print_summary(&identity.sensor_id, &counts, lost, &inputs);
+    // Every gap record was drained before the Collector acknowledged the last event, so the
+    // buffer has counted every loss it reported: evictions, damaged records, missing segments.
+    let lost = Lost {
+        buffer_records: metrics.reported_lost_records,
+        buffer_gaps: metrics.reported_gaps,
+        other: losses.snapshot().iter().map(|loss| loss.count).sum(),
+    };
+    print_summary(&identity.sensor_id, &counts, &lost, &inputs, &buffer_dir);
     if !counts.failed_files.is_empty() {
         anyhow::bail!(
             "{} of {} files could not be read",
@@ -321,7 +335,32 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
             inputs.files.len()
         );
     }
+    if lost.total() > 0 {
+        anyhow::bail!(
+            "{} events were lost before they reached the Collector, which stored gap records for them (the ERROR lines above name the ranges): to send them again, replay the same inputs with an empty --buffer-dir, and the Collector then stores every other event twice",
+            lost.total()
+        );
+    }
     Ok(())
+}
+
+/// Events lost during a run, for the summary.
+#[derive(Debug)]
+struct Lost {
+    /// Records that the ring buffer's gap records report lost; a damaged range counts every
+    /// sequence number in it.
+    buffer_records: u64,
+    /// Gap records behind `buffer_records`.
+    buffer_gaps: u64,
+    /// Events lost outside the ring buffer, from the shared loss counters.
+    other: u64,
+}
+
+impl Lost {
+    /// Returns the events lost in the ring buffer and outside it.
+    fn total(&self) -> u64 {
+        self.buffer_records + self.other
+    }
 }
 
 /// Returns how many events earlier runs with the same inputs appended, and writes the
@@ -329,12 +368,14 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<()> {
 fn resume(buffer: &mut Buffer, directory: &Path, inputs: &[String]) -> anyhow::Result<u64> {
     let path = directory.join(CHECKPOINT_FILE);
     let previous: Option<Checkpoint> = match std::fs::read(&path) {
+        // Without the checkpoint, the events that earlier runs appended are unknown, and sending
+        // them again gives them new sequence numbers, which the Collector stores a second time.
         Ok(bytes) => match serde_json::from_slice(&bytes) {
             Ok(checkpoint) => Some(checkpoint),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "invalid replay checkpoint ignored, sending every event");
-                None
-            }
+            Err(error) => anyhow::bail!(
+                "invalid replay checkpoint {} ({error}), so the events that earlier runs appended are unknown: delete the file to send every event again, and the Collector then stores the events it already has a second time",
+                path.display()
+            ),
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => {
@@ -442,15 +483,26 @@ fn progress_bar(inputs: &Inputs) -> ProgressBar {
     progress
 }
 
-fn print_summary(sensor_id: &str, counts: &Counts, lost: u64, inputs: &Inputs) {
+fn print_summary(
+    sensor_id: &str,
+    counts: &Counts,
+    lost: &Lost,
+    inputs: &Inputs,
+    buffer_dir: &Path,
+) {
+    let except_lost = if lost.total() > 0 {
+        ", except those counted as lost below"
+    } else {
+        ""
+    };
     let mut lines = vec![format!(
-        "sensor {sensor_id}: {} events sent and acknowledged from {} EVTX and ETL files",
+        "sensor {sensor_id}: {} events sent from {} EVTX and ETL files and acknowledged by the Collector{except_lost}",
         counts.sent,
         inputs.files.len()
     )];
     if counts.resumed_after > 0 {
         lines.push(format!(
-            "resumed an interrupted replay after {} events appended by an earlier run; the Collector has acknowledged those too",
+            "resumed an interrupted replay after {} events appended by an earlier run; the Collector has acknowledged those too{except_lost}",
             counts.resumed_after
         ));
     }
@@ -462,7 +514,21 @@ fn print_summary(sensor_id: &str, counts: &Counts, lost: u64, inputs: &Inputs) {
         "unmapped: {} records without a mapper, sent as Base Event",
         counts.unmapped
     ));
-    lines.push(format!("lost: {lost}"));
+    lines.push(format!("lost: {}", lost.total()));
+    if lost.buffer_gaps > 0 {
+        lines.push(format!(
+            "lost in the ring buffer {}: {} events in {} gaps, which the Collector stored (a damaged range counts every sequence number in it)",
+            buffer_dir.display(),
+            lost.buffer_records,
+            lost.buffer_gaps
+        ));
+    }
+    if lost.other > 0 {
+        lines.push(format!(
+            "lost outside the ring buffer: {} events",
+            lost.other
+        ));
+    }
     for (path, error) in &counts.failed_files {
         lines.push(format!("not read: {}: {error}", path.display()));
     }
