@@ -278,7 +278,7 @@ pub(crate) enum ExportFormat {
 /// Parses a name for the server certificate: an IP address, or a DNS name of letters, digits
 /// and hyphens in dot-separated labels of at most 63 characters (253 in all).
 /// Parses an IP address and port to listen on. Host names are not resolved, so that the
-/// address a Collector binds does not depend on DNS; the error says so.
+/// address a Collector binds does not depend on DNS, and the error message explains this.
 fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| {
         format!(

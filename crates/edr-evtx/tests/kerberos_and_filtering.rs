@@ -1,4 +1,4 @@
-//! Security auditing records beyond the ids the issue lists: Kerberos ticket requests
+//! Security auditing records beyond the required set: Kerberos ticket requests
 //! (4768, 4769, 4770) and pre-authentication failures (4771) as Authentication, and Windows
 //! Filtering Platform connections (5156, 5157) and port bindings (5154, 5155, 5158, 5159)
 //! as Network Activity. Built records carry the fields domain controllers and WFP write; one

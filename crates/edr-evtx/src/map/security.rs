@@ -513,6 +513,7 @@ fn kerberos_ticket(record: &mut Record) -> Box<Event> {
         _ => (5, (2, "Service Ticket")),
     };
     let mut event = base_event(record, Class::Authentication, activity);
+
     let status = record.take_str("Status");
     let success = status.as_deref().is_none_or(|s| parse_code(s) == Some(0));
     event.set_status(success);
@@ -534,6 +535,7 @@ fn kerberos_ticket(record: &mut Record) -> Box<Event> {
             ..Session::default()
         });
     }
+
     event.service = take_kerberos_service(record);
     let encryption = record
         .take_str("TicketEncryptionType")
@@ -544,6 +546,7 @@ fn kerberos_ticket(record: &mut Record) -> Box<Event> {
         kerberos_flags: record.take_str("TicketOptions"),
         encryption_details: encryption,
     });
+
     set_auth_protocol(&mut event, Some("Kerberos".to_owned()));
     event.src_endpoint = take_src_endpoint(record);
     event.dst_endpoint = local_endpoint(record);
@@ -592,7 +595,8 @@ fn parse_code(text: &str) -> Option<u64> {
     }
 }
 
-/// The name of a Kerberos error code (RFC 4120, section 7.5.9) that domain controllers log.
+/// Returns the name of a Kerberos error code (RFC 4120, section 7.5.9) that domain controllers
+/// log.
 fn kerberos_error(status: &str) -> Option<&'static str> {
     Some(match parse_code(status)? {
         0x6 => "KDC_ERR_C_PRINCIPAL_UNKNOWN: client not found in the Kerberos database",
@@ -611,8 +615,8 @@ fn kerberos_error(status: &str) -> Option<&'static str> {
     })
 }
 
-/// A Kerberos encryption type (RFC 3961 numbers, as Windows writes them) as encryption
-/// details; `0xffffffff`, logged for failed requests, gives none.
+/// Returns a Kerberos encryption type (RFC 3961 numbers, as Windows writes them) as encryption
+/// details. `0xffffffff`, which Windows logs for failed requests, gives none.
 fn kerberos_encryption(value: &str) -> Option<EncryptionDetails> {
     let code = parse_code(value)?;
     let (name, algorithm, key_length) = match code {
@@ -695,8 +699,8 @@ fn filtering_port(converter: &Converter, record: &mut Record) -> Box<Event> {
     event
 }
 
-/// The process of a WFP record: `ProcessID` (5156, 5157) or `ProcessId` (the others), and the
-/// image path in the kernel's device form (`\device\harddiskvolume2\...`).
+/// Takes the process of a WFP record: `ProcessID` (5156, 5157) or `ProcessId` (the others),
+/// and the image path in the kernel's device form (`\device\harddiskvolume2\...`).
 fn take_filtering_process(converter: &Converter, record: &mut Record) -> Option<Process> {
     let pid_field = if record.fields.get("ProcessID").is_some() {
         "ProcessID"
@@ -724,7 +728,7 @@ fn filtering_direction(direction: &str) -> Option<bool> {
     }
 }
 
-/// The IP protocol number of a WFP record, with its name for TCP, UDP, ICMP and ICMPv6.
+/// Takes the IP protocol number of a WFP record, with its name for TCP, UDP, ICMP and ICMPv6.
 fn filtering_connection_info(record: &mut Record, outbound: Option<bool>) -> ConnectionInfo {
     let number = record
         .take_u64("Protocol")

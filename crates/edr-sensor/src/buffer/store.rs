@@ -519,8 +519,10 @@ impl Buffer {
         self.counters.counted_gap_seq = record.seq;
         self.counters.reported_gaps += 1;
         self.counters.reported_lost_records += match gap.records {
-            // Damaged bytes: every number in the range may have been a lost record.
-            0 => gap.last_seq.saturating_sub(gap.first_seq) + 1,
+            // Damaged bytes: every number in the range may have been a lost record. The empty
+            // range (`first_seq = last_seq + 1`) of damage between two consecutive records
+            // lost none.
+            0 => gap.last_seq.saturating_add(1).saturating_sub(gap.first_seq),
             records => records,
         };
     }
