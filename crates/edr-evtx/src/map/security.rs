@@ -31,8 +31,7 @@ pub(crate) fn map(converter: &mut Converter, record: &mut Record) -> Option<Box<
         4728 | 4732 => group_member_added(record),
         1102 => log_cleared(record),
         5140 | 5145 => share_access(record),
-        4768..=4770 => kerberos_ticket(record),
-        4771 => kerberos_preauth_failed(record),
+        4768..=4771 => kerberos(record),
         5156 | 5157 => filtering_connection(converter, record),
         5154 | 5155 | 5158 | 5159 => filtering_port(converter, record),
         _ => return None,
@@ -504,18 +503,20 @@ fn share_access(record: &mut Record) -> Box<Event> {
     event
 }
 
-/// Kerberos: 4768 a ticket-granting ticket was requested, 4769 a service ticket was
-/// requested, 4770 a service ticket was renewed. Windows logs them on domain controllers.
-fn kerberos_ticket(record: &mut Record) -> Box<Event> {
+/// Kerberos, as domain controllers log it: 4768 a ticket-granting ticket was requested, 4769
+/// a service ticket was requested, 4770 a service ticket was renewed, and 4771
+/// pre-authentication failed (usually a wrong password).
+fn kerberos(record: &mut Record) -> Box<Event> {
     let (activity, token_type) = match record.event_id {
         4768 => (3, (1, "Ticket Granting Ticket")),
         4769 => (4, (2, "Service Ticket")),
-        _ => (5, (2, "Service Ticket")),
+        4770 => (5, (2, "Service Ticket")),
+        _ => (6, (1, "Ticket Granting Ticket")),
     };
     let mut event = base_event(record, Class::Authentication, activity);
 
     let status = record.take_str("Status");
-    let success = status.as_deref().is_none_or(|s| parse_code(s) == Some(0));
+    let success = activity != 6 && status.as_deref().is_none_or(|s| parse_code(s) == Some(0));
     event.set_status(success);
     if !success {
         event.status_detail = status
@@ -547,31 +548,6 @@ fn kerberos_ticket(record: &mut Record) -> Box<Event> {
         encryption_details: encryption,
     });
 
-    set_auth_protocol(&mut event, Some("Kerberos".to_owned()));
-    event.src_endpoint = take_src_endpoint(record);
-    event.dst_endpoint = local_endpoint(record);
-    event.actor = Some(writer_actor(record));
-    event
-}
-
-/// 4771: Kerberos pre-authentication failed, usually a wrong password.
-fn kerberos_preauth_failed(record: &mut Record) -> Box<Event> {
-    let mut event = base_event(record, Class::Authentication, 6);
-    event.set_status(false);
-    let status = record.take_str("Status");
-    event.status_detail = status
-        .as_deref()
-        .and_then(kerberos_error)
-        .map(str::to_owned);
-    event.status_code = status;
-    event.user = take_user(record, "Target").or_else(null_user);
-    event.service = take_kerberos_service(record);
-    event.authentication_token = Some(AuthenticationToken {
-        type_id: 1,
-        type_name: "Ticket Granting Ticket",
-        kerberos_flags: record.take_str("TicketOptions"),
-        encryption_details: None,
-    });
     set_auth_protocol(&mut event, Some("Kerberos".to_owned()));
     event.src_endpoint = take_src_endpoint(record);
     event.dst_endpoint = local_endpoint(record);
