@@ -324,7 +324,18 @@ fn certificate_renewed_while_streaming() {
     let collector_data = CollectorData::init();
     let collector = collector_data.serve("127.0.0.1:0", &["--sensor-certificate-lifetime", "12s"]);
     let sensor = Sensor::new(Some(&collector_data.token(&[])));
-    let mut uplink = sensor.uplink(&collector.url());
+    // Heartbeats 30 s apart, as by default: the renewal is due 8 s in, and the Collector ends
+    // the stream of an expired certificate, so renewal must not wait for a heartbeat.
+    let mut uplink = sensor.uplink_with(
+        &collector.url(),
+        TransportConfig {
+            batch_max_delay_ms: 10,
+            heartbeat_interval_secs: 30,
+            backoff_initial_ms: 20,
+            backoff_max_ms: 200,
+            ..TransportConfig::default()
+        },
+    );
     uplink.start().unwrap();
     wait_for_streaming(&uplink);
     let sensor_id = sensor.sensor_id();

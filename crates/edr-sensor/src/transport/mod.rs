@@ -40,10 +40,10 @@
 //! - A heartbeat is sent on entering `Streaming` and every `heartbeat_interval_secs`. It
 //!   carries the [`LossCounters`], buffer usage and capacity, the gap ranges seen in drained
 //!   records, the versions and the certificate's `not_after`.
-//! - With each heartbeat the certificate's age is checked. Once two thirds of its validity
-//!   (counted from enrollment or the last renewal) have passed, it is renewed through the
-//!   identity store, which replaces the identity atomically. The link then reconnects at once
-//!   with the new certificate. A failed renewal is logged and retried at the next heartbeat.
+//! - Every second the certificate's age is checked. Once two thirds of its validity (counted
+//!   from enrollment or the last renewal) have passed, it is renewed through the identity
+//!   store, which replaces the identity atomically. The link then reconnects at once with the
+//!   new certificate. A failed renewal is logged and retried a heartbeat interval later.
 //!
 //! # Commands
 //!
@@ -95,6 +95,10 @@ pub use wire::{COMMAND_RESULT_TAG, encode_command_result};
 const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// How often the streaming loop looks for new durable records when the buffer had none.
+/// How often the transport checks whether its certificate is due for renewal. The Collector
+/// ends a stream whose certificate has expired, so the check cannot wait for a heartbeat: with
+/// a short certificate lifetime, two thirds of it can pass between two heartbeats.
+const RENEWAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Outbound messages queued in front of the HTTP/2 stream.
@@ -390,6 +394,9 @@ impl<'a> Session<'a> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewal_check = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
+        renewal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_renewal_attempt = Instant::now();
 
         loop {
             tokio::select! {
@@ -404,13 +411,19 @@ impl<'a> Session<'a> {
                         return end;
                     }
                 }
-                _ = heartbeat.tick() => {
+                _ = renewal_check.tick(), if Instant::now() >= next_renewal_attempt => {
                     if self.renewal_due() {
                         match enrollment::renew(&self.transport.store).await {
                             Ok(_) => return SessionEnd::Renewed,
-                            Err(error) => tracing::warn!(%error, "certificate renewal failed, retrying at the next heartbeat"),
+                            Err(error) => {
+                                let retry = config.heartbeat_interval();
+                                tracing::warn!(%error, retry_in_secs = retry.as_secs(), "certificate renewal failed, retrying after a heartbeat interval");
+                                next_renewal_attempt = Instant::now() + retry;
+                            }
                         }
                     }
+                }
+                _ = heartbeat.tick() => {
                     // A heartbeat that finds the queue full is dropped; the next one follows.
                     let message = self.heartbeat();
                     match tokio::time::timeout(SEND_WAIT, outbound.send(message)).await {
