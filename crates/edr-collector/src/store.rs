@@ -215,15 +215,37 @@ pub(crate) fn check_data_dir(data_dir: &Path) -> Result<(), StoreError> {
 
 /// Checks that the database file at `path` exists and is not empty. Every command but `init`
 /// calls it before SQLite opens the file, because SQLite would create a missing file and fill
+/// Returns whether the database at `path` has a non-empty write-ahead log beside it.
+fn has_write_ahead_log(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).is_ok_and(|metadata| metadata.len() > 0)
+}
+
+/// Size of the smallest SQLite database: one page of the smallest page size.
+const MIN_DATABASE_BYTES: u64 = 512;
+
 /// an empty one with new tables.
 pub(crate) fn check_database(path: &Path) -> Result<(), StoreError> {
     match std::fs::metadata(path) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
             path: path.to_path_buf(),
         }),
-        Ok(metadata) if metadata.is_file() && metadata.len() == 0 => Err(StoreError::Empty {
-            path: path.to_path_buf(),
-        }),
+        // SQLite's smallest page is 512 bytes, and a database holds at least one page. It
+        // rejects most shorter files as "not a database", but starts a new database in a
+        // 1-byte file as in an empty one.
+        // A database whose pages are all still in its write-ahead log can be shorter; SQLite
+        // reads it from there.
+        Ok(metadata)
+            if metadata.is_file()
+                && metadata.len() < MIN_DATABASE_BYTES
+                && !has_write_ahead_log(path) =>
+        {
+            Err(StoreError::Empty {
+                path: path.to_path_buf(),
+                bytes: metadata.len(),
+            })
+        }
         // Other failures, such as a denied permission, are left to SQLite, whose error names
         // the path and the cause.
         _ => Ok(()),
@@ -280,10 +302,11 @@ pub(crate) enum StoreError {
     /// The database file does not exist.
     #[error("no Collector database at \"{}\": run `edr-collector init --data-dir DIR` first", path.display())]
     Missing { path: PathBuf },
-    /// The database file has zero bytes. SQLite would treat it as a new database and create
-    /// empty tables, and the tokens, sensors and revocations it held would be lost unseen.
-    #[error("the Collector database \"{}\" is empty (0 bytes), so its tokens, sensors, revocations and telemetry are gone: restore it from a backup, or remove the data directory and run `edr-collector init --data-dir DIR` to start over", path.display())]
-    Empty { path: PathBuf },
+    /// The database file is shorter than one SQLite page. SQLite would treat a 0- or 1-byte
+    /// file as a new database and create empty tables, and the tokens, sensors and
+    /// revocations it held would be lost unseen.
+    #[error("the Collector database \"{}\" is {bytes} bytes long, too short to be a database, so its tokens, sensors, revocations and telemetry are gone: restore it from a backup, or remove the data directory and run `edr-collector init --data-dir DIR` to start over", path.display())]
+    Empty { path: PathBuf, bytes: u64 },
     /// SQLite failed. The message names SQLite's error, so it is not also the error's source,
     /// which would print it a second time.
     #[error("database error in \"{}\": {error}{}", path.display(), sqlite_hint(error))]
@@ -329,7 +352,8 @@ pub(crate) enum StoreError {
     )]
     RevokedSensor {
         id: String,
-        revoked_at: OffsetDateTime,
+        /// RFC 3339 time of the revocation.
+        revoked_at: String,
     },
 }
 

@@ -422,7 +422,6 @@ fn empty_database_rejected_by_every_command() {
     let data = data_path.to_str().unwrap();
     assert!(run(&["init", "--data-dir", data]).status.success());
     let database = data_path.join("collector.db");
-    std::fs::write(&database, b"").unwrap();
     let export = root.path().join("export");
     let export = export.to_str().unwrap();
 
@@ -438,28 +437,33 @@ fn empty_database_rejected_by_every_command() {
         &["export", "--format", "jsonl", "--output", export],
         &["serve", "--listen", "127.0.0.1:0"],
     ];
-    for command in commands {
-        let mut args = command.to_vec();
-        args.extend(["--data-dir", data]);
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "the Collector database \"{}\" is empty (0 bytes)",
-                database.display()
-            )),
-            "{command:?}: {stderr}"
-        );
-        assert!(
-            stderr.contains("restore it from a backup"),
-            "{command:?}: {stderr}"
-        );
-        assert_eq!(
-            std::fs::metadata(&database).unwrap().len(),
-            0,
-            "{command:?}"
-        );
+    // SQLite starts a new database in a 1-byte file too.
+    for content in [&b""[..], b"x"] {
+        std::fs::write(&database, content).unwrap();
+        for command in commands {
+            let mut args = command.to_vec();
+            args.extend(["--data-dir", data]);
+            let out = run(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "the Collector database \"{}\" is {} bytes long, too short to be a database",
+                    database.display(),
+                    content.len()
+                )),
+                "{command:?}: {stderr}"
+            );
+            assert!(
+                stderr.contains("restore it from a backup"),
+                "{command:?}: {stderr}"
+            );
+            assert_eq!(
+                std::fs::read(&database).unwrap(),
+                content,
+                "{command:?} changed the file"
+            );
+        }
     }
     assert!(!data_path.join("collector.lock").exists());
 }

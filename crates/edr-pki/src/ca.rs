@@ -134,10 +134,21 @@ impl CollectorCa {
     pub fn create(dir: &Path, common_name: &str) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        for path in [&cert_path, &key_path] {
-            if path.exists() {
-                return Err(CaError::AlreadyExists { path: path.clone() });
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => return Err(CaError::AlreadyExists { path: cert_path }),
+            (false, true) => {
+                return Err(CaError::Incomplete {
+                    missing: cert_path,
+                    present: key_path,
+                });
             }
+            (true, false) => {
+                return Err(CaError::Incomplete {
+                    missing: key_path,
+                    present: cert_path,
+                });
+            }
+            (false, false) => {}
         }
         create_private_dir(dir)?;
 
@@ -448,6 +459,12 @@ mod tests {
             assert!(err.contains("incomplete"), "{err}");
             assert!(err.contains(missing), "{err}");
             assert!(err.contains("restore the missing file"), "{err}");
+            // `init` says the same rather than that a CA exists.
+            let err = CollectorCa::create(dir.path(), "Test CA")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("incomplete"), "{err}");
+            assert!(err.contains(missing), "{err}");
         }
     }
 

@@ -211,6 +211,8 @@ impl Store {
             .optional()
             .map_err(self.sqlite())?;
         let mut status = state.unwrap_or_default();
+        // A gap of damaged bytes has `records` 0 (unknown); each sequence number in its range
+        // counts as a lost record, as the sensor's replay summary counts it.
         // `TOTAL` sums as a float, where `SUM` fails with "integer overflow": databases
         // written before validation checked gap records can hold counts near `i64::MAX`. The
         // float is exact up to 2^53 records and saturates when converted below.
@@ -218,7 +220,9 @@ impl Store {
             .conn
             .query_row(
                 "SELECT (SELECT COUNT(*) FROM events WHERE sensor_id = ?1),
-                        COUNT(*), TOTAL(records)
+                        COUNT(*),
+                        TOTAL(CASE WHEN records > 0 THEN records
+                                   ELSE MAX(last_seq - first_seq + 1, 0) END)
                  FROM gaps WHERE sensor_id = ?1",
                 params![sensor_id],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
@@ -257,7 +261,9 @@ impl Store {
             Some(Some(at)) => {
                 return Err(StoreError::RevokedSensor {
                     id: sensor_id.to_string(),
-                    revoked_at: super::from_unix(at),
+                    revoked_at: super::from_unix(at)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_else(|_| at.to_string()),
                 });
             }
             Some(None) => {}
@@ -579,5 +585,28 @@ mod tests {
         let status = store.sensor_status("sensor-a").unwrap();
         assert_eq!(status.gaps, 2);
         assert_eq!(status.gap_records, u64::MAX);
+    }
+
+    /// A gap of damaged bytes does not know how many records it lost (`records` 0): each
+    /// number of its range counts, and the empty range of damage between two consecutive
+    /// records counts none.
+    #[test]
+    fn damaged_gaps_count_their_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        for (seq, first, last, records) in [(10, 1, 3, 3), (11, 5, 7, 0), (12, 9, 8, 0)] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO gaps (sensor_id, seq, first_seq, last_seq, records, bytes,
+                                       reason, received_at)
+                     VALUES ('sensor-a', ?1, ?2, ?3, ?4, 64, 'damaged_on_disk', 0)",
+                    params![seq, first, last, records],
+                )
+                .unwrap();
+        }
+        let status = store.sensor_status("sensor-a").unwrap();
+        assert_eq!(status.gaps, 3);
+        assert_eq!(status.gap_records, 6);
     }
 }
