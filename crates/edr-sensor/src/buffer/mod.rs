@@ -58,9 +58,9 @@
 //!
 //! - Sequence numbers are per sensor, shared by both lanes, start at 1 and rise strictly. They
 //!   are never reused across restarts: the next number is above every record, every segment key
-//!   (at most the next number when the segment was created) and the number stored in the cursor. The only
-//!   numbers that can be handed out twice are those of records lost before their fsync in a power
-//!   failure, which no reader ever saw.
+//!   (at most the next number when the segment was created) and the number stored in the
+//!   cursor. The only numbers that can be handed out twice are those of records lost before
+//!   their fsync in a power failure, which no reader ever saw.
 //! - A crash leaves holes in the numbering: records still in memory are lost, and their numbers
 //!   are skipped when a later record of the other lane reached the file. The holes are never
 //!   reported as gaps because none of their records was durable.

@@ -194,8 +194,8 @@ impl Buffer {
         }
 
         // Step 4: the next sequence number lies above every number ever handed out: above every
-        // record, every segment key (at most the next number when the segment was created) and the
-        // cursor's own record of it.
+        // record, every segment key (at most the next number when the segment was created) and
+        // the cursor's own record of it.
         let mut next_seq = cursor.map_or(1, |state| state.next_seq).max(acked_seq + 1);
         for scan in &scans {
             next_seq = next_seq.max(scan.max_seq + 1);
