@@ -148,6 +148,18 @@ impl ProcessCache {
         Some(generation.clone())
     }
 
+    /// Returns the generation of `pid` that exited within `window_ms` of `time`, if any. A
+    /// second provider that reports the same exit (a kernel trace often has both the NT Kernel
+    /// Logger and Microsoft-Windows-Kernel-Process) finds the process the first report closed.
+    pub fn exited_near(&self, pid: u32, time: i64, window_ms: i64) -> Option<ProcessInfo> {
+        self.by_pid
+            .get(&pid)?
+            .iter()
+            .rev()
+            .find(|g| g.exit_time.is_some_and(|e| (e - time).abs() <= window_ms))
+            .cloned()
+    }
+
     /// The generation of `pid` alive at `time`: started at or before it and not exited before
     /// it. A generation without a start time matches any time before the next generation.
     pub fn lookup(&self, pid: u32, time: i64) -> Option<&ProcessInfo> {

@@ -117,13 +117,41 @@ impl EtwMapper {
             _ => raw.create_time.map(time_ms),
         };
         let known = self.processes.lookup(raw.process_id, time).is_some();
+        // A second provider's report of a start already in the cache (a kernel trace often
+        // has both the NT Kernel Logger and Microsoft-Windows-Kernel-Process) describes the
+        // same process: it keeps that process's uid and only fills what the first lacked.
+        let same_start = match (raw.lifecycle, start_time) {
+            (Lifecycle::Start, Some(start)) => self
+                .processes
+                .lookup(raw.process_id, time)
+                .filter(|p| is_same_start(p, &raw, start))
+                .cloned(),
+            _ => None,
+        };
         let describes = matches!(raw.lifecycle, Lifecycle::Start)
             || (matches!(
                 raw.lifecycle,
                 Lifecycle::RundownStart | Lifecycle::RundownEnd
             ) && !known);
         let mut described = None;
-        if describes {
+        if let Some(mut existing) = same_start {
+            if existing.cmd_line.is_none() {
+                existing.cmd_line = raw.command_line.clone().filter(|c| !c.is_empty());
+            }
+            if existing.user.is_none() {
+                existing.user = raw
+                    .user_sid
+                    .as_deref()
+                    .and_then(|sid| User::from_parts(None, None, Some(sid)));
+            }
+            if existing.image.as_ref().is_none_or(|i| !i.contains('\\'))
+                && raw.image_name.contains('\\')
+            {
+                existing.image = Some(raw.image_name.clone());
+            }
+            self.processes.insert(existing.clone());
+            described = Some(existing);
+        } else if describes {
             let uid_time = start_time.unwrap_or(self.context.trace_start_ms);
             let parent_uid = raw.parent_process_id.and_then(|ppid| {
                 self.processes
@@ -154,8 +182,11 @@ impl EtwMapper {
         }
         let exited = matches!(raw.lifecycle, Lifecycle::Stop | Lifecycle::Defunct);
         let info = if exited {
-            self.processes
-                .exit(raw.process_id, raw.exit_time.map_or(time, time_ms))
+            let exit_time = raw.exit_time.map_or(time, time_ms);
+            self.processes.exit(raw.process_id, exit_time).or_else(|| {
+                self.processes
+                    .exited_near(raw.process_id, exit_time, SAME_REPORT_MS)
+            })
         } else {
             // The start time of a manifest start event can be later than the event's own
             // time stamp, so the process just described is used as is.
@@ -837,4 +868,30 @@ fn dns_answer(answer: &str) -> Option<DnsAnswer> {
         rdata: address.to_owned(),
         type_name,
     })
+}
+
+/// Time within which two providers' reports of one process start or exit are taken as the
+/// same event. The NT Kernel Logger stamps a start with its event time and
+/// Microsoft-Windows-Kernel-Process with the process's create time, which a helper's trace
+/// showed 12 ms apart.
+const SAME_REPORT_MS: i64 = 1_000;
+
+/// Returns whether `raw`, a start at `start`, reports the start of `cached` again: the same
+/// pid (the caller looked it up), a start within [`SAME_REPORT_MS`], the same parent and the
+/// same image file name.
+fn is_same_start(cached: &ProcessInfo, raw: &ProcessEvent, start: i64) -> bool {
+    let file_name = |path: &str| {
+        path.rsplit(['\\', '/'])
+            .next()
+            .unwrap_or(path)
+            .to_ascii_lowercase()
+    };
+    cached
+        .start_time
+        .is_some_and(|s| (s - start).abs() <= SAME_REPORT_MS)
+        && cached.parent_pid == raw.parent_process_id
+        && cached
+            .image
+            .as_deref()
+            .is_some_and(|image| file_name(image) == file_name(&raw.image_name))
 }

@@ -380,3 +380,56 @@ fn kernel_registry_value_uses_kcb_name() {
     );
     assert_eq!(mapper.stats().filtered.len(), 1);
 }
+
+/// A trace with both the NT Kernel Logger and Microsoft-Windows-Kernel-Process reports each
+/// start and exit twice, with start times a few ms apart: both reports name one process.
+#[test]
+fn start_reported_by_two_providers_has_one_uid() {
+    let mut mapper = mapper();
+    let mut out = Vec::new();
+    // Kernel-Process: the full image path and the create time.
+    mapper.map(
+        start(300, 4, r"\Device\HarddiskVolume2\Tools\Test.x86.exe", 1_000),
+        &mut out,
+    );
+    // NT Kernel Logger: the file name only, stamped 12 ms later, with the command line.
+    let mut logger = start(300, 4, "Test.x86.exe", 1_012);
+    logger.header.provider = providers::KERNEL_PROCESS_GROUP;
+    if let RawEvent::Process(p) = &mut logger.event {
+        p.create_time = None;
+    }
+    mapper.map(logger, &mut out);
+    mapper.map(connect(300, 1_500), &mut out);
+    mapper.map(stop(300, 2_000), &mut out);
+    let mut logger_stop = stop(300, 2_003);
+    logger_stop.header.provider = providers::KERNEL_PROCESS_GROUP;
+    mapper.map(logger_stop, &mut out);
+    // A process of another image that gets the pid later is a new process.
+    mapper.map(start(300, 4, r"C:\other.exe", 2_500), &mut out);
+    let events = json(&out);
+
+    let uid_of = |e: &Value| e.pointer("/process/uid").cloned();
+    let launches: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["class_uid"] == 1007 && e["activity_id"] == 1)
+        .collect();
+    assert_eq!(launches.len(), 3);
+    assert_eq!(uid_of(launches[0]), uid_of(launches[1]), "{launches:?}");
+    assert_ne!(uid_of(launches[0]), uid_of(launches[2]));
+    let uid = uid_of(launches[0]).unwrap();
+    let exits: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["class_uid"] == 1007 && e["activity_id"] == 2)
+        .collect();
+    assert_eq!(exits.len(), 2);
+    for exit in exits {
+        assert_eq!(exit.pointer("/process/uid"), Some(&uid), "{exit}");
+    }
+    let connect = events.iter().find(|e| e["class_uid"] == 4001).unwrap();
+    assert_eq!(connect.pointer("/actor/process/uid"), Some(&uid));
+    // The full path of the first report is kept.
+    assert_eq!(
+        connect.pointer("/actor/process/path"),
+        Some(&Value::from(r"\Device\HarddiskVolume2\Tools\Test.x86.exe"))
+    );
+}
