@@ -134,21 +134,8 @@ impl CollectorCa {
     pub fn create(dir: &Path, common_name: &str) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        match (cert_path.exists(), key_path.exists()) {
-            (true, true) => return Err(CaError::AlreadyExists { path: cert_path }),
-            (false, true) => {
-                return Err(CaError::Incomplete {
-                    missing: cert_path,
-                    present: key_path,
-                });
-            }
-            (true, false) => {
-                return Err(CaError::Incomplete {
-                    missing: key_path,
-                    present: cert_path,
-                });
-            }
-            (false, false) => {}
+        if ca_files_present(&cert_path, &key_path)? {
+            return Err(CaError::AlreadyExists { path: cert_path });
         }
         create_private_dir(dir)?;
 
@@ -193,21 +180,7 @@ impl CollectorCa {
     pub fn load(dir: &Path) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
-        match (cert_path.exists(), key_path.exists()) {
-            (false, true) => {
-                return Err(CaError::Incomplete {
-                    missing: cert_path,
-                    present: key_path,
-                });
-            }
-            (true, false) => {
-                return Err(CaError::Incomplete {
-                    missing: key_path,
-                    present: cert_path,
-                });
-            }
-            _ => {}
-        }
+        ca_files_present(&cert_path, &key_path)?;
         let cert_pem = read_existing(&cert_path)?;
         let key_pem = read_existing(&key_path)?;
 
@@ -329,6 +302,23 @@ pub(crate) fn pem_certificate(pem: &str) -> Result<CertificateDer<'static>, Stri
     use rustls_pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|err| format!("no PEM certificate found ({err})"))
+}
+
+/// Returns whether both CA files exist, `false` when neither does, and
+/// [`CaError::Incomplete`] when only one of them is left.
+fn ca_files_present(cert_path: &Path, key_path: &Path) -> Result<bool, CaError> {
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => Ok(true),
+        (false, false) => Ok(false),
+        (false, true) => Err(CaError::Incomplete {
+            missing: cert_path.to_path_buf(),
+            present: key_path.to_path_buf(),
+        }),
+        (true, false) => Err(CaError::Incomplete {
+            missing: key_path.to_path_buf(),
+            present: cert_path.to_path_buf(),
+        }),
+    }
 }
 
 fn read_existing(path: &Path) -> Result<String, CaError> {
