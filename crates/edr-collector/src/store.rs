@@ -231,7 +231,7 @@ pub(crate) fn check_database(path: &Path) -> Result<(), StoreError> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
             path: path.to_path_buf(),
         }),
-        // SQLite's smallest page is 512 bytes, and a database holds at least one page. It
+        // SQLite's smallest page is 512 bytes, and a database has at least one page. SQLite
         // rejects most shorter files as "not a database", but starts a new database in a
         // 1-byte file as in an empty one.
         // A database whose pages are all still in its write-ahead log can be shorter; SQLite

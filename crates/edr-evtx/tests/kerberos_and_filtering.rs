@@ -56,6 +56,7 @@ fn tgt_request_is_authentication_ticket() {
             "CertIssuerName": "", "CertSerialNumber": "", "CertThumbprint": ""
         }),
     );
+
     assert_eq!(event["type_uid"], 300203, "{event}");
     assert_eq!(event["status_id"], 1);
     assert_eq!(event["auth_protocol_id"], 2);
@@ -64,10 +65,12 @@ fn tgt_request_is_authentication_ticket() {
         event["user"]["uid"],
         "S-1-5-21-1004336348-1177238915-682003330-1104"
     );
+
     assert_eq!(event["service"]["name"], "krbtgt");
     assert_eq!(event["src_endpoint"]["ip"], "::ffff:192.0.2.15");
     assert_eq!(event["src_endpoint"]["port"], 49874);
     assert_eq!(event["dst_endpoint"]["hostname"], "dc01.example.org");
+
     let token = &event["authentication_token"];
     assert_eq!(token["type_id"], 1);
     assert_eq!(token["kerberos_flags"], "0x40810010");
@@ -114,7 +117,7 @@ fn failed_tgt_request_names_the_kerberos_error() {
 
 #[test]
 fn rc4_service_ticket_is_visible() {
-    // Kerberoasting asks for service tickets encrypted with RC4.
+    // Kerberoasting requests service tickets encrypted with RC4.
     let event = convert_security(
         4769,
         json!({

@@ -440,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn load_with_one_file_missing_names_a_backup_not_init() {
+    fn half_ca_names_missing_file() {
         for missing in [CA_CERT_FILE, CA_KEY_FILE] {
             let dir = tempfile::tempdir().unwrap();
             CollectorCa::create(dir.path(), "Test CA").unwrap();
@@ -449,7 +449,7 @@ mod tests {
             assert!(err.contains("incomplete"), "{err}");
             assert!(err.contains(missing), "{err}");
             assert!(err.contains("restore the missing file"), "{err}");
-            // `init` says the same rather than that a CA exists.
+            // `init` reports the same error, not that a CA exists.
             let err = CollectorCa::create(dir.path(), "Test CA")
                 .unwrap_err()
                 .to_string();

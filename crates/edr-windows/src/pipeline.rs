@@ -291,7 +291,7 @@ fn convert_etl(
 pub struct RecordConverter {
     decoder: Decoder,
     mapper: EtwMapper,
-    /// Records held to be mapped in time order; `None` maps each record as it arrives.
+    /// Records waiting to be mapped in time order; `None` maps each record as it arrives.
     reorder: Option<Reorder>,
 }
 
@@ -306,8 +306,8 @@ impl RecordConverter {
         }
     }
 
-    /// Creates a converter for a recorded file: it holds decoded records back and maps them
-    /// in time order, within [`REORDER_WINDOW_100NS`] of event time and [`REORDER_MAX_HELD`]
+    /// Creates a converter for a recorded file. It keeps decoded records back and maps them in
+    /// time order, within [`REORDER_WINDOW_100NS`] of event time and [`REORDER_MAX_WAITING`]
     /// records. In an ETL file each processor's buffers reach the file when they are full,
     /// so records of one moment lie far apart: in a recorded kernel trace of 15,915 events a
     /// process's exit came 9.5 s of event time before its start in file order.
@@ -323,7 +323,7 @@ impl RecordConverter {
     pub fn push(&mut self, record: &EventRecord<'_>, out: &mut Vec<Box<Event>>) {
         let undecodable_before = self.decoder.stats().undecodable_total();
         if let Some(decoded) = self.decoder.decode(record) {
-            self.map(Held::Decoded(decoded), out);
+            self.map(WaitingRecord::Decoded(decoded), out);
             return;
         }
         if self.decoder.stats().undecodable_total() != undecodable_before {
@@ -351,7 +351,7 @@ impl RecordConverter {
             };
             let fields = undecoded_fields(record);
             self.map(
-                Held::Undecoded {
+                WaitingRecord::Undecoded {
                     header,
                     provider,
                     id,
@@ -364,25 +364,25 @@ impl RecordConverter {
         }
     }
 
-    /// Maps `held` now, or holds it and maps the records that are due, in time order.
-    fn map(&mut self, held: Held, out: &mut Vec<Box<Event>>) {
+    /// Maps `record` now, or queues it and maps the queued records that are due, in time order.
+    fn map(&mut self, record: WaitingRecord, out: &mut Vec<Box<Event>>) {
         let Some(reorder) = self.reorder.as_mut() else {
-            held.map(&mut self.mapper, out);
+            record.map(&mut self.mapper, out);
             return;
         };
-        reorder.push(held);
+        reorder.push(record);
         while let Some(due) = reorder.pop_due() {
             due.map(&mut self.mapper, out);
         }
     }
 
-    /// Emits every event still held (records held for time order, events waiting for their
-    /// process, unfinished script blocks) into `out`; call it at the end of a file or when a
-    /// live sensor stops.
+    /// Emits every event still waiting into `out`: records queued for time order, events
+    /// waiting for their process and unfinished script blocks. Call it at the end of a file or
+    /// when a live sensor stops.
     pub fn finish(&mut self, out: &mut Vec<Box<Event>>) {
         if let Some(reorder) = self.reorder.as_mut() {
             while let Some(Reverse(entry)) = reorder.heap.pop() {
-                entry.held.map(&mut self.mapper, out);
+                entry.record.map(&mut self.mapper, out);
             }
         }
         self.mapper.finish(out);
@@ -394,18 +394,18 @@ impl RecordConverter {
     }
 }
 
-/// Event time (in 100 ns units) a record is held for: a record is mapped once a record 60 s
-/// later has been read. Traces a helper checked lagged by up to 12.4 s between processors.
+/// Event time, in 100 ns units, that a record waits for: it is mapped once a record 60 s later
+/// has been read. The traces checked lagged by up to 12.4 s between processors.
 pub const REORDER_WINDOW_100NS: i64 = 60 * 10_000_000;
 
-/// Records held at most; past it the oldest is mapped even if it is not 60 s old, which bounds
-/// memory (a decoded record takes a few hundred bytes) on traces of thousands of events per
-/// second.
-pub const REORDER_MAX_HELD: usize = 100_000;
+/// Largest number of records waiting. Past it the oldest is mapped even if it is not 60 s old,
+/// so memory stays bounded on traces of thousands of events per second (a decoded record takes
+/// a few hundred bytes).
+pub const REORDER_MAX_WAITING: usize = 100_000;
 
 /// A record waiting to be mapped: decoded, or a collected record no decoder covers.
 #[derive(Debug)]
-enum Held {
+enum WaitingRecord {
     Decoded(DecodedEvent),
     Undecoded {
         header: EventHeader,
@@ -415,18 +415,18 @@ enum Held {
     },
 }
 
-impl Held {
+impl WaitingRecord {
     fn timestamp(&self) -> i64 {
         match self {
-            Held::Decoded(decoded) => decoded.header.timestamp.0,
-            Held::Undecoded { header, .. } => header.timestamp.0,
+            WaitingRecord::Decoded(decoded) => decoded.header.timestamp.0,
+            WaitingRecord::Undecoded { header, .. } => header.timestamp.0,
         }
     }
 
     fn map(self, mapper: &mut EtwMapper, out: &mut Vec<Box<Event>>) {
         match self {
-            Held::Decoded(decoded) => mapper.map(decoded, out),
-            Held::Undecoded {
+            WaitingRecord::Decoded(decoded) => mapper.map(decoded, out),
+            WaitingRecord::Undecoded {
                 header,
                 provider,
                 id,
@@ -436,67 +436,70 @@ impl Held {
     }
 }
 
-/// A held record, ordered by time and then by the order it was read, so that records of the
+/// A queued record, ordered by time and then by the order it was read, so that records of the
 /// same time keep their file order.
 #[derive(Debug)]
-struct HeldEntry {
+struct QueuedRecord {
     timestamp: i64,
     read: u64,
-    held: Held,
+    record: WaitingRecord,
 }
 
-impl PartialEq for HeldEntry {
+impl PartialEq for QueuedRecord {
     fn eq(&self, other: &Self) -> bool {
         (self.timestamp, self.read) == (other.timestamp, other.read)
     }
 }
 
-impl Eq for HeldEntry {}
+impl Eq for QueuedRecord {}
 
-impl PartialOrd for HeldEntry {
+impl PartialOrd for QueuedRecord {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for HeldEntry {
+impl Ord for QueuedRecord {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.timestamp, self.read).cmp(&(other.timestamp, other.read))
     }
 }
 
-/// Records held for time order: the oldest leaves when a record [`REORDER_WINDOW_100NS`] newer
-/// has been read, or when more than [`REORDER_MAX_HELD`] are held.
+/// Records queued for time order. The oldest leaves when a record [`REORDER_WINDOW_100NS`]
+/// newer has been read, or when more than [`REORDER_MAX_WAITING`] are queued.
 #[derive(Debug, Default)]
 struct Reorder {
-    heap: BinaryHeap<Reverse<HeldEntry>>,
+    heap: BinaryHeap<Reverse<QueuedRecord>>,
     read: u64,
     newest: Option<i64>,
 }
 
 impl Reorder {
-    fn push(&mut self, held: Held) {
-        let timestamp = held.timestamp();
-        self.newest = Some(
-            self.newest
-                .map_or(timestamp, |newest| newest.max(timestamp)),
-        );
-        self.heap.push(Reverse(HeldEntry {
+    fn push(&mut self, record: WaitingRecord) {
+        let timestamp = record.timestamp();
+        self.newest = Some(match self.newest {
+            Some(newest) => newest.max(timestamp),
+            None => timestamp,
+        });
+        self.heap.push(Reverse(QueuedRecord {
             timestamp,
             read: self.read,
-            held,
+            record,
         }));
         self.read += 1;
     }
 
-    /// Returns the oldest held record if it is due.
-    fn pop_due(&mut self) -> Option<Held> {
+    /// Returns the oldest queued record if it is due.
+    fn pop_due(&mut self) -> Option<WaitingRecord> {
         let oldest = self.heap.peek()?.0.timestamp;
         let newest = self.newest.unwrap_or(oldest);
-        let due = self.heap.len() > REORDER_MAX_HELD
+        let due = self.heap.len() > REORDER_MAX_WAITING
             || newest.saturating_sub(oldest) > REORDER_WINDOW_100NS;
-        due.then(|| self.heap.pop().map(|Reverse(entry)| entry.held))
-            .flatten()
+        if !due {
+            return None;
+        }
+        let Reverse(entry) = self.heap.pop()?;
+        Some(entry.record)
     }
 }
 
@@ -534,8 +537,8 @@ mod tests {
 
     const SECOND: i64 = 10_000_000;
 
-    fn held(seconds: i64, id: u16) -> Held {
-        Held::Undecoded {
+    fn record_at(seconds: i64, id: u16) -> WaitingRecord {
+        WaitingRecord::Undecoded {
             header: EventHeader {
                 provider: Guid::NIL,
                 event_id: id,
@@ -552,41 +555,41 @@ mod tests {
         }
     }
 
-    fn id(held: &Held) -> u16 {
-        match held {
-            Held::Undecoded { id, .. } => *id,
-            Held::Decoded(_) => unreachable!("only undecoded records are held here"),
+    fn id(record: &WaitingRecord) -> u16 {
+        match record {
+            WaitingRecord::Undecoded { id, .. } => *id,
+            WaitingRecord::Decoded(_) => unreachable!("these tests queue undecoded records only"),
         }
     }
 
     #[test]
-    fn records_leave_in_time_order_once_the_window_has_passed() {
+    fn reorder_releases_after_window() {
         let mut reorder = Reorder::default();
         // Read in file order: a later processor buffer first, then an earlier one.
         for (seconds, record) in [(100, 1), (103, 2), (90, 3), (95, 4), (95, 5)] {
-            reorder.push(held(seconds, record));
+            reorder.push(record_at(seconds, record));
         }
         assert!(reorder.pop_due().is_none(), "nothing is 60 s old yet");
-        reorder.push(held(156, 6));
+        reorder.push(record_at(156, 6));
         let due: Vec<u16> = std::iter::from_fn(|| reorder.pop_due())
-            .map(|h| id(&h))
+            .map(|record| id(&record))
             .collect();
         // 90 and 95 are more than 60 s before 156; records of the same time keep file order.
         assert_eq!(due, vec![3, 4, 5]);
         let rest: Vec<u16> = std::iter::from_fn(|| reorder.heap.pop())
-            .map(|Reverse(entry)| id(&entry.held))
+            .map(|Reverse(entry)| id(&entry.record))
             .collect();
         assert_eq!(rest, vec![1, 2, 6]);
     }
 
     #[test]
-    fn held_records_are_bounded() {
+    fn reorder_queue_is_bounded() {
         let mut reorder = Reorder::default();
-        for record in 0..=REORDER_MAX_HELD {
-            reorder.push(held(1_000, (record % 60_000) as u16));
+        for record in 0..=REORDER_MAX_WAITING {
+            reorder.push(record_at(1_000, (record % 60_000) as u16));
         }
         assert!(reorder.pop_due().is_some(), "one past the bound leaves");
         assert!(reorder.pop_due().is_none());
-        assert_eq!(reorder.heap.len(), REORDER_MAX_HELD);
+        assert_eq!(reorder.heap.len(), REORDER_MAX_WAITING);
     }
 }

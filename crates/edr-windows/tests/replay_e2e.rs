@@ -266,6 +266,41 @@ fn replay_into_buffer(collector_bin: &Path, data: &Path, state: &Path, inputs: &
     listen
 }
 
+/// A Collector data directory and a sensor state directory whose ring buffer holds every event
+/// of a replay that the stopped Collector did not acknowledge.
+struct FilledBuffer {
+    collector_bin: PathBuf,
+    _root: tempfile::TempDir,
+    data: PathBuf,
+    state: PathBuf,
+    listen: String,
+}
+
+impl FilledBuffer {
+    /// Enrolls a sensor, stops the Collector and replays `inputs` into the buffer.
+    fn new(inputs: &Path) -> Self {
+        let collector_bin = collector_binary();
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("collector");
+        let state = root.path().join("sensor");
+        let listen = replay_into_buffer(&collector_bin, &data, &state, inputs);
+        Self {
+            collector_bin,
+            _root: root,
+            data,
+            state,
+            listen,
+        }
+    }
+
+    /// Starts the Collector again and replays `inputs` once more, which drains the buffer.
+    fn replay_again(&self, inputs: &Path) -> (Collector, std::process::Output) {
+        let collector = Collector::start(&self.collector_bin, &self.data, &self.listen);
+        let output = replay_with_timeout(inputs, &self.state);
+        (collector, output)
+    }
+}
+
 /// Returns the telemetry segment files of the ring buffer under `state`, oldest first.
 fn telemetry_segments(state: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(state.join("buffer").join("telemetry"))
@@ -308,14 +343,10 @@ fn replay_reports_deleted_segment() {
         );
         return;
     }
-    let collector_bin = collector_binary();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("collector");
-    let state = root.path().join("sensor");
-    let listen = replay_into_buffer(&collector_bin, &data, &state, &inputs);
+    let filled = FilledBuffer::new(&inputs);
 
     // The oldest segment starts at 1; the next one is keyed one above its last record.
-    let segments = telemetry_segments(&state);
+    let segments = telemetry_segments(&filled.state);
     assert!(segments.len() >= 2, "one segment only: {segments:?}");
     let next_key: u64 = segments[1]
         .file_stem()
@@ -327,14 +358,13 @@ fn replay_reports_deleted_segment() {
     let deleted = next_key - 1;
     std::fs::remove_file(&segments[0]).unwrap();
 
-    let _collector = Collector::start(&collector_bin, &data, &listen);
-    let output = replay_with_timeout(&inputs, &state);
+    let (_collector, output) = filled.replay_again(&inputs);
     let summary = String::from_utf8_lossy(&output.stdout);
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{summary}{message}");
     assert!(summary.contains(&format!("lost: {deleted}\n")), "{summary}");
     assert!(message.contains("events were lost"), "{message}");
-    let gaps = stored_gaps(&data.join("collector.db"));
+    let gaps = stored_gaps(&filled.data.join("collector.db"));
     assert_eq!(
         gaps,
         vec![(1, deleted, deleted, "segment_missing_on_disk".to_owned())]
@@ -346,13 +376,9 @@ fn replay_counts_damaged_records_as_lost() {
     let Some(evtx) = recorded_evtx() else {
         return;
     };
-    let collector_bin = collector_binary();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("collector");
-    let state = root.path().join("sensor");
-    let listen = replay_into_buffer(&collector_bin, &data, &state, &evtx);
+    let filled = FilledBuffer::new(&evtx);
 
-    let segments = telemetry_segments(&state);
+    let segments = telemetry_segments(&filled.state);
     let len = std::fs::metadata(&segments[0]).unwrap().len();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -362,8 +388,7 @@ fn replay_counts_damaged_records_as_lost() {
     std::io::Write::write_all(&mut file, &[0xFF; 8]).unwrap();
     drop(file);
 
-    let _collector = Collector::start(&collector_bin, &data, &listen);
-    let output = replay_with_timeout(&evtx, &state);
+    let (_collector, output) = filled.replay_again(&evtx);
     let summary = String::from_utf8_lossy(&output.stdout);
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{summary}{message}");
@@ -373,7 +398,7 @@ fn replay_counts_damaged_records_as_lost() {
         summary.contains("acknowledged those too, except those counted as lost below"),
         "{summary}"
     );
-    let gaps = stored_gaps(&data.join("collector.db"));
+    let gaps = stored_gaps(&filled.data.join("collector.db"));
     assert_eq!(gaps.len(), 1);
     assert_eq!(gaps[0].3, "damaged_on_disk");
 }
@@ -383,16 +408,11 @@ fn replay_rejects_invalid_checkpoint() {
     let Some(evtx) = recorded_evtx() else {
         return;
     };
-    let collector_bin = collector_binary();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("collector");
-    let state = root.path().join("sensor");
-    let listen = replay_into_buffer(&collector_bin, &data, &state, &evtx);
-    let checkpoint = state.join("buffer").join("replay-checkpoint.json");
+    let filled = FilledBuffer::new(&evtx);
+    let checkpoint = filled.state.join("buffer").join("replay-checkpoint.json");
     std::fs::write(&checkpoint, "{garbage\n").unwrap();
 
-    let _collector = Collector::start(&collector_bin, &data, &listen);
-    let output = replay_with_timeout(&evtx, &state);
+    let (_collector, output) = filled.replay_again(&evtx);
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{message}");
     assert!(
@@ -404,6 +424,6 @@ fn replay_rejects_invalid_checkpoint() {
     );
     assert!(message.contains("delete the file"), "{message}");
     // Nothing was appended, so nothing can have been stored twice.
-    assert_eq!(stored_count(&data.join("collector.db")), 0);
+    assert_eq!(stored_count(&filled.data.join("collector.db")), 0);
     assert_eq!(std::fs::read_to_string(&checkpoint).unwrap(), "{garbage\n");
 }

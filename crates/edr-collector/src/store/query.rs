@@ -211,11 +211,11 @@ impl Store {
             .optional()
             .map_err(self.sqlite())?;
         let mut status = state.unwrap_or_default();
-        // A gap of damaged bytes has `records` 0 (unknown); each sequence number in its range
-        // counts as a lost record, as the sensor's replay summary counts it.
-        // `TOTAL` sums as a float, where `SUM` fails with "integer overflow": databases
-        // written before validation checked gap records can hold counts near `i64::MAX`. The
-        // float is exact up to 2^53 records and saturates when converted below.
+        // A gap of damaged bytes has `records` 0 (unknown), so each sequence number in its
+        // range counts as a lost record, as in the sensor's replay summary.
+        // `TOTAL` sums as a float, where `SUM` fails with "integer overflow", because databases
+        // written before validation checked gap records can contain counts near `i64::MAX`.
+        // The float is exact up to 2^53 records and saturates when converted below.
         let (events, gaps, gap_records): (i64, i64, f64) = self
             .conn
             .query_row(

@@ -137,8 +137,8 @@
 //!   reported as one [`Gap`] per range with reason [`GapReason::SegmentMissing`], `records` the
 //!   count of those numbers and `bytes` 0 (unknown), logged at ERROR and counted in
 //!   `missing_records`. The gap record itself covers the range at later opens, so the report
-//!   is made once. A missing newest segment of a lane cannot be told apart from records that a
-//!   crash lost before their fsync, and is not reported.
+//!   is made once. A missing newest segment of a lane looks the same as records that a crash
+//!   lost before their fsync, so it is not reported.
 //! - Damage that appears after open is found by the reader. The rest of that segment is skipped
 //!   and reported the same way, as a [`GapReason::Damaged`] gap from the record after the last
 //!   one read to the segment's last durable record, once per region in the process.

@@ -166,7 +166,7 @@ pub(crate) fn scan_lane(
 /// Numbers that a missing segment file took with it, found by [`missing_ranges`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MissingRange {
-    /// Lowest and highest missing number. Numbers in between that another record holds were
+    /// Lowest and highest missing number. Numbers in between that another record uses were
     /// not lost.
     pub(crate) first_seq: u64,
     pub(crate) last_seq: u64,

@@ -1181,10 +1181,10 @@ impl LaneState {
     }
 
     /// Closes the active segment and starts a new one, keyed one above the last record of the
-    /// closed segment, or by `next_seq` when the closed segment holds no record.
+    /// closed segment, or by `next_seq` when the closed segment contains no record.
     ///
     /// With that key, no number lies between two segments of a lane unless a segment between
-    /// them is missing. Numbers that the other lane holds, or that a crash lost before they
+    /// them is missing. Numbers that the other lane uses, or that a crash lost before they
     /// reached a file, stay inside the range of a segment, where the check at open does not
     /// look for missing ones.
     fn rotate(&mut self, next_seq: u64, flusher: &Flusher) -> Result<(), BufferError> {

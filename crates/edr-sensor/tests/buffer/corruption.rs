@@ -339,8 +339,8 @@ fn deleted_oldest_segment_is_reported_as_gap() {
 
 #[test]
 fn deleted_segment_between_priority_records() {
-    // A priority record after every fourth telemetry record: the lost range holds numbers of
-    // both lanes, and only the telemetry ones count as lost.
+    // A priority record after every fourth telemetry record, so the lost range contains
+    // numbers of both lanes. Only the telemetry ones count as lost.
     let dir = tempfile::tempdir().unwrap();
     let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
     let mut priority = Vec::new();
