@@ -95,6 +95,8 @@ fn bench_size(c: &mut Criterion, size: usize, label: &str) {
                         drained += batch.len();
                         buffer.ack(last.seq).unwrap();
                     }
+                    // Closing fsyncs the last cursor and deletes the segments it covers.
+                    buffer.close().unwrap();
                     total += start.elapsed();
                     assert_eq!(drained, count);
                 }

@@ -30,6 +30,12 @@ use edr_sensor::transport::{LossCounters, SharedBuffer, Transport, TransportConf
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_edr-windows");
 
+/// The allocator of the `edr-windows` binary on Linux (ADR 0011); the sensor side of this bench
+/// runs in this process, so it allocates the same way.
+#[cfg(not(windows))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let evtx = std::env::var_os("EDR_DATA_DIR")
         .map_or_else(
@@ -92,6 +98,9 @@ fn main() {
     options.capacity_bytes = 4 << 30;
     options.drain_rate_bytes_per_sec = None;
     options.drain_rate_records_per_sec = None;
+    if let Some(ms) = std::env::var("EDR_BENCH_SYNC_MS").ok().and_then(|v| v.parse().ok()) {
+        options.sync_interval = Duration::from_millis(ms);
+    }
     let buffer: SharedBuffer = Arc::new(Mutex::new(Buffer::open(options).unwrap()));
     let store = IdentityStore::new(&state, Arc::new(FilePermissions));
     let transport = Transport::new(

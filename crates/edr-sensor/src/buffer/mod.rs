@@ -69,8 +69,12 @@
 //!   [`Buffer::drain`] hands out only durable records, so the Collector never receives a record
 //!   that a power failure can take back.
 //! - Drain order is by sequence number across both lanes, oldest first.
-//! - [`Buffer::ack`] takes a number N meaning "every record at or below N is stored". It writes
-//!   the cursor atomically before deleting any segment.
+//! - [`Buffer::ack`] takes a number N meaning "every record at or below N is stored". It
+//!   replaces the cursor at once, without an fsync. The cursor is fsynced with the next group
+//!   commit, or one sync interval after the acknowledgement when the owner calls `tick`, and a
+//!   segment is deleted only when an fsynced cursor covers all its records. A power failure can
+//!   take back the acknowledgements of the last interval: those records are sent again and the
+//!   Collector drops them by sequence number. Nothing is lost, and no gap is reported for them.
 //! - Eviction takes the oldest telemetry segment. Priority records (response-action results and
 //!   the sensor's own alerts) are evicted only when no telemetry record is left. The gap record
 //!   (in the priority lane) is fsynced before the evicted segment is deleted.
@@ -117,8 +121,10 @@
 //!  32  CRC-32C of bytes 0..32
 //! ```
 //!
-//! The cursor is written to `cursor.tmp`, fsynced, renamed over `cursor`, and the directory is
-//! fsynced.
+//! The cursor is written to `cursor.tmp` and renamed over `cursor`. When it must be durable (at
+//! a group commit, at open and one sync interval after an acknowledgement) `cursor.tmp` is
+//! fsynced before the rename and the directory after it. The cursor read at open is fsynced
+//! before any segment it covers is deleted.
 //!
 //! # Recovery rules at open
 //!

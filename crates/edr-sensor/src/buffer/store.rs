@@ -39,6 +39,12 @@ pub struct Buffer {
     durable_seq: u64,
     /// Every sequence number at or below this one is stored by the Collector.
     acked_seq: u64,
+    /// The `acked_seq` of the last cursor that was fsynced. Segments are deleted only up to it,
+    /// so that a power failure that takes back a later cursor finds every record it calls
+    /// unacknowledged still on disk.
+    durable_acked_seq: u64,
+    /// When the cursor of an acknowledgement newer than `durable_acked_seq` is due to be fsynced.
+    cursor_sync_due: Option<CoarseInstant>,
     /// When the oldest record not yet fsynced was appended, by both clocks.
     unsynced_since: Option<GroupStart>,
     byte_bucket: Option<TokenBucket>,
@@ -54,6 +60,15 @@ pub struct Buffer {
     poisoned: bool,
     /// Fsyncs segment data early while appends go on; see the `flush` module.
     flusher: Flusher,
+}
+
+/// Whether a cursor write is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Replaced atomically, kept by the kernel through a crash of the process.
+    Replace,
+    /// Replaced atomically and fsynced with its directory, kept through a power failure.
+    Fsync,
 }
 
 /// The two clock readings taken at the first append of a commit group.
@@ -263,6 +278,9 @@ impl Buffer {
             next_seq,
             durable_seq: next_seq - 1,
             acked_seq,
+            // Set below once the cursor read at open is known to be fsynced.
+            durable_acked_seq: 0,
+            cursor_sync_due: None,
             unsynced_since: None,
             counters,
             open_gaps: VecDeque::new(),
@@ -278,11 +296,23 @@ impl Buffer {
         // full disk still opens and can be drained.
         buffer.sync_all_lanes()?;
         if cursor.is_none_or(|state| state.next_seq != buffer.next_seq) {
-            match buffer.write_cursor() {
+            match buffer.write_cursor(Durability::Fsync) {
                 Err(BufferError::DiskFull { path, source }) if cursor.is_some() => {
                     tracing::warn!(path = %path.display(), %source, "disk full, cursor not updated at open");
                 }
                 other => other?,
+            }
+        }
+        if buffer.durable_acked_seq < buffer.acked_seq {
+            // The cursor read may still be only in the page cache after a crash of the process.
+            match platform::open_read_write(&buffer.options.directory.join(CURSOR_FILE))
+                .and_then(|file| file.sync_all())
+                .and_then(|()| platform::sync_dir(&buffer.options.directory))
+            {
+                Ok(()) => buffer.durable_acked_seq = buffer.acked_seq,
+                Err(error) => {
+                    tracing::warn!(directory = %buffer.options.directory.display(), %error, "fsync of the cursor failed at open, acknowledged segments kept until the next cursor write");
+                }
             }
         }
         buffer.delete_acked_segments()?;
@@ -374,6 +404,8 @@ impl Buffer {
             .is_some_and(|since| since.sync_due_at(now))
         {
             self.sync()?;
+        } else if self.cursor_sync_due.is_some_and(|due| now >= due) {
+            self.sync_cursor()?;
         }
         Ok(self.durable_seq)
     }
@@ -389,11 +421,18 @@ impl Buffer {
 
         // The cursor records the next sequence number, so that a durable number lost later to
         // disk damage (a truncated or zeroed segment) is never handed out again.
-        self.write_cursor()?;
+        self.write_cursor(Durability::Fsync)?;
         self.durable_seq = self.next_seq - 1;
         self.unsynced_since = None;
+        self.delete_acked_segments()?;
         self.debug_check_disk_bytes();
         Ok(self.durable_seq)
+    }
+
+    /// Fsyncs the cursor of the latest acknowledgement, then deletes the segments it covers.
+    fn sync_cursor(&mut self) -> Result<(), BufferError> {
+        self.write_cursor(Durability::Fsync)?;
+        self.delete_acked_segments()
     }
 
     /// Returns the highest sequence number at or below which every record is durable.
@@ -551,8 +590,10 @@ impl Buffer {
     }
 
     /// Records that the Collector stored every record with a sequence number at or below
-    /// `seq`: persists the cursor atomically, then deletes the segments that hold only
-    /// acknowledged records.
+    /// `seq`. The cursor is replaced at once, so a crash of the process keeps the
+    /// acknowledgement, and fsynced with the next group commit or at most one sync interval
+    /// later when the owner calls [`Buffer::tick`]. Segments that hold only acknowledged records
+    /// are deleted once an fsynced cursor covers them.
     pub fn ack(&mut self, seq: u64) -> Result<(), BufferError> {
         self.check_poisoned()?;
         if seq <= self.acked_seq {
@@ -604,8 +645,10 @@ impl Buffer {
         self.note_read_damage(damaged);
 
         self.acked_seq = seq;
-        self.write_cursor()?;
-        self.delete_acked_segments()?;
+        self.write_cursor(Durability::Replace)?;
+        if self.cursor_sync_due.is_none() {
+            self.cursor_sync_due = CoarseInstant::now().checked_add(self.options.sync_interval);
+        }
         self.debug_check_disk_bytes();
         Ok(())
     }
@@ -672,6 +715,9 @@ impl Buffer {
     /// Syncs everything and closes the buffer; returns the highest durable sequence number.
     pub fn close(mut self) -> Result<u64, BufferError> {
         let durable = self.sync()?;
+        if self.durable_acked_seq < self.acked_seq {
+            self.sync_cursor()?;
+        }
         tracing::info!(directory = %self.options.directory.display(), durable_seq = durable, "ring buffer closed");
         Ok(durable)
     }
@@ -788,6 +834,13 @@ impl Buffer {
         let needed = frame_len + 2 * SEGMENT_HEADER_LEN as u64 + GAP_FRAME_LEN;
         if self.disk_bytes() + needed <= self.options.capacity_bytes {
             return Ok(());
+        }
+        // Acknowledged segments waiting for an fsynced cursor go before anything is evicted.
+        if self.durable_acked_seq < self.acked_seq {
+            self.sync_cursor()?;
+            if self.disk_bytes() + needed <= self.options.capacity_bytes {
+                return Ok(());
+            }
         }
 
         // Every eviction removes one segment, so more rounds than segments mean no progress.
@@ -918,34 +971,49 @@ impl Buffer {
         Ok(())
     }
 
-    fn write_cursor(&mut self) -> Result<(), BufferError> {
+    /// Replaces the cursor with the current state. With [`Durability::Fsync`] the new cursor
+    /// and its directory entry are fsynced, and segments up to its `acked_seq` may be deleted.
+    fn write_cursor(&mut self, durability: Durability) -> Result<(), BufferError> {
         let directory = &self.options.directory;
         let temp = directory.join(CURSOR_TEMP_FILE);
         let target = directory.join(CURSOR_FILE);
+        let acked_seq = self.acked_seq;
         let bytes = format::encode_cursor(CursorState {
-            acked_seq: self.acked_seq,
+            acked_seq,
             next_seq: self.next_seq,
         });
+        let fsync = durability == Durability::Fsync;
 
         let mut file = platform::create_truncate(&temp)
             .map_err(|error| BufferError::from_io("create cursor", temp.clone(), error))?;
         file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| if fsync { file.sync_all() } else { Ok(()) })
             .map_err(|error| BufferError::from_io("write cursor", temp.clone(), error))?;
         drop(file);
         platform::rename_replace(&temp, &target)
             .map_err(|error| BufferError::from_io("rename cursor", target.clone(), error))?;
-        platform::sync_dir(directory)
-            .map_err(|error| BufferError::from_io("sync directory", directory.clone(), error))
+        if fsync {
+            platform::sync_dir(directory).map_err(|error| {
+                BufferError::from_io("sync directory", directory.clone(), error)
+            })?;
+            self.durable_acked_seq = acked_seq;
+            self.cursor_sync_due = None;
+        }
+        Ok(())
     }
 
+    /// Deletes the closed segments whose records are all acknowledged by the last fsynced
+    /// cursor.
     fn delete_acked_segments(&mut self) -> Result<(), BufferError> {
+        let covered = self.durable_acked_seq;
         for state in &mut self.lanes {
             let active = state.writer.key;
             let done: Vec<u64> = state
                 .segments
                 .iter()
-                .filter(|(key, meta)| **key != active && meta.unacked_records() == 0)
+                .filter(|(key, meta)| {
+                    **key != active && meta.unacked_records() == 0 && meta.last_seq <= covered
+                })
                 .map(|(key, _)| *key)
                 .collect();
             for key in done {
@@ -1014,6 +1082,12 @@ impl Drop for Buffer {
             && let Err(error) = self.sync()
         {
             tracing::error!(%error, "final sync of ring buffer failed, unsynced records may be lost");
+        }
+        if !self.poisoned
+            && self.durable_acked_seq < self.acked_seq
+            && let Err(error) = self.sync_cursor()
+        {
+            tracing::warn!(%error, acked_seq = self.acked_seq, "final fsync of the cursor failed, acknowledged records may be sent again after a power failure");
         }
     }
 }

@@ -155,13 +155,72 @@ fn ack_deletes_closed_segments() {
     }
     buffer.sync().unwrap();
     assert!(segment_files(dir.path(), Lane::Telemetry).len() > 3);
+    let closed = segment_files(dir.path(), Lane::Telemetry).len();
     drain_all(&mut buffer);
     buffer.ack(300).unwrap();
-    assert_eq!(segment_files(dir.path(), Lane::Telemetry).len(), 1);
     let metrics = buffer.metrics();
     assert_eq!(metrics.buffered_records, 0);
     assert_eq!(metrics.buffered_bytes, 0);
     assert_eq!(metrics.oldest_record_age, None);
+
+    // The segments stay until a cursor that covers them is fsynced, one sync interval later.
+    buffer.tick().unwrap();
+    assert_eq!(segment_files(dir.path(), Lane::Telemetry).len(), closed);
+    std::thread::sleep(small_options(dir.path()).sync_interval);
+    buffer.tick().unwrap();
+    assert_eq!(segment_files(dir.path(), Lane::Telemetry).len(), 1);
+}
+
+#[test]
+fn ack_is_kept_through_a_crash_of_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    for _ in 0..300 {
+        buffer.append(Lane::Telemetry, &[3u8; 100]).unwrap();
+    }
+    buffer.sync().unwrap();
+    drain_all(&mut buffer);
+    buffer.ack(250).unwrap();
+    // No drop, no close: the process ends without the final cursor fsync.
+    std::mem::forget(buffer);
+
+    let mut reopened = Buffer::open(small_options(dir.path())).unwrap();
+    assert_eq!(reopened.acked_seq(), 250);
+    let seqs: Vec<u64> = drain_all(&mut reopened)
+        .iter()
+        .map(|record| record.seq)
+        .collect();
+    assert_eq!(seqs, (251..=300).collect::<Vec<_>>());
+    assert_eq!(reopened.metrics().missing_records, 0);
+    // The cursor read at open is fsynced there, so the acknowledged segments go at once.
+    let first_key = segment_files(dir.path(), Lane::Telemetry)
+        .iter()
+        .filter_map(|path| path.file_stem()?.to_str()?.parse::<u64>().ok())
+        .min()
+        .unwrap();
+    assert!(first_key > 1, "acknowledged segments kept: first key {first_key}");
+}
+
+#[test]
+fn acknowledged_segments_are_deleted_before_anything_is_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(dir.path());
+    let mut buffer = Buffer::open(options.clone()).unwrap();
+    // Fill close to the capacity, acknowledge everything, then append as much again.
+    let records = options.capacity_bytes / 200;
+    for _ in 0..records {
+        buffer.append(Lane::Telemetry, &[5u8; 150]).unwrap();
+    }
+    let last = buffer.sync().unwrap();
+    drain_all(&mut buffer);
+    buffer.ack(last).unwrap();
+    for _ in 0..records {
+        buffer.append(Lane::Telemetry, &[6u8; 150]).unwrap();
+    }
+    let metrics = buffer.metrics();
+    assert_eq!(metrics.evicted_records, 0);
+    assert_eq!(metrics.gap_records, 0);
+    assert_eq!(metrics.buffered_records, records);
 }
 
 #[test]
