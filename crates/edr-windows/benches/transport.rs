@@ -15,6 +15,10 @@
 //! `EDR_BENCH_COLLECTOR` names an `edr-collector` binary to run in place of the one the bench
 //! builds, so that two builds of the Collector can be timed in alternation.
 //!
+//! `EDR_BENCH_SYNC_MS` sets the ring buffer's sync interval (default 1000 ms, the sensor's
+//! default). The buffer hands out only records made durable by a group commit, so with the
+//! default the stream starts about one second after the first append.
+//!
 //! Run with `cargo bench -p edr-windows --bench transport`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,7 +102,10 @@ fn main() {
     options.capacity_bytes = 4 << 30;
     options.drain_rate_bytes_per_sec = None;
     options.drain_rate_records_per_sec = None;
-    if let Some(ms) = std::env::var("EDR_BENCH_SYNC_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Ok(value) = std::env::var("EDR_BENCH_SYNC_MS") {
+        let ms = value
+            .parse()
+            .unwrap_or_else(|_| panic!("EDR_BENCH_SYNC_MS={value}: give milliseconds, 0 to 1000"));
         options.sync_interval = Duration::from_millis(ms);
     }
     let buffer: SharedBuffer = Arc::new(Mutex::new(Buffer::open(options).unwrap()));
