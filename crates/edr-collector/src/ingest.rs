@@ -6,8 +6,9 @@
 //! because a sensor that crashed loses the numbers of records it had not made durable). No
 //! number may exceed `i64::MAX`, which SQLite could not store. Every OCSF record must be a
 //! UTF-8 JSON object with an integer `class_uid`. Every gap record must describe a possible
-//! loss: `first_seq` at most `last_seq + 1`, `records` at most the count of numbers in that
-//! range, and no value above `i64::MAX`, the largest integer SQLite stores. The fields that
+//! loss: `first_seq` at most `last_seq + 1`, `last_seq` at most the gap record's own number,
+//! `records` at most the count of numbers in that range, and no value above `i64::MAX`, the
+//! largest integer SQLite stores. The fields that
 //! the store indexes are extracted here, so the database transaction only inserts.
 //!
 //! Validation does not know the high-water mark: records that turn out to be duplicates are
@@ -196,17 +197,21 @@ fn validate_record(record: BufferedRecord, event_bytes: &mut usize) -> Result<Re
             Ok(Record::CommandResult { seq, result })
         }
         Some(buffered_record::Kind::Gap(gap)) => {
-            check_gap(&gap).map_err(|reason| BatchError::InvalidGap { seq, reason })?;
+            check_gap(seq, &gap).map_err(|reason| BatchError::InvalidGap { seq, reason })?;
             Ok(Record::Gap { seq, gap })
         }
     }
 }
 
-/// Checks that a gap record describes a possible loss and returns the reason if not.
+/// Checks that the gap record numbered `seq` describes a possible loss and returns the reason
+/// if not.
 ///
 /// A range with `last_seq = first_seq - 1` is empty: the sensor reports damaged bytes between
-/// two consecutive records that way, with `records` 0.
-fn check_gap(gap: &Gap) -> Result<(), String> {
+/// two consecutive records that way, with `records` 0. A sensor appends a gap record after the
+/// numbers it reports, so `last_seq` is at most the record's own number. It can equal it,
+/// because the range of a damaged segment end is an estimate of one record past the last
+/// valid one.
+fn check_gap(seq: u64, gap: &Gap) -> Result<(), String> {
     let fields = [
         ("first_seq", gap.first_seq),
         ("last_seq", gap.last_seq),
@@ -226,6 +231,12 @@ fn check_gap(gap: &Gap) -> Result<(), String> {
         return Err(format!(
             "first_seq {} is above last_seq {}: a gap's range must not end before it starts",
             gap.first_seq, gap.last_seq
+        ));
+    }
+    if gap.last_seq > seq {
+        return Err(format!(
+            "last_seq {} is above the gap record's own number {seq}: a gap reports only numbers handed out before it",
+            gap.last_seq
         ));
     }
     let numbers = gap.last_seq + 1 - gap.first_seq;
@@ -457,6 +468,11 @@ mod tests {
                 "records 18446744073709551615 is above",
             ),
             (gap(1, 2, 2, huge + 1), "bytes 9223372036854775808 is above"),
+            (
+                gap(1, 10, 1, 10),
+                "last_seq 10 is above the gap record's own number 9",
+            ),
+            (gap(1, huge, 1, 10), "last_seq 9223372036854775807 is above"),
         ];
         for (record, expected) in cases {
             let err = validate(batch(vec![record]), 10).unwrap_err().to_string();
@@ -472,7 +488,8 @@ mod tests {
         for record in [
             gap(1, 2, 2, 10),
             gap(1, 2, 0, 0),
-            gap(1, huge, huge, huge),
+            gap(1, 8, 8, huge),
+            gap(9, 9, 1, 10),
             gap(7, 7, 1, 10),
             gap(5, 4, 0, 10),
         ] {

@@ -124,7 +124,7 @@ async fn gaps_results_and_heartbeats_stored() {
 
     let records = vec![
         BufferedRecord {
-            seq: 1,
+            seq: 200,
             kind: Some(buffered_record::Kind::Gap(Gap {
                 first_seq: 100,
                 last_seq: 199,
@@ -135,7 +135,7 @@ async fn gaps_results_and_heartbeats_stored() {
             })),
         },
         BufferedRecord {
-            seq: 2,
+            seq: 201,
             kind: Some(buffered_record::Kind::CommandResult(CommandResult {
                 command_id: "cmd-1".into(),
                 status: CommandStatus::Succeeded.into(),
@@ -146,12 +146,12 @@ async fn gaps_results_and_heartbeats_stored() {
         },
     ];
     let batch = EventBatch {
-        first_seq: 1,
-        last_seq: 2,
+        first_seq: 200,
+        last_seq: 201,
         records,
     };
-    assert_eq!(session.send(batch.clone()).await.unwrap(), 2);
-    assert_eq!(session.send(batch).await.unwrap(), 2);
+    assert_eq!(session.send(batch.clone()).await.unwrap(), 201);
+    assert_eq!(session.send(batch).await.unwrap(), 201);
 
     let heartbeat = Heartbeat {
         sent_at: None,

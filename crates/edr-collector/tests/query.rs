@@ -119,7 +119,7 @@ async fn sensors_list_shows_gaps_and_last_seen() {
     let mut session = TelemetrySession::open(&identity).await;
     let mut batch = mixed_batch(1..=4);
     batch.records.push(BufferedRecord {
-        seq: 5,
+        seq: 142,
         kind: Some(buffered_record::Kind::Gap(Gap {
             first_seq: 100,
             last_seq: 141,
@@ -129,9 +129,9 @@ async fn sensors_list_shows_gaps_and_last_seen() {
             detected_at: None,
         })),
     });
-    batch.last_seq = 5;
-    assert_eq!(session.send(batch.clone()).await.unwrap(), 5);
-    assert_eq!(session.send(batch).await.unwrap(), 5);
+    batch.last_seq = 142;
+    assert_eq!(session.send(batch.clone()).await.unwrap(), 142);
+    assert_eq!(session.send(batch).await.unwrap(), 142);
 
     let listing = stdout(&collector.cli(&["sensors", "list"]));
     let line = listing
@@ -144,7 +144,7 @@ async fn sensors_list_shows_gaps_and_last_seen() {
     assert!(line.contains("1 (42)"), "gaps column missing in {line}");
     // EVENTS, HWM, DUPLICATES.
     assert!(
-        line.contains("         4           5           5"),
+        line.contains("         4         142           5"),
         "{line}"
     );
 }

@@ -393,7 +393,7 @@ fn replay_counts_damaged_records_as_lost() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{summary}{message}");
     assert!(!summary.contains("lost: 0\n"), "{summary}");
-    assert!(summary.contains("in 1 gaps"), "{summary}");
+    assert!(summary.contains(" in 1 gap,"), "{summary}");
     assert!(
         summary.contains("acknowledged those too, except those counted as lost below"),
         "{summary}"

@@ -174,7 +174,9 @@ async fn store_result(shared: &Arc<Shared>, sensor_id: &str, result: CommandResu
                 .metrics
                 .command_results_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%sensor_id, ?command_id, %reason, "dropped a command result that this sensor may not report");
+            if crate::store::commands::DROP_WARNINGS.allow(std::time::Instant::now()) {
+                tracing::warn!(%sensor_id, ?command_id, %reason, "dropped a command result that this sensor may not report; further drops in the next 10 s are only counted in edr_collector_command_results_dropped_total");
+            }
         }
         other => {
             tracing::error!(%sensor_id, ?command_id, ?other, "failed to store a command result")

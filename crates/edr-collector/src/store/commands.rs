@@ -10,6 +10,9 @@
 //! cannot complete another's command or fill the table with results of commands never issued.
 //! Its detail is stored up to [`MAX_DETAIL_BYTES`].
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use edr_proto::v1::CommandResult;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
@@ -17,6 +20,43 @@ use time::OffsetDateTime;
 /// Largest result detail stored, in bytes of UTF-8. A longer detail is cut at a character
 /// boundary and ends with a note of its full length.
 pub(crate) const MAX_DETAIL_BYTES: usize = 64 * 1024;
+
+/// Minimum time between two warnings about dropped command results. Every drop is counted in
+/// `edr_collector_command_results_dropped_total`, so a sensor that sends many cannot flood the
+/// log.
+pub(crate) const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The limiter of the warnings about dropped command results, shared by both streams.
+pub(crate) static DROP_WARNINGS: WarningLimiter = WarningLimiter::new(DROP_WARNING_INTERVAL);
+
+/// A limit of one log line per interval.
+#[derive(Debug)]
+pub(crate) struct WarningLimiter {
+    interval: Duration,
+    last: Mutex<Option<Instant>>,
+}
+
+impl WarningLimiter {
+    pub(crate) const fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Returns whether a line may be logged at `now`, and if so records `now` as its time.
+    pub(crate) fn allow(&self, now: Instant) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_duration_since(at) < self.interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
 
 /// The outcome of [`insert_result`] for one result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +145,20 @@ pub(crate) fn id_preview(command_id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn drop_warnings_limited_per_interval() {
+        let limiter = WarningLimiter::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert!(limiter.allow(start));
+        assert!(!limiter.allow(start + Duration::from_secs(9)));
+        assert!(limiter.allow(start + Duration::from_secs(10)));
+        assert!(!limiter.allow(start + Duration::from_secs(11)));
+    }
     use crate::store::Store;
 
     fn result(command_id: &str, detail: &str) -> CommandResult {

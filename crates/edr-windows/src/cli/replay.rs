@@ -517,10 +517,10 @@ fn print_summary(
     lines.push(format!("lost: {}", lost.total()));
     if lost.buffer_gaps > 0 {
         lines.push(format!(
-            "lost in the ring buffer {}: {} events in {} gaps, which the Collector stored (a damaged range counts every sequence number in it)",
+            "lost in the ring buffer {}: {} in {}, which the Collector stored (a damaged range counts every sequence number in it)",
             buffer_dir.display(),
-            lost.buffer_records,
-            lost.buffer_gaps
+            counted(lost.buffer_records, "event", "events"),
+            counted(lost.buffer_gaps, "gap", "gaps")
         ));
     }
     if lost.other > 0 {
@@ -555,4 +555,9 @@ fn short_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Formats a count with the singular or plural noun, as in "1 gap" or "2 gaps".
+fn counted(count: u64, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
 }
