@@ -29,6 +29,11 @@ use tonic::transport::{Channel, Endpoint};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one unary RPC.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Interval of HTTP/2 pings on an open connection, so that a peer that vanished without
+/// closing it (a dropped NAT entry, a powered-off host) is found without waiting for TCP.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Time a ping may go unanswered before the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Errors from parsing a Collector URL or connecting to it.
 #[derive(Debug, thiserror::Error)]
@@ -125,13 +130,19 @@ pub async fn connect(url: &CollectorUrl, tls: ClientConfig) -> Result<Channel, C
             reason: err.to_string(),
         })?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT);
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let service = tower::service_fn(move |_: http::Uri| {
         let connector = connector.clone();
         let server_name = server_name.clone();
         let host = host.clone();
         async move {
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            // Acks, heartbeats and command results are small writes; without this, Nagle's
+            // algorithm can hold one back until the previous segment is acknowledged.
+            tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
             let stream = Prefetched::first_read(tls).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))

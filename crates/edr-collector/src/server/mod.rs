@@ -303,6 +303,11 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Acks are small writes; without this, Nagle's algorithm can hold one back until the
+        // previous segment is acknowledged. A failure only costs latency.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "failed to set TCP_NODELAY");
+        }
         let slots = match admission.admit() {
             Ok(slots) => slots,
             Err(err) => {

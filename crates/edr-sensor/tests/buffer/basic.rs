@@ -198,7 +198,10 @@ fn ack_is_kept_through_a_crash_of_the_process() {
         .filter_map(|path| path.file_stem()?.to_str()?.parse::<u64>().ok())
         .min()
         .unwrap();
-    assert!(first_key > 1, "acknowledged segments kept: first key {first_key}");
+    assert!(
+        first_key > 1,
+        "acknowledged segments kept: first key {first_key}"
+    );
 }
 
 #[test]
