@@ -34,8 +34,8 @@ use edr_sensor::transport::{LossCounters, SharedBuffer, Transport, TransportConf
 
 const SENSOR: &str = env!("CARGO_BIN_EXE_edr-windows");
 
-/// The allocator of the `edr-windows` binary on Linux (ADR 0011); the sensor side of this bench
-/// runs in this process, so it allocates the same way.
+/// The allocator of the `edr-windows` binary on Linux (ADR 0011). The sensor side of this
+/// bench runs in this process, so it allocates the same way.
 #[cfg(not(windows))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

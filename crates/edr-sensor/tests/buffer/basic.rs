@@ -172,7 +172,7 @@ fn ack_deletes_closed_segments() {
 }
 
 #[test]
-fn ack_is_kept_through_a_crash_of_the_process() {
+fn ack_survives_process_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
     for _ in 0..300 {
@@ -217,7 +217,7 @@ fn power_failure_after_ack_reports_no_gap() {
     buffer.ack(100).unwrap();
     std::thread::sleep(options.sync_interval);
     buffer.tick().unwrap();
-    // The cursor on disk now says 100, fsynced. A power failure takes back what follows.
+    // The cursor on disk now holds 100, fsynced. A power failure takes back what follows.
     let durable_cursor = std::fs::read(dir.path().join("cursor")).unwrap();
     buffer.ack(300).unwrap();
     std::mem::forget(buffer);
@@ -233,7 +233,7 @@ fn power_failure_after_ack_reports_no_gap() {
 }
 
 #[test]
-fn acknowledged_segments_are_deleted_before_anything_is_evicted() {
+fn acked_segments_deleted_before_eviction() {
     let dir = tempfile::tempdir().unwrap();
     let options = small_options(dir.path());
     let mut buffer = Buffer::open(options.clone()).unwrap();
