@@ -70,9 +70,9 @@
 //!   that a power failure can take back.
 //! - Drain order is by sequence number across both lanes, oldest first.
 //! - [`Buffer::ack`] takes a number N meaning "every record at or below N is stored". It
-//!   replaces the cursor at once, without an fsync. The cursor is fsynced with the next group
-//!   commit, or one sync interval after the acknowledgement when the owner calls `tick`, and a
-//!   segment is deleted only when an fsynced cursor covers all its records. A power failure can
+//!   overwrites `cursor.ack` at once, without an fsync. The cursor is fsynced with the next
+//!   group commit, or one sync interval after the acknowledgement when the owner calls `tick`,
+//!   and a segment is deleted only when an fsynced cursor covers all its records. A power failure can
 //!   take back the acknowledgements of the last interval: those records are sent again and the
 //!   Collector drops them by sequence number. Nothing is lost, and no gap is reported for them.
 //! - Eviction takes the oldest telemetry segment. Priority records (response-action results and
@@ -94,7 +94,8 @@
 //! # On-disk format
 //!
 //! ```text
-//! <directory>/cursor                      40 bytes, replaced atomically
+//! <directory>/cursor                      40 bytes, replaced atomically with fsyncs
+//! <directory>/cursor.ack                  40 bytes, the latest acknowledgement, not fsynced
 //! <directory>/telemetry/<key:020>.seg     segments of the telemetry lane
 //! <directory>/priority/<key:020>.seg      segments of the priority lane
 //! ```
@@ -121,10 +122,14 @@
 //!  32  CRC-32C of bytes 0..32
 //! ```
 //!
-//! The cursor is written to `cursor.tmp` and renamed over `cursor`. When it must be durable (at
-//! a group commit, at open and one sync interval after an acknowledgement) `cursor.tmp` is
-//! fsynced before the rename and the directory after it. The cursor read at open is fsynced
-//! before any segment it covers is deleted.
+//! `cursor` is written to `cursor.tmp`, which is fsynced, renamed over `cursor`, and the
+//! directory fsynced: at a group commit, at open, one sync interval after an acknowledgement,
+//! and at close. Each acknowledgement overwrites `cursor.ack` in place with the same layout and
+//! no fsync. At open the cursor is the higher of the two, where `cursor.ack` is valid; a
+//! power failure can leave `cursor.ack` empty or damaged, and it is then ignored. A rename
+//! without an fsync would not be safe: a file system may make the rename durable before the
+//! new file's data, and a power failure then leaves an empty `cursor`. The cursor read at open
+//! is fsynced before any segment it covers is deleted.
 //!
 //! # Recovery rules at open
 //!
@@ -150,10 +155,13 @@
 //!   one read to the segment's last durable record, once per region in the process.
 //! - A damaged segment header is skipped; the file name carries the same facts. A segment
 //!   shorter than its header is rewritten as empty.
-//! - A missing or damaged cursor is rebuilt as "acknowledged up to the oldest record still on
-//!   disk minus one" and written at once. Records acknowledged before the loss and still on disk
-//!   (at most one partly acknowledged segment per lane) are sent once more; the Collector
-//!   deduplicates them by sequence number.
+//! - When both `cursor` and `cursor.ack` are missing or damaged, the cursor is rebuilt as
+//!   "acknowledged up to the oldest record still on disk minus one" and written at once.
+//!   Records acknowledged before the loss and still on disk (one partly acknowledged segment
+//!   per lane, and the segments acknowledged in the last sync interval) are sent once more;
+//!   the Collector deduplicates them by sequence number. Numbers in front of each lane's oldest
+//!   segment are then not reported as missing, because nothing tells whether they were
+//!   acknowledged.
 //! - Segments holding only acknowledged records (left by a crash between the cursor write and
 //!   the deletion) are deleted.
 //!

@@ -175,7 +175,9 @@ pub(crate) struct MissingRange {
 }
 
 /// Returns the sequence numbers above `acked_seq` that a missing segment file took with it, as
-/// ascending ranges that do not overlap.
+/// ascending ranges that do not overlap. With `acked_seq` unknown (the cursor was lost), the
+/// numbers in front of each lane's oldest segment are not counted: they may have been
+/// acknowledged.
 ///
 /// Within a lane, segments leave the disk only oldest first (acknowledged or evicted), and a
 /// segment made by a rotation is keyed one above the last record of the segment it follows. So
@@ -189,12 +191,13 @@ pub(crate) struct MissingRange {
 /// file are reported as missing too, although those records were never durable.
 pub(crate) fn missing_ranges(
     scans: &[LaneScan],
-    acked_seq: u64,
+    acked_seq: Option<u64>,
     reported: &[(u64, u64)],
 ) -> Vec<MissingRange> {
     let mut candidates = Vec::new();
     for scan in scans {
-        let mut accounted_to = acked_seq;
+        let oldest_key = scan.segments.keys().next().copied().unwrap_or(0);
+        let mut accounted_to = acked_seq.unwrap_or(oldest_key.saturating_sub(1));
         for (&key, meta) in &scan.segments {
             let before_key = key.saturating_sub(1);
             if before_key > accounted_to {

@@ -26,6 +26,10 @@ const GAP_FRAME_LEN: u64 = (FRAME_HEADER_LEN + GAP_PAYLOAD_LEN) as u64;
 const OPEN_GAPS_KEPT: usize = 64;
 const CURSOR_FILE: &str = "cursor";
 const CURSOR_TEMP_FILE: &str = "cursor.tmp";
+/// The cursor of the latest acknowledgement, overwritten in place and never fsynced. `cursor`
+/// is written only with fsyncs, so a power failure that damages or empties this file leaves
+/// the last durable cursor intact.
+const ACK_CURSOR_FILE: &str = "cursor.ack";
 
 /// A durable, bounded, two-lane record buffer in a directory. See the module documentation for
 /// its guarantees, format and recovery rules.
@@ -45,6 +49,8 @@ pub struct Buffer {
     durable_acked_seq: u64,
     /// When the cursor of an acknowledgement newer than `durable_acked_seq` is due to be fsynced.
     cursor_sync_due: Option<CoarseInstant>,
+    /// `cursor.ack`, open once the first acknowledgement of this process is written.
+    ack_file: Option<File>,
     /// When the oldest record not yet fsynced was appended, by both clocks.
     unsynced_since: Option<GroupStart>,
     byte_bucket: Option<TokenBucket>,
@@ -60,15 +66,6 @@ pub struct Buffer {
     poisoned: bool,
     /// Fsyncs segment data early while appends go on; see the `flush` module.
     flusher: Flusher,
-}
-
-/// Whether a cursor write is fsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// Replaced atomically, kept by the kernel through a crash of the process.
-    Replace,
-    /// Replaced atomically and fsynced with its directory, kept through a power failure.
-    Fsync,
 }
 
 /// The two clock readings taken at the first append of a commit group.
@@ -192,8 +189,20 @@ impl Buffer {
                 .map_err(|error| BufferError::from_io("create lane directory", lane_dir, error))?;
         }
 
-        // Step 2: the cursor. A missing or damaged one is rebuilt below from the segments.
-        let cursor = read_cursor(&directory);
+        // Step 2: the cursor. `cursor.ack` may hold a later acknowledgement than `cursor`; a
+        // damaged or empty one is ignored. Without either, the cursor is rebuilt below from
+        // the segments.
+        let durable_cursor = read_cursor(&directory.join(CURSOR_FILE));
+        let cursor = match (
+            durable_cursor,
+            read_cursor(&directory.join(ACK_CURSOR_FILE)),
+        ) {
+            (Some(durable), Some(ack)) => Some(CursorState {
+                acked_seq: durable.acked_seq.max(ack.acked_seq),
+                next_seq: durable.next_seq.max(ack.next_seq),
+            }),
+            (durable, ack) => durable.or(ack),
+        };
         let acked_seq = cursor.map_or(0, |state| state.acked_seq);
 
         // Step 3: scan both lanes, cutting torn tails and noting damaged regions.
@@ -246,7 +255,7 @@ impl Buffer {
             .flat_map(|scan| &scan.damaged)
             .map(|region| (region.after_seq + 1, damaged_last_seq(region)))
             .collect();
-        let missing = segment::missing_ranges(&scans, acked_seq, &damaged_ranges);
+        let missing = segment::missing_ranges(&scans, cursor.map(|_| acked_seq), &damaged_ranges);
 
         let mut counters = Counters::default();
         let mut lanes = Vec::with_capacity(2);
@@ -281,6 +290,7 @@ impl Buffer {
             // Set below once the cursor read at open is known to be fsynced.
             durable_acked_seq: 0,
             cursor_sync_due: None,
+            ack_file: None,
             unsynced_since: None,
             counters,
             open_gaps: VecDeque::new(),
@@ -295,21 +305,27 @@ impl Buffer {
         // The cursor is rewritten only when it was missing or damaged, so that a buffer on a
         // full disk still opens and can be drained.
         buffer.sync_all_lanes()?;
-        if cursor.is_none_or(|state| state.next_seq != buffer.next_seq) {
-            match buffer.write_cursor(Durability::Fsync) {
+        let durable_matches = durable_cursor.is_some_and(|state| {
+            state.next_seq == buffer.next_seq && state.acked_seq == buffer.acked_seq
+        });
+        if !durable_matches {
+            match buffer.write_cursor() {
                 Err(BufferError::DiskFull { path, source }) if cursor.is_some() => {
                     tracing::warn!(path = %path.display(), %source, "disk full, cursor not updated at open");
                 }
                 other => other?,
             }
         }
-        if buffer.durable_acked_seq < buffer.acked_seq {
-            // The cursor read may still be only in the page cache after a crash of the process.
+        if buffer.durable_acked_seq < buffer.acked_seq
+            && let Some(durable) = durable_cursor
+        {
+            // `cursor` was written with fsyncs, but after a crash of the process its rename
+            // may still be only in the page cache.
             match platform::open_read_write(&buffer.options.directory.join(CURSOR_FILE))
                 .and_then(|file| file.sync_all())
                 .and_then(|()| platform::sync_dir(&buffer.options.directory))
             {
-                Ok(()) => buffer.durable_acked_seq = buffer.acked_seq,
+                Ok(()) => buffer.durable_acked_seq = durable.acked_seq,
                 Err(error) => {
                     tracing::warn!(directory = %buffer.options.directory.display(), %error, "fsync of the cursor failed at open, acknowledged segments kept until the next cursor write");
                 }
@@ -421,7 +437,7 @@ impl Buffer {
 
         // The cursor records the next sequence number, so that a durable number lost later to
         // disk damage (a truncated or zeroed segment) is never handed out again.
-        self.write_cursor(Durability::Fsync)?;
+        self.write_cursor()?;
         self.durable_seq = self.next_seq - 1;
         self.unsynced_since = None;
         self.delete_acked_segments()?;
@@ -431,7 +447,7 @@ impl Buffer {
 
     /// Fsyncs the cursor of the latest acknowledgement, then deletes the segments it covers.
     fn sync_cursor(&mut self) -> Result<(), BufferError> {
-        self.write_cursor(Durability::Fsync)?;
+        self.write_cursor()?;
         self.delete_acked_segments()
     }
 
@@ -590,10 +606,10 @@ impl Buffer {
     }
 
     /// Records that the Collector stored every record with a sequence number at or below
-    /// `seq`. The cursor is replaced at once, so a crash of the process keeps the
-    /// acknowledgement, and fsynced with the next group commit or at most one sync interval
-    /// later when the owner calls [`Buffer::tick`]. Segments that hold only acknowledged records
-    /// are deleted once an fsynced cursor covers them.
+    /// `seq`. `cursor.ack` is overwritten at once, so a crash of the process keeps the
+    /// acknowledgement. The cursor is fsynced with the next group commit, or at most one sync
+    /// interval later when the owner calls [`Buffer::tick`]. Segments that hold only
+    /// acknowledged records are deleted once an fsynced cursor covers them.
     pub fn ack(&mut self, seq: u64) -> Result<(), BufferError> {
         self.check_poisoned()?;
         if seq <= self.acked_seq {
@@ -645,7 +661,7 @@ impl Buffer {
         self.note_read_damage(damaged);
 
         self.acked_seq = seq;
-        self.write_cursor(Durability::Replace)?;
+        self.write_ack_cursor()?;
         if self.cursor_sync_due.is_none() {
             self.cursor_sync_due = CoarseInstant::now().checked_add(self.options.sync_interval);
         }
@@ -971,9 +987,10 @@ impl Buffer {
         Ok(())
     }
 
-    /// Replaces the cursor with the current state. With [`Durability::Fsync`] the new cursor
-    /// and its directory entry are fsynced, and segments up to its `acked_seq` may be deleted.
-    fn write_cursor(&mut self, durability: Durability) -> Result<(), BufferError> {
+    /// Replaces `cursor` with the current state: writes `cursor.tmp`, fsyncs it, renames it
+    /// over `cursor` and fsyncs the directory. Segments up to its `acked_seq` may then be
+    /// deleted.
+    fn write_cursor(&mut self) -> Result<(), BufferError> {
         let directory = &self.options.directory;
         let temp = directory.join(CURSOR_TEMP_FILE);
         let target = directory.join(CURSOR_FILE);
@@ -982,24 +999,41 @@ impl Buffer {
             acked_seq,
             next_seq: self.next_seq,
         });
-        let fsync = durability == Durability::Fsync;
 
         let mut file = platform::create_truncate(&temp)
             .map_err(|error| BufferError::from_io("create cursor", temp.clone(), error))?;
         file.write_all(&bytes)
-            .and_then(|()| if fsync { file.sync_all() } else { Ok(()) })
+            .and_then(|()| file.sync_all())
             .map_err(|error| BufferError::from_io("write cursor", temp.clone(), error))?;
         drop(file);
         platform::rename_replace(&temp, &target)
             .map_err(|error| BufferError::from_io("rename cursor", target.clone(), error))?;
-        if fsync {
-            platform::sync_dir(directory).map_err(|error| {
-                BufferError::from_io("sync directory", directory.clone(), error)
-            })?;
-            self.durable_acked_seq = acked_seq;
-            self.cursor_sync_due = None;
-        }
+        platform::sync_dir(directory)
+            .map_err(|error| BufferError::from_io("sync directory", directory.clone(), error))?;
+        self.durable_acked_seq = acked_seq;
+        self.cursor_sync_due = None;
         Ok(())
+    }
+
+    /// Overwrites `cursor.ack` in place with the current state, without an fsync. A rename
+    /// would not do: a file system may make the rename durable before the new file's data, and
+    /// leave an empty `cursor` after a power failure (a test on XFS did).
+    fn write_ack_cursor(&mut self) -> Result<(), BufferError> {
+        let path = self.options.directory.join(ACK_CURSOR_FILE);
+        let bytes = format::encode_cursor(CursorState {
+            acked_seq: self.acked_seq,
+            next_seq: self.next_seq,
+        });
+        let file = match &mut self.ack_file {
+            Some(file) => file,
+            None => self.ack_file.insert(
+                platform::create_truncate(&path)
+                    .map_err(|error| BufferError::from_io("create cursor", path.clone(), error))?,
+            ),
+        };
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&bytes))
+            .map_err(|error| BufferError::from_io("write cursor", path, error))
     }
 
     /// Deletes the closed segments whose records are all acknowledged by the last fsynced
@@ -1352,9 +1386,8 @@ fn damaged_last_seq(region: &DamagedRegion) -> u64 {
         .map_or(region.after_seq + 1, |seq| seq - 1)
 }
 
-fn read_cursor(directory: &Path) -> Option<CursorState> {
-    let path = directory.join(CURSOR_FILE);
-    match platform::read_all(&path) {
+fn read_cursor(path: &Path) -> Option<CursorState> {
+    match platform::read_all(path) {
         Ok(bytes) => format::decode_cursor(&bytes),
         Err(_) => None,
     }

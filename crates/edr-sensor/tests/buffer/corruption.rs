@@ -216,6 +216,7 @@ fn missing_cursor_resends_nothing_already_deleted() {
         "oldest {oldest_kept}"
     );
     std::fs::remove_file(dir.path().join("cursor")).unwrap();
+    std::fs::remove_file(dir.path().join("cursor.ack")).unwrap();
 
     let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
     let kept = events(&drain_all(&mut buffer));
@@ -238,11 +239,14 @@ fn damaged_cursor_is_rebuilt() {
         drain_all(&mut buffer);
         buffer.ack(5).unwrap();
         drop(buffer);
-        let cursor = dir.path().join("cursor");
-        match damage {
-            "flip" => flip_bit(&cursor, 18, 1),
-            "zero" => std::fs::write(&cursor, [0u8; 40]).unwrap(),
-            _ => std::fs::write(&cursor, &std::fs::read(&cursor).unwrap()[..20]).unwrap(),
+        // Both the fsynced cursor and the one of the latest acknowledgement.
+        for name in ["cursor", "cursor.ack"] {
+            let cursor = dir.path().join(name);
+            match damage {
+                "flip" => flip_bit(&cursor, 18, 1),
+                "zero" => std::fs::write(&cursor, [0u8; 40]).unwrap(),
+                _ => std::fs::write(&cursor, &std::fs::read(&cursor).unwrap()[..20]).unwrap(),
+            }
         }
         let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
         // The single segment still holds records 1 to 5, which are sent once more.
