@@ -10,6 +10,7 @@
 //! cannot complete another's command or fill the table with results of commands never issued.
 //! Its detail is stored up to [`MAX_DETAIL_BYTES`].
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,19 +22,23 @@ use time::OffsetDateTime;
 /// boundary and ends with a note of its full length.
 pub(crate) const MAX_DETAIL_BYTES: usize = 64 * 1024;
 
-/// Minimum time between two warnings about dropped command results. Every drop is counted in
-/// `edr_collector_command_results_dropped_total`, so a sensor that sends many cannot flood the
-/// log.
+/// Minimum time between two warnings about dropped command results of one sensor. Every drop
+/// is counted in `edr_collector_command_results_dropped_total`, so a sensor that sends many
+/// cannot flood the log.
 pub(crate) const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The limiter of the warnings about dropped command results, shared by both streams.
 pub(crate) static DROP_WARNINGS: WarningLimiter = WarningLimiter::new(DROP_WARNING_INTERVAL);
 
-/// A limit of one log line per interval.
+/// Sensors whose last warning time is kept; beyond it, entries older than the interval go.
+const WARNING_LIMITER_SENSORS: usize = 4096;
+
+/// A limit of one log line per interval and sensor, so that one sensor's lines do not hide
+/// another's.
 #[derive(Debug)]
 pub(crate) struct WarningLimiter {
     interval: Duration,
-    last: Mutex<Option<Instant>>,
+    last: Mutex<Option<HashMap<String, Instant>>>,
 }
 
 impl WarningLimiter {
@@ -44,16 +49,29 @@ impl WarningLimiter {
         }
     }
 
-    /// Returns whether a line may be logged at `now`, and if so records `now` as its time.
-    pub(crate) fn allow(&self, now: Instant) -> bool {
+    /// Returns whether a line about `sensor_id` may be logged at `now`, and if so records
+    /// `now` as its time.
+    pub(crate) fn allow(&self, sensor_id: &str, now: Instant) -> bool {
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|at| now.saturating_duration_since(at) < self.interval) {
+        let last = last.get_or_insert_with(HashMap::new);
+        if last
+            .get(sensor_id)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.interval)
+        {
             return false;
         }
-        *last = Some(now);
+        if last.len() >= WARNING_LIMITER_SENSORS {
+            last.retain(|_, at| now.saturating_duration_since(*at) < self.interval);
+            if last.len() >= WARNING_LIMITER_SENSORS {
+                // Every entry is recent: this many sensors dropping results at once is logged
+                // for the ones already known only.
+                return false;
+            }
+        }
+        last.insert(sensor_id.to_owned(), now);
         true
     }
 }
@@ -154,10 +172,12 @@ mod tests {
     fn drop_warnings_limited_per_interval() {
         let limiter = WarningLimiter::new(Duration::from_secs(10));
         let start = Instant::now();
-        assert!(limiter.allow(start));
-        assert!(!limiter.allow(start + Duration::from_secs(9)));
-        assert!(limiter.allow(start + Duration::from_secs(10)));
-        assert!(!limiter.allow(start + Duration::from_secs(11)));
+        assert!(limiter.allow("a", start));
+        assert!(!limiter.allow("a", start + Duration::from_secs(9)));
+        // Another sensor's line is not held back by the first one's.
+        assert!(limiter.allow("b", start + Duration::from_secs(9)));
+        assert!(limiter.allow("a", start + Duration::from_secs(10)));
+        assert!(!limiter.allow("a", start + Duration::from_secs(11)));
     }
     use crate::store::Store;
 

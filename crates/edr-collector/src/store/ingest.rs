@@ -266,7 +266,7 @@ fn ingest_one(
         }
     }
     if let Some((seq, command_id, reason)) = first_dropped
-        && super::commands::DROP_WARNINGS.allow(std::time::Instant::now())
+        && super::commands::DROP_WARNINGS.allow(sensor_id, std::time::Instant::now())
     {
         tracing::warn!(
             %sensor_id,
@@ -274,7 +274,7 @@ fn ingest_one(
             command_id = ?id_preview(command_id),
             %reason,
             dropped = outcome.results_dropped,
-            "dropped command results of a batch that this sensor may not report; the first is named, and further drops in the next 10 s are only counted in edr_collector_command_results_dropped_total"
+            "dropped command results of a batch that this sensor may not report; the first is named, and further drops of this sensor in the next 10 s are only counted in edr_collector_command_results_dropped_total"
         );
     }
 
