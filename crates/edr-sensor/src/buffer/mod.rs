@@ -34,8 +34,10 @@
 //! - Records of up to `max_record_bytes` (1 MiB by default, 4 MiB at most), each with 32 bytes of
 //!   framing on disk.
 //! - A group commit happens at least every `sync_interval_ms` (1000 by default) as long as the
-//!   owner calls [`Buffer::append`] or [`Buffer::tick`] that often, and on [`Buffer::sync`],
-//!   [`Buffer::close`] and drop.
+//!   owner calls [`Buffer::append`] or [`Buffer::tick`] that often, on the append that brings
+//!   the bytes appended since the last one to 32 MiB, and on [`Buffer::sync`],
+//!   [`Buffer::close`] and drop. The 32 MiB step lets a burst reach the reader while it is
+//!   still being appended; at a steady rate below 32 MiB per interval it never fires.
 //! - One process owns a directory. Nothing locks it: two processes appending to the same
 //!   directory would damage it.
 //! - Opening reads every segment once to check it, at the disk's read speed (a 5 GiB buffer takes

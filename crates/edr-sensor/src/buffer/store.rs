@@ -20,6 +20,10 @@ use super::{BufferError, BufferMetrics, BufferOptions, Gap, GapReason, Lane, Rec
 
 /// Pending bytes of a lane at which they are written to the file without waiting for the sync.
 const WRITE_THRESHOLD: usize = 256 << 10;
+/// Frame bytes appended since the last group commit at which an append runs the next one
+/// without waiting for the sync interval, so that a burst reaches the reader in steps of this
+/// size instead of after a whole interval.
+const GROUP_COMMIT_BYTES: u64 = 32 << 20;
 /// Frame length of a gap record, kept free so that an eviction can always record its gap.
 const GAP_FRAME_LEN: u64 = (FRAME_HEADER_LEN + GAP_PAYLOAD_LEN) as u64;
 /// Gaps found at open that [`Buffer::open_gaps`] keeps; the gap records are the full account.
@@ -53,6 +57,8 @@ pub struct Buffer {
     ack_file: Option<File>,
     /// When the oldest record not yet fsynced was appended, by both clocks.
     unsynced_since: Option<GroupStart>,
+    /// Frame bytes appended since the last group commit.
+    unsynced_bytes: u64,
     byte_bucket: Option<TokenBucket>,
     record_bucket: Option<TokenBucket>,
     counters: Counters,
@@ -292,6 +298,7 @@ impl Buffer {
             cursor_sync_due: None,
             ack_file: None,
             unsynced_since: None,
+            unsynced_bytes: 0,
             counters,
             open_gaps: VecDeque::new(),
             read_damage: Vec::new(),
@@ -399,10 +406,12 @@ impl Buffer {
 
         // The record is accepted whatever the group commit does: a failed sync leaves it
         // pending, `durable_seq` stays below it, and the next sync or append reports the error.
-        let interval_elapsed = self
-            .unsynced_since
-            .is_some_and(|since| since.sync_due_at(now));
-        if interval_elapsed && let Err(error) = self.sync() {
+        self.unsynced_bytes += frame_len;
+        let commit_due = self.unsynced_bytes >= GROUP_COMMIT_BYTES
+            || self
+                .unsynced_since
+                .is_some_and(|since| since.sync_due_at(now));
+        if commit_due && let Err(error) = self.sync() {
             tracing::warn!(%error, seq, "group commit after append failed, record stays pending");
         }
         self.debug_check_disk_bytes();
@@ -440,6 +449,7 @@ impl Buffer {
         self.write_cursor()?;
         self.durable_seq = self.next_seq - 1;
         self.unsynced_since = None;
+        self.unsynced_bytes = 0;
         self.delete_acked_segments()?;
         self.debug_check_disk_bytes();
         Ok(self.durable_seq)

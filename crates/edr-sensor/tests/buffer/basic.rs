@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use edr_sensor::buffer::{Buffer, BufferError, GapReason, Lane, RecordKind};
+use edr_sensor::buffer::{Buffer, BufferError, BufferOptions, GapReason, Lane, RecordKind};
 
 use super::{drain_all, events, gaps, payload_for, segment_files, small_options};
 
@@ -507,4 +507,28 @@ fn inconsistent_options_are_rejected() {
     options.capacity_bytes = options.segment_bytes * 2;
     let error = Buffer::open(options).unwrap_err();
     assert!(error.to_string().contains("below four segments"), "{error}");
+}
+
+#[test]
+fn burst_commits_every_32_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = BufferOptions {
+        capacity_bytes: 256 << 20,
+        segment_bytes: 16 << 20,
+        sync_interval: Duration::from_secs(1),
+        ..small_options(dir.path())
+    };
+    let mut buffer = Buffer::open(options).unwrap();
+    let payload = [9u8; 992];
+    // 1,024 bytes per frame with its header, so the 32,768th append reaches 32 MiB.
+    let started = std::time::Instant::now();
+    for _ in 1..32_768 {
+        buffer.append(Lane::Telemetry, &payload).unwrap();
+    }
+    let before = buffer.durable_seq();
+    let seq = buffer.append(Lane::Telemetry, &payload).unwrap();
+    if started.elapsed() < Duration::from_secs(1) {
+        assert_eq!(before, 0, "a group commit before 32 MiB");
+    }
+    assert_eq!(buffer.durable_seq(), seq);
 }
