@@ -902,8 +902,8 @@ mod tests {
         );
         let mut records = batch(1, 150).records;
         records[1].kind = Some(buffered_record::Kind::Gap(edr_proto::v1::Gap {
-            first_seq: 100,
-            last_seq: 200,
+            first_seq: 1,
+            last_seq: 1,
             ..Default::default()
         }));
         records[3].kind = Some(buffered_record::Kind::OcsfEventJson(
