@@ -66,8 +66,8 @@ impl WarningLimiter {
         if last.len() >= WARNING_LIMITER_SENSORS {
             last.retain(|_, at| now.saturating_duration_since(*at) < self.interval);
             if last.len() >= WARNING_LIMITER_SENSORS {
-                // Every entry is recent: this many sensors dropping results at once is logged
-                // for the ones already known only.
+                // Every entry is recent, so a further sensor is not logged until one expires.
+                // The counter still counts its drops.
                 return false;
             }
         }

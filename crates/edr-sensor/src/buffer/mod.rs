@@ -74,9 +74,10 @@
 //! - [`Buffer::ack`] takes a number N meaning "every record at or below N is stored". It
 //!   overwrites `cursor.ack` at once, without an fsync. The cursor is fsynced with the next
 //!   group commit, or one sync interval after the acknowledgement when the owner calls `tick`,
-//!   and a segment is deleted only when an fsynced cursor covers all its records. A power failure can
-//!   take back the acknowledgements of the last interval: those records are sent again and the
-//!   Collector drops them by sequence number. Nothing is lost, and no gap is reported for them.
+//!   and a segment is deleted only when an fsynced cursor covers all its records. A power
+//!   failure can take back the acknowledgements of the last interval: those records are sent
+//!   again and the Collector drops them by sequence number. Nothing is lost, and no gap is
+//!   reported for them.
 //! - Eviction takes the oldest telemetry segment. Priority records (response-action results and
 //!   the sensor's own alerts) are evicted only when no telemetry record is left. The gap record
 //!   (in the priority lane) is fsynced before the evicted segment is deleted.

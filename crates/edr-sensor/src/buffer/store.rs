@@ -309,8 +309,8 @@ impl Buffer {
 
         // Step 7: persist the recovered state, then report damaged regions and missing
         // segments to the Collector.
-        // The cursor is rewritten only when it was missing or damaged, so that a buffer on a
-        // full disk still opens and can be drained.
+        // `cursor` is rewritten only when it was missing or damaged or `cursor.ack` was ahead
+        // of it, so that a buffer on a full disk still opens and can be drained.
         buffer.sync_all_lanes()?;
         let durable_matches = durable_cursor.is_some_and(|state| {
             state.next_seq == buffer.next_seq && state.acked_seq == buffer.acked_seq
