@@ -81,8 +81,10 @@
 //! - Eviction takes the oldest telemetry segment. Priority records (response-action results and
 //!   the sensor's own alerts) are evicted only when no telemetry record is left. The gap record
 //!   (in the priority lane) is fsynced before the evicted segment is deleted.
-//!   NOTE: a gap record can itself be evicted with its priority segment. The priority gap that
-//!   replaces it reports the lost records of that segment but not the older range it described.
+//!   A gap record can itself be evicted with its priority segment. The gap record of that
+//!   eviction then also reports what the unacknowledged gap records of the segment reported:
+//!   its range starts at the lowest of their first numbers, and its count adds theirs. The
+//!   reasons of the carried gaps are lost; the new one says `PriorityEvicted`.
 //!
 //! # What a power failure can lose
 //!

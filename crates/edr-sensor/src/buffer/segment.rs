@@ -38,6 +38,18 @@ pub(crate) struct SegmentMeta {
     pub(crate) resume_offset: u64,
     /// Damaged byte ranges `[start, end)` found at open, which the reader jumps over.
     pub(crate) damaged: Vec<(u64, u64)>,
+    /// The gap records in the segment, so that evicting it can carry what they report into
+    /// the gap record of the eviction.
+    pub(crate) gaps: Vec<HeldGap>,
+}
+
+/// A gap record held in a segment: its own number and what it reports lost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeldGap {
+    pub(crate) seq: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
 }
 
 impl SegmentMeta {
@@ -55,6 +67,7 @@ impl SegmentMeta {
             last_seq: 0,
             resume_offset: header,
             damaged: Vec::new(),
+            gaps: Vec::new(),
         }
     }
 
@@ -328,6 +341,12 @@ fn scan_segment(
                     && let Some(gap) = format::decode_gap(frame.payload)
                 {
                     reported.push((gap.first_seq, gap.last_seq));
+                    meta.gaps.push(HeldGap {
+                        seq: frame.seq,
+                        first_seq: gap.first_seq,
+                        records: gap.records,
+                        bytes: gap.bytes,
+                    });
                 }
                 *prev_seq = frame.seq;
                 pos += frame.encoded_len();

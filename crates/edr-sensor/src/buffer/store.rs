@@ -14,7 +14,7 @@ use super::format::{
 use super::platform::{self, DefaultDirectoryAcl, DirectoryAcl};
 use super::rate::TokenBucket;
 use super::segment::{
-    self, DamagedRegion, LaneReader, LaneScan, ReadDamage, ReadRecord, SegmentMeta,
+    self, DamagedRegion, HeldGap, LaneReader, LaneScan, ReadDamage, ReadRecord, SegmentMeta,
 };
 use super::{BufferError, BufferMetrics, BufferOptions, Gap, GapReason, Lane, Record, RecordKind};
 
@@ -828,6 +828,15 @@ impl Buffer {
             &payload,
             CoarseInstant::now(),
         )?;
+        let state = &mut self.lanes[Lane::Priority.index()];
+        if let Some(meta) = state.segments.get_mut(&state.writer.key) {
+            meta.gaps.push(HeldGap {
+                seq,
+                first_seq: gap.first_seq,
+                records: gap.records,
+                bytes: gap.bytes,
+            });
+        }
         self.counters.gap_records += 1;
         Ok(seq)
     }
@@ -923,10 +932,33 @@ impl Buffer {
         };
         let lost_records = meta.unacked_records();
         let lost_bytes = meta.unacked_bytes();
+        // Gap records of this segment that the Collector has not acknowledged go with it, so
+        // the new gap record also reports what they reported.
+        let carried: Vec<HeldGap> = meta
+            .gaps
+            .iter()
+            .filter(|gap| gap.seq > acked)
+            .copied()
+            .collect();
         // The range starts at the key, so that it also covers the numbers in front of the first
         // record, which the check for missing segments at open would otherwise report.
-        let first_seq = key.max(acked + 1);
+        let first_seq = carried
+            .iter()
+            .map(|gap| gap.first_seq)
+            .fold(key, u64::min)
+            .max(acked + 1);
         let last_seq = meta.last_seq;
+        // The carried gap records are not lost records themselves; what they report is.
+        let reported_records = carried
+            .iter()
+            .fold(
+                lost_records.saturating_sub(carried.len() as u64),
+                |sum, gap| sum.saturating_add(gap.records),
+            )
+            .min(last_seq.saturating_sub(first_seq).saturating_add(1));
+        let reported_bytes = carried
+            .iter()
+            .fold(lost_bytes, |sum, gap| sum.saturating_add(gap.bytes));
         let path = meta.path.clone();
 
         // Records of this segment handed out but not acknowledged are lost with it.
@@ -945,14 +977,15 @@ impl Buffer {
             let gap = Gap {
                 first_seq,
                 last_seq,
-                records: lost_records,
-                bytes: lost_bytes,
+                records: reported_records,
+                bytes: reported_bytes,
                 reason,
                 detected_at_ms: unix_millis(),
             };
             tracing::error!(
                 lane = lane.name(),
                 ?gap,
+                carried_gaps = carried.len(),
                 "buffer full, evicting oldest segment"
             );
             self.append_gap(&gap)?;

@@ -532,3 +532,33 @@ fn burst_commits_every_32_mib() {
     }
     assert_eq!(buffer.durable_seq(), seq);
 }
+
+#[test]
+fn evicted_gap_records_are_carried_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_options(dir.path());
+    let mut buffer = Buffer::open(options.clone()).unwrap();
+    // With no telemetry to evict, priority segments go, and with them the gap records of
+    // earlier evictions.
+    for _ in 0..257 {
+        buffer.append(Lane::Priority, &[9u8; 879]).unwrap();
+    }
+    let evicted = buffer.metrics().evicted_records;
+    assert!(evicted > 100, "evicted {evicted}");
+    buffer.close().unwrap();
+
+    let mut reopened = Buffer::open(options).unwrap();
+    assert_eq!(reopened.metrics().missing_records, 0);
+    let records = drain_all(&mut reopened);
+    let gaps = gaps(&records);
+    assert!(
+        gaps.iter()
+            .all(|gap| gap.reason == GapReason::PriorityEvicted),
+        "{gaps:?}"
+    );
+    // The gap records left report every evicted record, from the first number on.
+    assert_eq!(gaps.iter().map(|gap| gap.first_seq).min(), Some(1));
+    let reported: u64 = gaps.iter().map(|gap| gap.records).sum();
+    let events = records.len() - gaps.len();
+    assert_eq!(reported as usize + events, 257, "{gaps:?}");
+}
