@@ -671,10 +671,12 @@ impl Buffer {
         self.note_read_damage(damaged);
 
         self.acked_seq = seq;
-        self.write_ack_cursor()?;
+        // Scheduled first, so that a failed write of `cursor.ack` still gets its fsynced
+        // cursor within the interval.
         if self.cursor_sync_due.is_none() {
             self.cursor_sync_due = CoarseInstant::now().checked_add(self.options.sync_interval);
         }
+        self.write_ack_cursor()?;
         self.debug_check_disk_bytes();
         Ok(())
     }
