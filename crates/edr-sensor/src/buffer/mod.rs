@@ -37,7 +37,7 @@
 //!   owner calls [`Buffer::append`] or [`Buffer::tick`] that often, on the append that brings
 //!   the bytes appended since the last one to 32 MiB, and on [`Buffer::sync`],
 //!   [`Buffer::close`] and drop. The 32 MiB step lets a burst reach the reader while it is
-//!   still being appended; at a steady rate below 32 MiB per interval it never fires.
+//!   still being appended. At a steady rate below 32 MiB per interval it never fires.
 //! - One process owns a directory. Nothing locks it: two processes appending to the same
 //!   directory would damage it.
 //! - Opening reads every segment once to check it, at the disk's read speed (a 5 GiB buffer takes
@@ -84,7 +84,7 @@
 //!   A gap record can itself be evicted with its priority segment. The gap record of that
 //!   eviction then also reports what the unacknowledged gap records of the segment reported:
 //!   its range starts at the lowest of their first numbers, and its count adds theirs. The
-//!   reasons of the carried gaps are lost; the new one says `PriorityEvicted`.
+//!   reasons of the carried gaps are lost, because the new one has `PriorityEvicted`.
 //!
 //! # What a power failure can lose
 //!
@@ -130,7 +130,7 @@
 //! `cursor` is written to `cursor.tmp`, which is fsynced, renamed over `cursor`, and the
 //! directory fsynced: at a group commit, at open, one sync interval after an acknowledgement,
 //! and at close. Each acknowledgement overwrites `cursor.ack` in place with the same layout and
-//! no fsync. At open the cursor is the higher of the two, where `cursor.ack` is valid; a
+//! no fsync. At open the cursor is the higher of the two, where `cursor.ack` is valid. A
 //! power failure can leave `cursor.ack` empty or damaged, and it is then ignored. A rename
 //! without an fsync would not be safe: a file system may make the rename durable before the
 //! new file's data, and a power failure then leaves an empty `cursor`. The cursor read at open

@@ -219,7 +219,7 @@ fn power_failure_after_ack_reports_no_gap() {
         drain_all(&mut buffer);
         buffer.ack(100).unwrap();
         std::thread::sleep(options.sync_interval);
-        // Fsyncs a cursor that holds 100 and deletes the segments below it.
+        // Fsyncs a cursor of 100 and deletes the segments below it.
         buffer.tick().unwrap();
         buffer.ack(300).unwrap();
         std::mem::forget(buffer);
@@ -241,7 +241,7 @@ fn power_failure_after_ack_reports_no_gap() {
 }
 
 #[test]
-fn lost_cursor_with_old_priority_record_reports_no_gap() {
+fn lost_cursors_report_no_gap() {
     let dir = tempfile::tempdir().unwrap();
     let options = small_options(dir.path());
     let mut buffer = Buffer::open(options.clone()).unwrap();
@@ -258,7 +258,7 @@ fn lost_cursor_with_old_priority_record_reports_no_gap() {
     std::fs::remove_file(dir.path().join("cursor.ack")).unwrap();
 
     let mut reopened = Buffer::open(options).unwrap();
-    // The acknowledged telemetry segments are gone, and nothing says whether they were
+    // The acknowledged telemetry segments are gone, and nothing records whether they were
     // acknowledged, so they are not reported as missing.
     assert_eq!(reopened.metrics().missing_records, 0);
     let records = drain_all(&mut reopened);
