@@ -83,7 +83,9 @@
 //!   (in the priority lane) is fsynced before the evicted segment is deleted.
 //!   A gap record can itself be evicted with its priority segment. The gap record of that
 //!   eviction then also reports what the unacknowledged gap records of the segment reported:
-//!   its range starts at the lowest of their first numbers, and its count adds theirs. The
+//!   its range starts at the lowest of their first numbers, even at or below the acknowledged
+//!   number (the Collector can acknowledge past a lost range before the gap record that
+//!   reports it arrives), and its count adds theirs. The
 //!   reasons of the carried gaps are lost, because the new one has `PriorityEvicted`.
 //!
 //! # What a power failure can lose

@@ -943,12 +943,13 @@ impl Buffer {
             .copied()
             .collect();
         // The range starts at the key, so that it also covers the numbers in front of the first
-        // record, which the check for missing segments at open would otherwise report.
+        // record, which the check for missing segments at open would otherwise report. A
+        // carried range keeps its start even at or below `acked`: the Collector can acknowledge
+        // past a lost range before the gap record that reports it arrives.
         let first_seq = carried
             .iter()
             .map(|gap| gap.first_seq)
-            .fold(key, u64::min)
-            .max(acked + 1);
+            .fold(key.max(acked + 1), u64::min);
         let last_seq = meta.last_seq;
         // The carried gap records are not lost records themselves; what they report is.
         let reported_records = carried

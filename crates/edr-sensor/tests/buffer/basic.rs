@@ -562,3 +562,48 @@ fn evicted_gap_records_are_carried_forward() {
     let events = records.len() - gaps.len();
     assert_eq!(reported as usize + events, 257, "{gaps:?}");
 }
+
+#[test]
+fn carried_gap_keeps_range_below_ack() {
+    // The gap record of a telemetry eviction reports numbers below its own. The Collector can
+    // acknowledge past that range before the gap record reaches it; when the gap record is
+    // then evicted with its priority segment, the range must still reach the Collector.
+    let dir = tempfile::tempdir().unwrap();
+    let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
+    let mut last = 0;
+    let gap_seq = loop {
+        let seq = buffer.append(Lane::Telemetry, &[1u8; 969]).unwrap();
+        if seq > last + 1 {
+            break seq - 1;
+        }
+        last = seq;
+    };
+    buffer.sync().unwrap();
+    let mut delivered = Vec::new();
+    while delivered
+        .last()
+        .is_none_or(|record: &edr_sensor::buffer::Record| record.seq + 1 < gap_seq)
+    {
+        delivered.extend(buffer.drain(1).unwrap());
+    }
+    buffer.ack(delivered.last().unwrap().seq).unwrap();
+    for _ in 0..80 {
+        buffer.append(Lane::Priority, &[2u8; 969]).unwrap();
+    }
+    buffer.sync().unwrap();
+
+    let rest = drain_all(&mut buffer);
+    let gaps = gaps(&rest);
+    let seen: std::collections::HashSet<u64> = delivered
+        .iter()
+        .chain(&rest)
+        .map(|record| record.seq)
+        .collect();
+    for seq in (1..gap_seq).filter(|seq| !seen.contains(seq)) {
+        assert!(
+            gaps.iter()
+                .any(|gap| gap.first_seq <= seq && seq <= gap.last_seq),
+            "record {seq} lost without a gap that covers it: {gaps:?}"
+        );
+    }
+}
