@@ -9,6 +9,7 @@ mod commands;
 mod export;
 mod ingest;
 mod inspect;
+mod log_limit;
 mod metrics;
 mod server;
 mod store;

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
 
 /// Limits on connections that have not yet become gRPC connections, and on their number.
@@ -196,17 +197,11 @@ impl<S: Connected> Connected for Admitted<S> {
     }
 }
 
-/// Rate limit of the warnings about rejected connections: at most one per this interval, with
-/// the number suppressed since the last one.
-pub(crate) const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 /// Logs rejected connections, or failed handshakes, at most once per
-/// [`REJECTION_LOG_INTERVAL`].
+/// [`LOG_INTERVAL`](crate::log_limit::LOG_INTERVAL), with the number suppressed since the last
+/// line.
 #[derive(Debug, Default)]
-pub(crate) struct RejectionLog {
-    last: Option<tokio::time::Instant>,
-    suppressed: u64,
-}
+pub(crate) struct RejectionLog(LogLimit);
 
 impl RejectionLog {
     pub(crate) fn record(&mut self, peer: SocketAddr, err: &AdmissionError) {
@@ -218,17 +213,6 @@ impl RejectionLog {
     /// Returns the number of lines suppressed since the last one when a line may be logged
     /// now, or `None` when this one has to be suppressed.
     pub(crate) fn allow(&mut self) -> Option<u64> {
-        let now = tokio::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < REJECTION_LOG_INTERVAL)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        let suppressed = self.suppressed;
-        self.last = Some(now);
-        self.suppressed = 0;
-        Some(suppressed)
+        self.0.allow()
     }
 }

@@ -174,8 +174,10 @@ async fn store_result(shared: &Arc<Shared>, sensor_id: &str, result: CommandResu
                 .metrics
                 .command_results_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            if crate::store::commands::DROP_WARNINGS.allow(sensor_id, std::time::Instant::now()) {
-                tracing::warn!(%sensor_id, ?command_id, %reason, "dropped a command result that this sensor may not report; further drops of this sensor in the next 10 s are only counted in edr_collector_command_results_dropped_total");
+            if let Some(suppressed) =
+                crate::store::commands::DROP_WARNINGS.allow_at(sensor_id, std::time::Instant::now())
+            {
+                tracing::warn!(%sensor_id, ?command_id, %reason, suppressed, "dropped a command result that this sensor may not report; further drops of this sensor in the next 10 s are only counted in edr_collector_command_results_dropped_total");
             }
         }
         other => {

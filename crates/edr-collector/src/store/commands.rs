@@ -10,71 +10,20 @@
 //! cannot complete another's command or fill the table with results of commands never issued.
 //! Its detail is stored up to [`MAX_DETAIL_BYTES`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use edr_proto::v1::CommandResult;
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
+
+use crate::log_limit::LogLimitByKey;
 
 /// Largest result detail stored, in bytes of UTF-8. A longer detail is cut at a character
 /// boundary and ends with a note of its full length.
 pub(crate) const MAX_DETAIL_BYTES: usize = 64 * 1024;
 
-/// Minimum time between two warnings about dropped command results of one sensor. Every drop
-/// is counted in `edr_collector_command_results_dropped_total`, so a sensor that sends many
-/// cannot flood the log.
-pub(crate) const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The limiter of the warnings about dropped command results, shared by both streams.
-pub(crate) static DROP_WARNINGS: WarningLimiter = WarningLimiter::new(DROP_WARNING_INTERVAL);
-
-/// Sensors whose last warning time is kept; beyond it, entries older than the interval go.
-const WARNING_LIMITER_SENSORS: usize = 4096;
-
-/// A limit of one log line per interval and sensor, so that one sensor's lines do not hide
-/// another's.
-#[derive(Debug)]
-pub(crate) struct WarningLimiter {
-    interval: Duration,
-    last: Mutex<Option<HashMap<String, Instant>>>,
-}
-
-impl WarningLimiter {
-    pub(crate) const fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: Mutex::new(None),
-        }
-    }
-
-    /// Returns whether a line about `sensor_id` may be logged at `now`, and if so records
-    /// `now` as its time.
-    pub(crate) fn allow(&self, sensor_id: &str, now: Instant) -> bool {
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last = last.get_or_insert_with(HashMap::new);
-        if last
-            .get(sensor_id)
-            .is_some_and(|at| now.saturating_duration_since(*at) < self.interval)
-        {
-            return false;
-        }
-        if last.len() >= WARNING_LIMITER_SENSORS {
-            last.retain(|_, at| now.saturating_duration_since(*at) < self.interval);
-            if last.len() >= WARNING_LIMITER_SENSORS {
-                // Every entry is recent, so a further sensor is not logged until one expires.
-                // The counter still counts its drops.
-                return false;
-            }
-        }
-        last.insert(sensor_id.to_owned(), now);
-        true
-    }
-}
+/// The limit of the warnings about dropped command results, one per sensor and shared by both
+/// streams. Every drop is counted in `edr_collector_command_results_dropped_total`, so a
+/// sensor that sends many cannot flood the log.
+pub(crate) static DROP_WARNINGS: LogLimitByKey = LogLimitByKey::new();
 
 /// The outcome of [`insert_result`] for one result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,22 +112,9 @@ pub(crate) fn id_preview(command_id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn drop_warnings_limited_per_interval() {
-        let limiter = WarningLimiter::new(Duration::from_secs(10));
-        let start = Instant::now();
-        assert!(limiter.allow("a", start));
-        assert!(!limiter.allow("a", start + Duration::from_secs(9)));
-        // Another sensor's line is not held back by the first one's.
-        assert!(limiter.allow("b", start + Duration::from_secs(9)));
-        assert!(limiter.allow("a", start + Duration::from_secs(10)));
-        assert!(!limiter.allow("a", start + Duration::from_secs(11)));
-    }
     use crate::store::Store;
 
     fn result(command_id: &str, detail: &str) -> CommandResult {

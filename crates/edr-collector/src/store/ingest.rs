@@ -266,7 +266,8 @@ fn ingest_one(
         }
     }
     if let Some((seq, command_id, reason)) = first_dropped
-        && super::commands::DROP_WARNINGS.allow(sensor_id, std::time::Instant::now())
+        && let Some(suppressed) =
+            super::commands::DROP_WARNINGS.allow_at(sensor_id, std::time::Instant::now())
     {
         tracing::warn!(
             %sensor_id,
@@ -274,6 +275,7 @@ fn ingest_one(
             command_id = ?id_preview(command_id),
             %reason,
             dropped = outcome.results_dropped,
+            suppressed,
             "dropped command results of a batch that this sensor may not report; the first is named, and further drops of this sensor in the next 10 s are only counted in edr_collector_command_results_dropped_total"
         );
     }

@@ -76,17 +76,17 @@
 //!   group commit, or one sync interval after the acknowledgement when the owner calls `tick`,
 //!   and a segment is deleted only when an fsynced cursor covers all its records. A power
 //!   failure can take back the acknowledgements of the last interval: those records are sent
-//!   again and the Collector drops them by sequence number. Nothing is lost, and no gap is
-//!   reported for them.
+//!   again and the Collector drops them by sequence number. Their segments are still on disk,
+//!   so no gap is reported for them (`power_failure_after_ack_reports_no_gap`).
 //! - Eviction takes the oldest telemetry segment. Priority records (response-action results and
 //!   the sensor's own alerts) are evicted only when no telemetry record is left. The gap record
 //!   (in the priority lane) is fsynced before the evicted segment is deleted.
 //!   A gap record can itself be evicted with its priority segment. The gap record of that
-//!   eviction then also reports what the unacknowledged gap records of the segment reported:
-//!   its range starts at the lowest of their first numbers, even at or below the acknowledged
-//!   number (the Collector can acknowledge past a lost range before the gap record that
-//!   reports it arrives), and its count adds theirs. The
-//!   reasons of the carried gaps are lost, because the new one has `PriorityEvicted`.
+//!   eviction then also reports what the segment's unacknowledged gap records reported, and
+//!   its count adds theirs. Its range starts at the lowest of their first numbers, even at or
+//!   below the acknowledged number, because the Collector can acknowledge past a lost range
+//!   before the gap record that reports it arrives. The reasons of the carried gaps are lost,
+//!   because the new one has `PriorityEvicted`.
 //!
 //! # What a power failure can lose
 //!
@@ -164,9 +164,9 @@
 //!   shorter than its header is rewritten as empty.
 //! - When both `cursor` and `cursor.ack` are missing or damaged, the cursor is rebuilt as
 //!   "acknowledged up to the oldest record still on disk minus one" and written at once.
-//!   Records acknowledged before the loss and still on disk (one partly acknowledged segment
-//!   per lane, and the segments acknowledged in the last sync interval) are sent once more;
-//!   the Collector deduplicates them by sequence number. Numbers in front of each lane's oldest
+//!   Records acknowledged before the loss and still on disk are sent once more: one partly
+//!   acknowledged segment per lane, and the segments acknowledged in the last sync interval.
+//!   The Collector deduplicates them by sequence number. Numbers in front of each lane's oldest
 //!   segment are then not reported as missing, because nothing tells whether they were
 //!   acknowledged.
 //! - Segments holding only acknowledged records (left by a crash between the cursor write and

@@ -195,9 +195,9 @@ impl Buffer {
                 .map_err(|error| BufferError::from_io("create lane directory", lane_dir, error))?;
         }
 
-        // Step 2: the cursor. `cursor.ack` may hold a later acknowledgement than `cursor`; a
-        // damaged or empty one is ignored. Without either, the cursor is rebuilt below from
-        // the segments.
+        // Step 2: the cursor. `cursor.ack` may contain a later acknowledgement than `cursor`,
+        // and a damaged or empty one is ignored. Without either, the cursor is rebuilt below
+        // from the segments.
         let durable_cursor = read_cursor(&directory.join(CURSOR_FILE));
         let cursor = match (
             durable_cursor,

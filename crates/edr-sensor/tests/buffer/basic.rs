@@ -566,9 +566,9 @@ fn evicted_gap_records_are_carried_forward() {
 
 #[test]
 fn carried_gap_keeps_range_below_ack() {
-    // The gap record of a telemetry eviction reports numbers below its own. The Collector can
-    // acknowledge past that range before the gap record reaches it; when the gap record is
-    // then evicted with its priority segment, the range must still reach the Collector.
+    // The gap record of a telemetry eviction reports numbers below its own, so the Collector
+    // can acknowledge past that range before the gap record reaches it. When the gap record
+    // is then evicted with its priority segment, the range must still reach the Collector.
     let dir = tempfile::tempdir().unwrap();
     let mut buffer = Buffer::open(small_options(dir.path())).unwrap();
     let mut last = 0;
